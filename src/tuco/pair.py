@@ -1,0 +1,315 @@
+"""``ModelPair``: a pre-trained model and its fine-tune, and everything TuCo does with them.
+
+    >>> pair = ModelPair.from_pretrained("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf",
+    ...                                  dtype=torch.bfloat16, device_map="auto")
+    >>> pair = ModelPair.from_pretrained("base-model-dir", adapter="lora-adapter-dir")   # PEFT mode
+    >>> [r.tuco for r in pair.score(["Hello!", [{"role": "user", "content": "Hi"}]])]
+    >>> pair.generate("Tell me a joke.", alpha=0.8, max_new_tokens=30)
+    >>> with pair.steer(alpha=1.2):            # any forward / generate of pair.finetuned
+    ...     pair.finetuned(**batch)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Iterator, Mapping
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from . import compat, inputs, metrics
+from .blocks import find_blocks, unwrap
+from .decompose import Decomposition, adapters_off
+from .inputs import Prompts, Side
+from .results import OutputContribution, TucoResult, from_record
+
+log = logging.getLogger("tuco")
+
+
+class ModelPair:
+    """A pre-trained (PT) model and its fine-tuned (FT) version, with one tokenizer.
+
+    ``ModelPair(pretrained=pt_model, finetuned=ft_model, tokenizer=tok)`` pairs two models in
+    memory; ``ModelPair(finetuned=peft_model, tokenizer=tok)`` is PEFT mode: the PT block is the
+    same block with its adapter switched off. ``pretrained_tokenizer`` is checked against
+    ``tokenizer`` (give ``use_finetuned_tokenizer=True`` to accept a mismatch).
+    ``block_path`` overrides block discovery (``"model.layers"``).
+    """
+
+    def __init__(
+        self,
+        pretrained: nn.Module | None = None,
+        finetuned: nn.Module | None = None,
+        tokenizer=None,
+        *,
+        pretrained_tokenizer=None,
+        use_finetuned_tokenizer: bool = False,
+        block_path: str | None = None,
+    ):
+        if finetuned is None:
+            raise ValueError("ModelPair needs finetuned= (the fine-tuned model, or a PEFT model).")
+        self.finetuned, self.pretrained, self.tokenizer = finetuned, pretrained, tokenizer
+        self.adapter_mode = pretrained is None
+        self.ft_blocks = find_blocks(finetuned, block_path)
+        if self.adapter_mode:
+            if not hasattr(finetuned, "disable_adapter"):
+                raise ValueError(
+                    "Without pretrained=, finetuned must be a PEFT model (base + adapter); "
+                    "otherwise pass the pre-trained model as pretrained=."
+                )
+            self.pt_blocks = self.ft_blocks
+            self.notes: list[str] = []
+        else:
+            self.notes = compat.check_configs(unwrap(pretrained).config, unwrap(finetuned).config)
+            self.pt_blocks = find_blocks(pretrained, block_path)
+            compat.check_models(pretrained, finetuned, self.pt_blocks, self.ft_blocks)
+        self.notes += compat.check_tokenizers(pretrained_tokenizer, tokenizer, use_finetuned_tokenizer)
+        for note in self.notes:
+            log.info("tuco: %s", note)
+        ft_lm = unwrap(finetuned)
+        self._body = ft_lm.base_model  # the blocks without the unembedding: all TuCo needs
+        self._body_takes_positions = "position_ids" in inspect.signature(self._body.forward).parameters
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str,
+        finetuned: str | None = None,
+        *,
+        adapter: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        device_map: str | dict | None = None,
+        tokenizer: str | None = None,
+        use_finetuned_tokenizer: bool = False,
+        trust_remote_code: bool = False,
+        block_path: str | None = None,
+        **model_kwargs,
+    ) -> ModelPair:
+        """Load a pair from hub ids or local directories (the same ``from_pretrained`` path).
+
+        Give ``finetuned`` (a full fine-tuned model) or ``adapter`` (a PEFT LoRA adapter on top of
+        ``pretrained``: one copy of the base weights). ``dtype``, ``device_map`` and
+        ``model_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``; block l of both models
+        lands on the same device. Configs and tokenizers are checked before any weight is loaded.
+        """
+        from transformers import AutoConfig
+
+        if (finetuned is None) == (adapter is None):
+            raise ValueError("Pass exactly one of finetuned= (a full model) or adapter= (a PEFT adapter).")
+        kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code)
+        if dtype is not None:
+            kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        if adapter is not None:
+            tok = _load_tokenizer(tokenizer or adapter, fallback=pretrained, trust=trust_remote_code)
+            base = _load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
+            from peft import PeftModel
+
+            try:
+                ft = PeftModel.from_pretrained(base, adapter)
+            except (OSError, ValueError) as e:
+                raise OSError(f"Could not load the adapter {adapter!r}: {e}") from e
+            return cls(None, ft.eval(), tok, block_path=block_path)
+
+        configs = [
+            _load(AutoConfig.from_pretrained, name, which, trust_remote_code=trust_remote_code)
+            for name, which in ((pretrained, "pretrained"), (finetuned, "finetuned"))
+        ]
+        compat.check_configs(*configs)
+        ft_tok = _load_tokenizer(tokenizer or finetuned, fallback=pretrained, trust=trust_remote_code)
+        pt_tok = _load_tokenizer(pretrained, fallback=None, trust=trust_remote_code)
+        compat.check_tokenizers(pt_tok, ft_tok, use_finetuned_tokenizer)
+        ft = _load_model(finetuned, "finetuned", device_map=device_map, **kwargs)
+        # Same placement for the PT model: module names are the same in both (same architecture).
+        pt_map = getattr(ft, "hf_device_map", None) if device_map is not None else None
+        if isinstance(pt_map, dict) and set(pt_map) == {""}:
+            pt_map = pt_map[""]
+        pt = _load_model(pretrained, "pretrained", device_map=pt_map, **kwargs)
+        return cls(
+            pt,
+            ft,
+            ft_tok,
+            pretrained_tokenizer=pt_tok,
+            use_finetuned_tokenizer=use_finetuned_tokenizer,
+            block_path=block_path,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return unwrap(self.finetuned).get_input_embeddings().weight.device
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.ft_blocks)
+
+    def encode(self, prompts: Prompts) -> list[list[int]]:
+        """Token ids of each prompt (strings, chats, or a dict / BatchEncoding with input_ids)."""
+        if self.tokenizer is None and not isinstance(prompts, Mapping):
+            raise ValueError("This pair has no tokenizer: pass tokenizer= or give input_ids.")
+        return inputs.encode(self.tokenizer, prompts)
+
+    def steer(self, alpha: float = 1.0) -> Decomposition:
+        """Context manager: inside it, ``self.finetuned`` computes x + PTC + alpha * FTC at every block."""
+        pt_context = (lambda layer: adapters_off(self.ft_blocks[layer])) if self.adapter_mode else None
+        return Decomposition(self.ft_blocks, self.pt_blocks, alpha, pt_context)
+
+    def _batches(
+        self, ids: list[list[int]], batch_size: int, side: Side, desc: str, progress: bool | None
+    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+        """Length-sorted padded batches (longest first) of token ids, with their prompt indices."""
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        pad_id = inputs.pad_id(self.tokenizer) if self.tokenizer is not None else 0
+        with tqdm(total=len(ids), desc=desc, unit="prompt", disable=None if progress is None else not progress) as bar:
+            for start in range(0, len(ids), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = inputs.pad([ids[i] for i in chunk], pad_id, side)
+                yield chunk, {k: v.to(self.device) for k, v in batch.items()}
+                bar.update(len(chunk))
+
+    def _side(self, padding_side: Side | None) -> Side:
+        return padding_side or getattr(self.tokenizer, "padding_side", None) or "right"
+
+    # ------------------------------------------------------------------ TuCo
+    @torch.inference_mode()
+    def score(
+        self,
+        prompts: Prompts,
+        *,
+        batch_size: int = 8,
+        per_token: bool = False,
+        padding_side: Side | None = None,
+        progress: bool | None = None,
+    ) -> list[TucoResult]:
+        """TuCo of every prompt at its last real token, one ``TucoResult`` each, in input order.
+
+        Cost: one FT forward without the unembedding, plus every PT block on the same inputs.
+        ``per_token=True`` also gives TuCo at every position (keeps [batch, seq, d] sums).
+        """
+        ids = self.encode(prompts)
+        results: list[TucoResult | None] = [None] * len(ids)
+        for chunk, batch in self._batches(ids, batch_size, self._side(padding_side), "TuCo", progress):
+            if not self._body_takes_positions:
+                batch.pop("position_ids")
+            with self.steer(1.0) as dec:
+                rec = dec.record(inputs.last_index(batch["attention_mask"]), per_token)
+                self._body(**batch, use_cache=False)
+            for i, result in zip(chunk, from_record(rec, batch["attention_mask"]), strict=True):
+                results[i] = result
+        return results
+
+    # ------------------------------------------------------------------ FTC-alpha model
+    @torch.inference_mode()
+    def logits(
+        self, prompts: Prompts, alpha: float = 1.0, *, padding_side: Side | None = None
+    ) -> torch.Tensor:
+        """Float32 logits [batch, seq, vocab] of the FTC-alpha model, prompts in input order,
+        padded on ``padding_side`` (default: the tokenizer's). alpha = 1 is the FT model itself."""
+        ids = self.encode(prompts)
+        batch = inputs.pad(ids, inputs.pad_id(self.tokenizer) if self.tokenizer else 0, self._side(padding_side))
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with self.steer(alpha) if alpha != 1.0 else contextlib.nullcontext():
+            return self.finetuned(**batch, use_cache=False).logits.float()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Prompts,
+        alpha: float = 1.0,
+        *,
+        batch_size: int = 8,
+        progress: bool | None = None,
+        **generate_kwargs,
+    ) -> list[str]:
+        """Generated text (new tokens only) of the FTC-alpha model for every prompt, with KV caches
+        for both the FT and the PT blocks. ``generate_kwargs`` go to ``model.generate``."""
+        ids = self.encode(prompts)
+        out: list[str | None] = [None] * len(ids)
+        generate_kwargs.setdefault("pad_token_id", inputs.pad_id(self.tokenizer))
+        for chunk, batch in self._batches(ids, batch_size, "left", f"generate a={alpha:g}", progress):
+            batch.pop("position_ids")  # generate derives them from the attention mask
+            with self.steer(alpha) if alpha != 1.0 else contextlib.nullcontext():
+                tokens = self.finetuned.generate(**batch, **generate_kwargs)
+            new = tokens[:, batch["input_ids"].shape[1] :]
+            for i, text in zip(chunk, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+                out[i] = text
+        return out
+
+    # ------------------------------------------------------------------ output-only baselines
+    @torch.inference_mode()
+    def output_contribution(
+        self, prompts: Prompts, *, batch_size: int = 8, progress: bool | None = None
+    ) -> list[OutputContribution]:
+        """OutputCo and KL(p_FT || p_PT) at the last prompt token, from each model's own forward.
+
+        KL is taken over the vocabulary both models share (the first min(V_PT, V_FT) ids).
+        """
+        ids = self.encode(prompts)
+        out: list[OutputContribution | None] = [None] * len(ids)
+        pt_model = self.finetuned if self.adapter_mode else self.pretrained
+        pt_vocab = unwrap(pt_model).get_input_embeddings().weight.shape[0]
+        for chunk, batch in self._batches(ids, batch_size, "left", "OutputCo", progress):
+            if int(batch["input_ids"].max()) >= pt_vocab:
+                raise ValueError(
+                    f"A prompt holds token ids >= {pt_vocab}, the pretrained vocabulary size (tokens added "
+                    "by fine-tuning): the pretrained model cannot run on it for OutputCo."
+                )
+            x_ft, logits_ft = _last_stream(self.finetuned, self.ft_blocks, batch)
+            pt_off = adapters_off(self.finetuned) if self.adapter_mode else contextlib.nullcontext()
+            with pt_off:
+                x_pt, logits_pt = _last_stream(pt_model, self.pt_blocks, batch)
+            vocab = min(logits_ft.shape[-1], logits_pt.shape[-1])
+            outputco = metrics.output_contribution(x_pt.to(x_ft.device), x_ft).cpu().tolist()
+            kl = metrics.kl_divergence(logits_ft[..., :vocab], logits_pt[..., :vocab].to(logits_ft.device))
+            for i, o, k in zip(chunk, outputco, kl.cpu().tolist(), strict=True):
+                out[i] = OutputContribution(outputco=o, kl=k)
+        return out
+
+
+def _last_stream(model: nn.Module, blocks: nn.ModuleList, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw final residual stream [batch, d] (last block output, before the final norm) and logits
+    [batch, vocab] at the last position of a left-padded batch, from the model's own forward."""
+    seen = {}
+
+    def grab(module, args, output):
+        seen["x"] = (output[0] if isinstance(output, tuple) else output)[:, -1]
+
+    handle = blocks[-1].register_forward_hook(grab)
+    try:
+        device = unwrap(model).get_input_embeddings().weight.device
+        logits = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False, logits_to_keep=1).logits
+    finally:
+        handle.remove()
+    return seen["x"].float(), logits[:, -1].float()
+
+
+def _load(loader, name: str, which: str, **kwargs):
+    try:
+        return loader(name, **kwargs)
+    except (OSError, ValueError) as e:
+        raise OSError(
+            f"Could not load the {which} model {name!r}: it is not a local directory with a config.json "
+            f"and could not be fetched from the hub (offline, or the id is wrong). Cause: {e}"
+        ) from e
+
+
+def _load_model(name: str, which: str, **kwargs) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return _load(AutoModelForCausalLM.from_pretrained, name, which, **kwargs).eval()
+
+
+def _load_tokenizer(name: str, fallback: str | None, trust: bool):
+    from transformers import AutoTokenizer
+
+    for candidate in (name, fallback):
+        if candidate is None:
+            continue
+        try:
+            return AutoTokenizer.from_pretrained(candidate, trust_remote_code=trust)
+        except (OSError, ValueError, TypeError):
+            continue
+    return None

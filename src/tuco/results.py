@@ -1,0 +1,84 @@
+"""Per-prompt results: what ``ModelPair.score`` and ``ModelPair.output_contribution`` return."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from . import metrics
+from .decompose import Record
+
+
+@dataclass
+class TucoResult:
+    """TuCo of one prompt, at its last real token (TUCO-SPEC section 3).
+
+    - ``tuco``: ||F||_1 / (||P||_1 + ||F||_1), F and P the sums over blocks of FTC_l and PTC_l
+    - ``ptc_norm``, ``ftc_norm``: ||P||_1 and ||F||_1
+    - ``ptc_layers``, ``ftc_layers``: ||PTC_l||_1 and ||FTC_l||_1, one float per block
+    - ``beta``: the cumulative ratio beta_l, TuCo of the sums up to block l (``beta[-1] == tuco``)
+    - ``tuco_l2``: the same ratio with L2 norms
+    - ``tuco_tokens``: TuCo at every real token of the prompt (``score(per_token=True)``)
+    """
+
+    tuco: float
+    ptc_norm: float
+    ftc_norm: float
+    ptc_layers: list[float]
+    ftc_layers: list[float]
+    beta: list[float]
+    tuco_l2: float
+    n_tokens: int
+    tuco_tokens: list[float] | None = None
+
+    @property
+    def preco(self) -> float:
+        return 1.0 - self.tuco
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class OutputContribution:
+    """Output-only baselines of one prompt (TUCO-SPEC section 5), at its last real token.
+
+    - ``outputco``: ||x_FT - x_PT||_1 / (||x_PT||_1 + ||x_FT - x_PT||_1), x the final residual
+      streams (before the final norm) of each model's OWN forward pass
+    - ``kl``: KL(p_FT || p_PT) of the next-token distributions, in nats
+    """
+
+    outputco: float
+    kl: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def from_record(rec: Record, attention_mask: torch.Tensor) -> list[TucoResult]:
+    """One ``TucoResult`` per row of a recorded batch (one host transfer per batch)."""
+    ptc, ftc = rec.ptc_sum, rec.ftc_sum
+    columns = {
+        "tuco": metrics.tuco(ptc, ftc, 1),
+        "ptc_norm": ptc.abs().sum(-1),
+        "ftc_norm": ftc.abs().sum(-1),
+        "ptc_layers": rec.ptc_layers,
+        "ftc_layers": rec.ftc_layers,
+        "beta": metrics.ratio(rec.ftc_cum, rec.ptc_cum),
+        "tuco_l2": metrics.tuco(ptc, ftc, 2),
+    }
+    columns = {k: v.cpu().tolist() for k, v in columns.items()}
+    mask = attention_mask.bool().cpu()
+    tokens = None
+    if rec.per_token:
+        tokens = metrics.tuco(rec.ptc_tokens, rec.ftc_tokens, 1).cpu()  # [batch, seq]
+    return [
+        TucoResult(
+            **{k: v[i] for k, v in columns.items()},
+            n_tokens=int(mask[i].sum()),
+            tuco_tokens=None if tokens is None else tokens[i][mask[i]].tolist(),
+        )
+        for i in range(len(mask))
+    ]
