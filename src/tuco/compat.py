@@ -91,7 +91,10 @@ def check_tokenizers(pt_tokenizer, ft_tokenizer, use_finetuned_tokenizer: bool =
     elif use_finetuned_tokenizer:
         notes = ["the tokenizers differ on a probe text; the fine-tuned tokenizer is used for both models."]
     else:
-        first = next((i for i, (a, b) in enumerate(zip(pt_ids, ft_ids)) if a != b), min(len(pt_ids), len(ft_ids)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(pt_ids, ft_ids, strict=False)) if a != b),
+            min(len(pt_ids), len(ft_ids)),
+        )
         raise IncompatiblePairError(
             f"The models' tokenizers differ: on a probe text they give different ids from position {first} "
             f"(pretrained {pt_ids[first : first + 5]}, finetuned {ft_ids[first : first + 5]}). "

@@ -46,7 +46,9 @@ def encode(tokenizer, prompts: Prompts) -> list[list[int]]:
                 '(list of {"role", "content"} dicts) or a dict with input_ids.'
             )
         if len(ids) == 0:
-            raise ValueError(f"prompt {i} is empty after tokenization: every prompt needs at least one token.")
+            raise ValueError(
+                f"prompt {i} is empty after tokenization: every prompt needs at least one token."
+            )
         out.append(list(ids))
     return out
 

@@ -1,12 +1,12 @@
 """``ModelPair``: a pre-trained model and its fine-tune, and everything TuCo does with them.
 
-    >>> pair = ModelPair.from_pretrained("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf",
-    ...                                  dtype=torch.bfloat16, device_map="auto")
-    >>> pair = ModelPair.from_pretrained("base-model-dir", adapter="lora-adapter-dir")   # PEFT mode
-    >>> [r.tuco for r in pair.score(["Hello!", [{"role": "user", "content": "Hi"}]])]
-    >>> pair.generate("Tell me a joke.", alpha=0.8, max_new_tokens=30)
-    >>> with pair.steer(alpha=1.2):            # any forward / generate of pair.finetuned
-    ...     pair.finetuned(**batch)
+>>> pair = ModelPair.from_pretrained("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf",
+...                                  dtype=torch.bfloat16, device_map="auto")
+>>> pair = ModelPair.from_pretrained("base-model-dir", adapter="lora-adapter-dir")   # PEFT mode
+>>> [r.tuco for r in pair.score(["Hello!", [{"role": "user", "content": "Hi"}]])]
+>>> pair.generate("Tell me a joke.", alpha=0.8, max_new_tokens=30)
+>>> with pair.steer(alpha=1.2):            # any forward / generate of pair.finetuned
+...     pair.finetuned(**batch)
 """
 
 from __future__ import annotations
@@ -163,7 +163,9 @@ class ModelPair:
         """Length-sorted padded batches (longest first) of token ids, with their prompt indices."""
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         pad_id = inputs.pad_id(self.tokenizer) if self.tokenizer is not None else 0
-        with tqdm(total=len(ids), desc=desc, unit="prompt", disable=None if progress is None else not progress) as bar:
+        with tqdm(
+            total=len(ids), desc=desc, unit="prompt", disable=None if progress is None else not progress
+        ) as bar:
             for start in range(0, len(ids), batch_size):
                 chunk = order[start : start + batch_size]
                 batch = inputs.pad([ids[i] for i in chunk], pad_id, side)
@@ -209,7 +211,9 @@ class ModelPair:
         """Float32 logits [batch, seq, vocab] of the FTC-alpha model, prompts in input order,
         padded on ``padding_side`` (default: the tokenizer's). alpha = 1 is the FT model itself."""
         ids = self.encode(prompts)
-        batch = inputs.pad(ids, inputs.pad_id(self.tokenizer) if self.tokenizer else 0, self._side(padding_side))
+        batch = inputs.pad(
+            ids, inputs.pad_id(self.tokenizer) if self.tokenizer else 0, self._side(padding_side)
+        )
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with self.steer(alpha) if alpha != 1.0 else contextlib.nullcontext():
             return self.finetuned(**batch, use_cache=False).logits.float()
@@ -234,7 +238,9 @@ class ModelPair:
             with self.steer(alpha) if alpha != 1.0 else contextlib.nullcontext():
                 tokens = self.finetuned.generate(**batch, **generate_kwargs)
             new = tokens[:, batch["input_ids"].shape[1] :]
-            for i, text in zip(chunk, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+            for i, text in zip(
+                chunk, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True
+            ):
                 out[i] = text
         return out
 
@@ -280,7 +286,9 @@ def _last_stream(model: nn.Module, blocks: nn.ModuleList, batch: dict) -> tuple[
     handle = blocks[-1].register_forward_hook(grab)
     try:
         device = unwrap(model).get_input_embeddings().weight.device
-        logits = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False, logits_to_keep=1).logits
+        logits = model(
+            **{k: v.to(device) for k, v in batch.items()}, use_cache=False, logits_to_keep=1
+        ).logits
     finally:
         handle.remove()
     return seen["x"].float(), logits[:, -1].float()

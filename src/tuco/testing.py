@@ -1,9 +1,9 @@
 """Tiny offline model pairs for tests, examples and benchmarks: no hub, built in seconds.
 
-    >>> tok = byte_tokenizer()
-    >>> pt = tiny_model("llama")
-    >>> ft = perturbed_copy(pt, scale=0.05)        # differs from pt in its blocks only
-    >>> pair = ModelPair(pt, ft, tok)
+>>> tok = byte_tokenizer()
+>>> pt = tiny_model("llama")
+>>> ft = perturbed_copy(pt, scale=0.05)        # differs from pt in its blocks only
+>>> pair = ModelPair(pt, ft, tok)
 """
 
 from __future__ import annotations
@@ -24,13 +24,21 @@ TINY_CONFIGS: dict[str, dict] = {
     "qwen3": dict(_COMMON, num_key_value_heads=2, head_dim=16),
     "gemma": dict(_COMMON, num_key_value_heads=1, head_dim=16),
     "gemma2": dict(_COMMON, num_key_value_heads=2, head_dim=16, sliding_window=5),
-    "gemma3_text": dict(_COMMON, num_hidden_layers=4, num_key_value_heads=2, head_dim=16, sliding_window=5,
-                        layer_types=["sliding_attention", "full_attention"] * 2),
+    "gemma3_text": dict(
+        _COMMON,
+        num_hidden_layers=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=5,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+    ),
     "phi3": dict(_COMMON, num_key_value_heads=2),
     "olmo2": dict(_COMMON, num_key_value_heads=2),
     "gpt2": dict(n_embd=64, n_layer=3, n_head=4, n_positions=256),
     "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4),
-    "opt": dict(hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4, word_embed_proj_dim=64),
+    "opt": dict(
+        hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4, word_embed_proj_dim=64
+    ),
 }
 ARCHITECTURES = tuple(TINY_CONFIGS)
 
@@ -63,8 +71,14 @@ def tiny_model(model_type: str = "llama", seed: int = 0, vocab_size: int = 272, 
 
     if model_type not in TINY_CONFIGS:
         raise ValueError(f"no tiny config for {model_type!r}; known: {', '.join(ARCHITECTURES)}")
-    kwargs = dict(TINY_CONFIGS[model_type], vocab_size=vocab_size, pad_token_id=0, bos_token_id=1,
-                  eos_token_id=2, **overrides)
+    kwargs = dict(
+        TINY_CONFIGS[model_type],
+        vocab_size=vocab_size,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **overrides,
+    )
     config = AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
