@@ -137,3 +137,20 @@ def test_hooks_are_removed_on_exit(tok):
     with pair.steer(0.5):
         assert all(len(b._forward_hooks) == 1 for b in pair.ft_blocks)
     assert all(len(b._forward_hooks) == 0 and len(b._forward_pre_hooks) == 0 for b in pair.ft_blocks)
+
+
+@torch.no_grad()
+def test_record_keeps_no_per_layer_activations(tok):
+    """Without per_token, what is kept is [batch, d] sums and [batch] norms: nothing grows with seq."""
+    pair = make_pair("llama", tok)
+
+    def kept_elements(seq_len):
+        ids = torch.randint(3, 200, (2, seq_len))
+        with pair.steer(1.0) as dec:
+            rec = dec.record(torch.full((2,), seq_len - 1))
+            pair.finetuned.base_model(input_ids=ids, use_cache=False)
+        assert rec.ptc_tokens is None and dec._pt_out is None
+        tensors = [rec.ptc_sum, rec.ftc_sum, *(t for norms in rec._norms for t in norms)]
+        return sum(t.numel() for t in tensors)
+
+    assert kept_elements(8) == kept_elements(64) == 2 * 2 * 64 + 4 * 2 * pair.num_layers

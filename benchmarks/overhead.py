@@ -1,0 +1,98 @@
+"""Overhead of TuCo scoring over a plain fine-tuned forward pass (not a test: prints numbers).
+
+    python benchmarks/overhead.py --model smollm2 --batch 8 --seq 128 --dtype bfloat16
+    python benchmarks/overhead.py --model tiny-llama
+    python benchmarks/overhead.py --model PT_DIR --finetuned FT_DIR
+
+Times, as the median of --runs runs after --warmup runs, (a) a plain FT forward with
+``logits_to_keep=1`` and (b) ``pair.score`` on the same batch, and prints their ratio. The necessary
+work of (b) is two runs of the blocks and one embedding: 2.0 is the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from tuco import ModelPair
+from tuco.testing import perturbed_copy, tiny_model
+
+
+def build_pair(name: str, finetuned: str | None, dtype: torch.dtype) -> ModelPair:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "tiny-llama":
+        pt = tiny_model("llama", hidden_size=256, intermediate_size=768, num_hidden_layers=8, head_dim=64)
+        tok = None
+    else:
+        if name == "smollm2":
+            from tuco.embedded import smollm2_dir
+
+            name = str(smollm2_dir())
+        pt = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(name)
+    if finetuned is None:  # a stand-in fine-tune: the same model with perturbed blocks
+        ft = perturbed_copy(pt, scale=0.05)
+    else:
+        ft = AutoModelForCausalLM.from_pretrained(finetuned, dtype=torch.float32).eval()
+    return ModelPair(pt.to(dtype), ft.to(dtype), tok)
+
+
+def median_time(fn, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2", help="tiny-llama, smollm2, or a PT model path/id")
+    parser.add_argument("--finetuned", default=None, help="FT model path/id (default: perturbed copy of PT)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+
+    pair = build_pair(args.model, args.finetuned, getattr(torch, args.dtype))
+    pair.pretrained.to(args.device)
+    pair.finetuned.to(args.device)
+    vocab = pair.finetuned.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, vocab, (args.batch, args.seq), generator=gen).to(args.device)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+    @torch.inference_mode()
+    def plain():
+        pair.finetuned(**batch, use_cache=False, logits_to_keep=1)
+
+    def score():
+        pair.score(batch, batch_size=args.batch, progress=False)
+
+    t_plain = median_time(plain, args.runs, args.warmup)
+    t_score = median_time(score, args.runs, args.warmup)
+    print(
+        f"model={args.model} layers={pair.num_layers} batch={args.batch} seq={args.seq} dtype={args.dtype} "
+        f"device={args.device} threads={torch.get_num_threads()}"
+    )
+    print(f"plain FT forward (logits_to_keep=1): {t_plain * 1000:8.1f} ms")
+    print(f"pair.score:                          {t_score * 1000:8.1f} ms")
+    print(f"ratio score / plain:                 {t_score / t_plain:8.3f}   (floor 2.0)")
+
+
+if __name__ == "__main__":
+    main()

