@@ -10,7 +10,7 @@ from tuco import ModelPair, inputs
 from tuco.testing import ARCHITECTURES, tiny_model
 
 FIELDS_LIST = ("ptc_layers", "ftc_layers", "beta")
-FIELDS_FLOAT = ("tuco", "ptc_norm", "ftc_norm", "tuco_l2")
+FIELDS_FLOAT = ("tuco", "ptc_norm", "ftc_norm")
 
 
 def assert_results_close(a, b, tol=1e-5):
@@ -32,6 +32,8 @@ def test_batch_size_and_padding_side_do_not_change_results(arch, tok):
         assert_results_close(got, reference)
         for ra, rb in zip(got, reference, strict=True):
             assert ra.tuco_tokens == pytest.approx(rb.tuco_tokens, rel=1e-5, abs=1e-5)
+    l2_reference = pair.score(PROMPTS, batch_size=1, norm="l2")
+    assert_results_close(pair.score(PROMPTS, batch_size=4, padding_side="left", norm="l2"), l2_reference)
 
 
 def test_results_are_in_input_order_and_complete(tok):
@@ -59,6 +61,21 @@ def test_batch_encoding_input_gives_the_same_result(tok):
         enc = tok(texts, padding=True, return_tensors="pt")
         assert_results_close(pair.score(enc), pair.score(texts))
     tok.padding_side = "right"
+
+
+def test_l2_variant_uses_l2_norms_throughout(tok):
+    pair = make_pair("llama", tok)
+    batch = inputs.pad(pair.encode(PROMPTS), 0, "right")
+    with torch.no_grad(), pair.steer(1.0) as dec:
+        rec = dec.record(inputs.last_index(batch["attention_mask"]))
+        pair.finetuned.base_model(**batch)
+    for r, p_sum, f_sum in zip(pair.score(PROMPTS, norm="l2"), rec.ptc_sum, rec.ftc_sum, strict=True):
+        assert r.norm == "l2"
+        assert r.ptc_norm == pytest.approx(p_sum.norm().item(), rel=1e-5)
+        assert r.tuco == pytest.approx(f_sum.norm().item() / (p_sum.norm() + f_sum.norm()).item(), rel=1e-5)
+        assert r.beta[-1] == pytest.approx(r.tuco, abs=1e-6)
+    with pytest.raises(ValueError, match="norm must be"):
+        pair.score(PROMPTS, norm="l3")
 
 
 def test_to_dict_round_trip(tok):

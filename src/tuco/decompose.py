@@ -39,15 +39,18 @@ class Record:
     """What one forward pass leaves behind, float32, for the token at ``last_index`` of each row.
 
     - ``ptc_sum``, ``ftc_sum``: [batch, d], sum over blocks of PTC_l and FTC_l (P and F of the paper)
-    - ``ptc_layers``, ``ftc_layers``: [batch, L], L1 norm of PTC_l and FTC_l
-    - ``ptc_cum``, ``ftc_cum``: [batch, L], L1 norm of the running sums up to block l (for beta_l)
+    - ``ptc_layers``, ``ftc_layers``: [batch, L], norm of PTC_l and FTC_l
+    - ``ptc_cum``, ``ftc_cum``: [batch, L], norm of the running sums up to block l (for beta_l)
     - ``ptc_tokens``, ``ftc_tokens``: [batch, seq, d], sums over blocks at every position
       (only with ``per_token=True``)
+
+    Norms are L``p`` norms over d (``p=1``: the paper's TuCo; ``p=2``: the L2 variant).
     """
 
-    def __init__(self, last_index: torch.Tensor, per_token: bool = False):
+    def __init__(self, last_index: torch.Tensor, per_token: bool = False, p: float = 1):
         self.last_index = last_index
         self.per_token = per_token
+        self.p = p
         self.ptc_sum: torch.Tensor | None = None
         self.ftc_sum: torch.Tensor | None = None
         self.ptc_tokens: torch.Tensor | None = None
@@ -65,9 +68,8 @@ class Record:
         else:  # the first block's device holds the sums (blocks may sit on several devices)
             self.ptc_sum = self.ptc_sum + ptc.to(self.ptc_sum.device)
             self.ftc_sum = self.ftc_sum + ftc.to(self.ftc_sum.device)
-        self._norms.append(
-            (ptc.abs().sum(-1), ftc.abs().sum(-1), self.ptc_sum.abs().sum(-1), self.ftc_sum.abs().sum(-1))
-        )
+        norms = (ptc, ftc, self.ptc_sum, self.ftc_sum)
+        self._norms.append(tuple(torch.linalg.vector_norm(t, self.p, dim=-1) for t in norms))
         if self.per_token:
             ptc_t = pt_out.float() - x.float()
             ftc_t = ft_out.float() - pt_out.float()
@@ -136,9 +138,9 @@ class Decomposition:
         self._inside_pt = False  # PEFT mode calls the same module again: its hooks must stand aside
         self._ft_cache = self._pt_cache = None
 
-    def record(self, last_index: torch.Tensor, per_token: bool = False) -> Record:
+    def record(self, last_index: torch.Tensor, per_token: bool = False, p: float = 1) -> Record:
         """Keep the components of the next forward pass at token ``last_index[b]`` of row b."""
-        self.recording = Record(last_index, per_token)
+        self.recording = Record(last_index, per_token, p)
         return self.recording
 
     def __enter__(self) -> Decomposition:

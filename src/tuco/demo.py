@@ -51,9 +51,11 @@ def main() -> None:
             hooked = pair.finetuned(**batch).logits
     print(f"alpha=1 exactness: max |hooked - plain FT logits| = {(hooked - plain).abs().max().item():.1e}")
 
+    prompts = list(PROMPTS.values())
+    l1, l2 = (pair.score(prompts, norm=norm, progress=False) for norm in ("l1", "l2"))
     print(f"\n{'prompt':<16} {'tokens':>6} {'TuCo':>7} {'TuCo-L2':>8}")
-    for label, result in zip(PROMPTS, pair.score(list(PROMPTS.values()), progress=False), strict=True):
-        print(f"{label:<16} {result.n_tokens:>6} {result.tuco:>7.4f} {result.tuco_l2:>8.4f}")
+    for label, r1, r2 in zip(PROMPTS, l1, l2, strict=True):
+        print(f"{label:<16} {r1.n_tokens:>6} {r1.tuco:>7.4f} {r2.tuco:>8.4f}")
 
     chat = PROMPTS["chat: capital"]
     print("\nFTC-alpha generation (greedy, 16 new tokens):")

@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Iterator, Mapping
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -183,6 +184,7 @@ class ModelPair:
         *,
         batch_size: int = 8,
         per_token: bool = False,
+        norm: Literal["l1", "l2"] = "l1",
         padding_side: Side | None = None,
         progress: bool | None = None,
     ) -> list[TucoResult]:
@@ -190,14 +192,17 @@ class ModelPair:
 
         Cost: one FT forward without the unembedding, plus every PT block on the same inputs.
         ``per_token=True`` also gives TuCo at every position (keeps [batch, seq, d] sums).
+        ``norm="l2"`` uses L2 norms throughout instead of the paper's L1.
         """
+        if norm not in ("l1", "l2"):
+            raise ValueError(f"norm must be 'l1' or 'l2', not {norm!r}")
         ids = self.encode(prompts)
         results: list[TucoResult | None] = [None] * len(ids)
         for chunk, batch in self._batches(ids, batch_size, self._side(padding_side), "TuCo", progress):
             if not self._body_takes_positions:
                 batch.pop("position_ids")
             with self.steer(1.0) as dec:
-                rec = dec.record(inputs.last_index(batch["attention_mask"]), per_token)
+                rec = dec.record(inputs.last_index(batch["attention_mask"]), per_token, p=int(norm[1]))
                 self._body(**batch, use_cache=False)
             for i, result in zip(chunk, from_record(rec, batch["attention_mask"]), strict=True):
                 results[i] = result

@@ -15,11 +15,11 @@ from .decompose import Record
 class TucoResult:
     """TuCo of one prompt, at its last real token (TUCO-SPEC section 3).
 
-    - ``tuco``: ||F||_1 / (||P||_1 + ||F||_1), F and P the sums over blocks of FTC_l and PTC_l
-    - ``ptc_norm``, ``ftc_norm``: ||P||_1 and ||F||_1
-    - ``ptc_layers``, ``ftc_layers``: ||PTC_l||_1 and ||FTC_l||_1, one float per block
+    - ``tuco``: ||F|| / (||P|| + ||F||), F and P the sums over blocks of FTC_l and PTC_l
+    - ``ptc_norm``, ``ftc_norm``: ||P|| and ||F||
+    - ``ptc_layers``, ``ftc_layers``: ||PTC_l|| and ||FTC_l||, one float per block
     - ``beta``: the cumulative ratio beta_l, TuCo of the sums up to block l (``beta[-1] == tuco``)
-    - ``tuco_l2``: the same ratio with L2 norms
+    - ``norm``: "l1" (the paper's definition) or "l2" (the L2 variant), for every norm above
     - ``tuco_tokens``: TuCo at every real token of the prompt (``score(per_token=True)``)
     """
 
@@ -29,8 +29,8 @@ class TucoResult:
     ptc_layers: list[float]
     ftc_layers: list[float]
     beta: list[float]
-    tuco_l2: float
     n_tokens: int
+    norm: str = "l1"
     tuco_tokens: list[float] | None = None
 
     @property
@@ -61,23 +61,23 @@ def from_record(rec: Record, attention_mask: torch.Tensor) -> list[TucoResult]:
     """One ``TucoResult`` per row of a recorded batch (one host transfer per batch)."""
     ptc, ftc = rec.ptc_sum, rec.ftc_sum
     columns = {
-        "tuco": metrics.tuco(ptc, ftc, 1),
-        "ptc_norm": ptc.abs().sum(-1),
-        "ftc_norm": ftc.abs().sum(-1),
+        "tuco": metrics.tuco(ptc, ftc, rec.p),
+        "ptc_norm": torch.linalg.vector_norm(ptc, rec.p, dim=-1),
+        "ftc_norm": torch.linalg.vector_norm(ftc, rec.p, dim=-1),
         "ptc_layers": rec.ptc_layers,
         "ftc_layers": rec.ftc_layers,
         "beta": metrics.ratio(rec.ftc_cum, rec.ptc_cum),
-        "tuco_l2": metrics.tuco(ptc, ftc, 2),
     }
     columns = {k: v.cpu().tolist() for k, v in columns.items()}
     mask = attention_mask.bool().cpu()
     tokens = None
     if rec.per_token:
-        tokens = metrics.tuco(rec.ptc_tokens, rec.ftc_tokens, 1).cpu()  # [batch, seq]
+        tokens = metrics.tuco(rec.ptc_tokens, rec.ftc_tokens, rec.p).cpu()  # [batch, seq]
     return [
         TucoResult(
             **{k: v[i] for k, v in columns.items()},
             n_tokens=int(mask[i].sum()),
+            norm=f"l{rec.p:g}",
             tuco_tokens=None if tokens is None else tokens[i][mask[i]].tolist(),
         )
         for i in range(len(mask))
