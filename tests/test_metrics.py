@@ -17,6 +17,9 @@ def test_tuco_hand_computed():
 def test_ratio_zero_when_nothing_moves():
     assert metrics.ratio(torch.tensor([0.0]), torch.tensor([0.0])).item() == 0.0
     assert metrics.ratio(torch.tensor([2.0]), torch.tensor([0.0])).item() == 1.0
+    assert math.isnan(
+        metrics.ratio(torch.tensor([float("nan")]), torch.tensor([1.0])).item()
+    )  # overflow shows
 
 
 def test_output_contribution_hand_computed():

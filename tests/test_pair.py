@@ -86,6 +86,18 @@ def test_to_dict_round_trip(tok):
     assert r.preco == pytest.approx(1 - r.tuco)
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_next_token_probs_match_the_alpha_logits(alpha, tok):
+    pair = make_pair("llama", tok)
+    logits = pair.logits(PROMPTS, alpha=alpha, padding_side="right")
+    last = inputs.last_index(inputs.pad(pair.encode(PROMPTS), 0, "right")["attention_mask"])
+    expected = torch.softmax(logits[torch.arange(len(PROMPTS)), last], -1)
+    probs = pair.next_token_probs(PROMPTS, alpha=alpha, batch_size=3)
+    assert probs.shape == expected.shape and (probs - expected).abs().max() < 1e-5
+    subset = pair.next_token_probs(PROMPTS, alpha=alpha, token_ids=[5, 7])
+    assert torch.allclose(subset, probs[:, [5, 7]], atol=1e-6)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2", "opt"])
 def test_generation_with_pt_cache_equals_cache_free_generation(arch, tok):
     pair = make_pair(arch, tok)

@@ -10,9 +10,9 @@ import torch
 
 
 def ratio(part_norm: torch.Tensor, rest_norm: torch.Tensor) -> torch.Tensor:
-    """part / (rest + part), elementwise; 0 where both are 0 (no update at all)."""
+    """part / (rest + part), elementwise; 0 where both are 0 (no update at all); NaN stays NaN."""
     total = rest_norm + part_norm
-    return torch.where(total > 0, part_norm / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
+    return torch.where(total == 0, 0.0, part_norm / torch.where(total == 0, 1.0, total))
 
 
 def tuco(ptc_sum: torch.Tensor, ftc_sum: torch.Tensor, p: float = 1) -> torch.Tensor:

@@ -224,6 +224,30 @@ class ModelPair:
             return self.finetuned(**batch, use_cache=False).logits.float()
 
     @torch.inference_mode()
+    def next_token_probs(
+        self,
+        prompts: Prompts,
+        alpha: float = 1.0,
+        *,
+        token_ids: list[int] | None = None,
+        batch_size: int = 8,
+        progress: bool | None = None,
+    ) -> torch.Tensor:
+        """Float32 next-token probabilities after each prompt under the FTC-alpha model, in input order:
+        [n_prompts, vocab], or [n_prompts, len(token_ids)] for the given candidate tokens only."""
+        ids = self.encode(prompts)
+        rows: list[torch.Tensor | None] = [None] * len(ids)
+        for chunk, batch in self._batches(ids, batch_size, "left", f"next token a={alpha:g}", progress):
+            with self.steer(alpha) if alpha != 1.0 else contextlib.nullcontext():
+                logits = self.finetuned(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
+            probs = torch.softmax(logits.float(), dim=-1)
+            if token_ids is not None:
+                probs = probs[:, token_ids]
+            for i, row in zip(chunk, probs.cpu(), strict=True):
+                rows[i] = row
+        return torch.stack(rows) if rows else torch.empty(0)
+
+    @torch.inference_mode()
     def generate(
         self,
         prompts: Prompts,

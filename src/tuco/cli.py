@@ -1,0 +1,271 @@
+"""The ``tuco`` command (also ``python -m tuco``).
+
+    tuco score    --pretrained P --finetuned F --prompts prompts.jsonl --out results.jsonl
+    tuco generate --pretrained P --adapter A --prompts - --alpha 0.8 1.2 --max-new-tokens 40 --out gen.jsonl
+    tuco sweep    --pretrained P --finetuned F --prompts mc.jsonl --alpha 0.75 1 1.25 --choices Yes No \
+                  --out sweep.jsonl
+    tuco check    --pretrained P --finetuned F
+    tuco report   results.jsonl --out report.html [--group-by group]
+
+Exit codes: 0 ok, 1 runtime failure (model loading, incompatible pair, overflow, out of memory,
+failed check), 2 usage error (bad options, bad prompt data, existing results without --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .data import DataError
+
+log = logging.getLogger("tuco")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("models")
+    g.add_argument("--pretrained", required=True, help="pre-trained model: hub id or local directory")
+    g.add_argument("--finetuned", help="fine-tuned model: hub id or local directory")
+    g.add_argument("--adapter", help="PEFT LoRA adapter on top of --pretrained (instead of --finetuned)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    g.add_argument("--device-map", help='"auto" or a JSON module->device map (shards both models alike)')
+    g.add_argument(
+        "--trust-remote-code", action="store_true", help="run model code from the checkpoint (off)"
+    )
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _prompt_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("prompts")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", help="JSONL, CSV, Parquet or text file; - for stdin")
+    src.add_argument("--dataset", help="Hugging Face dataset id or save_to_disk directory")
+    g.add_argument("--split", default="train", help="dataset split (with --dataset)")
+    g.add_argument("--field", help="field holding the prompt (default: prompt, messages or text)")
+    g.add_argument(
+        "--input-format", choices=["jsonl", "csv", "parquet", "text"], help="override the extension"
+    )
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--max-length", type=int, help="longest prompt in tokens")
+    g.add_argument(
+        "--truncate", default="error", choices=["left", "right", "error"], help="beyond --max-length"
+    )
+    g.add_argument(
+        "--chat-template",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="format prompts with the tokenizer's chat template (default: when it has one)",
+    )
+    g.add_argument("--system-prompt", help="system message prepended to every chat")
+    g.add_argument("--skip-invalid", action="store_true", help="skip bad records with a warning, not fail")
+    o = parser.add_argument_group("results")
+    o.add_argument("--out", required=True, help="results JSONL (written as results arrive)")
+    o.add_argument(
+        "--format", default="jsonl", choices=["jsonl", "parquet", "csv"], help="also convert at the end"
+    )
+    o.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    o.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuco", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"tuco {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="TuCo of every prompt")
+    _model_options(p)
+    _prompt_options(p)
+    p.add_argument("--per-token", action="store_true", help="also TuCo at every token")
+    p.add_argument("--norm", default="l1", choices=["l1", "l2"])
+    p.add_argument("--output-baselines", action="store_true", help="also OutputCo and KL(p_FT || p_PT)")
+
+    p = sub.add_parser("generate", help="generate with the FTC-alpha model")
+    _model_options(p)
+    _prompt_options(p)
+    p.add_argument("--alpha", type=float, nargs="+", action="extend", default=None, help="one or more alphas")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--do-sample", action="store_true")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+
+    p = sub.add_parser("sweep", help="multiple-choice answers vs alpha")
+    _model_options(p)
+    _prompt_options(p)
+    p.add_argument("--alpha", type=float, nargs="+", action="extend", default=None)
+    p.add_argument("--choices", nargs="+", help="candidate answers (or a 'choices' field per record)")
+
+    p = sub.add_parser("check", help="compatibility and alpha=1 exactness of a pair")
+    _model_options(p)
+
+    p = sub.add_parser("report", help="HTML or markdown report of results files")
+    p.add_argument("results", nargs="+", help="results files (JSONL, Parquet or CSV)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--group-by", help="field that splits prompts into groups (default: group, if present)")
+    p.add_argument("--label", default="label", help="binary field for ROC-AUC of TuCo (default: label)")
+    p.add_argument("--format", default="html", choices=["html", "md"])
+    return parser
+
+
+def load_pair(args):
+    import torch
+
+    from .pair import ModelPair
+
+    if (args.finetuned is None) == (args.adapter is None):
+        raise UsageError("give exactly one of --finetuned (a full model) or --adapter (a PEFT adapter)")
+    torch.manual_seed(args.seed)
+    device_map = args.device_map
+    if device_map and device_map.strip().startswith("{"):
+        try:
+            device_map = json.loads(device_map)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--device-map is not valid JSON: {e}") from e
+    if device_map is None:
+        device_map = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return ModelPair.from_pretrained(
+        args.pretrained,
+        args.finetuned,
+        adapter=args.adapter,
+        dtype=args.dtype,
+        device_map=device_map,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def run_job(args) -> int:
+    from . import runs, store
+    from .data import count_records, read_dataset, read_prompts
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.command in ("generate", "sweep") and not args.alpha:
+        args.alpha = [1.0]
+    out = store.ResultsFile(args.out, resume=args.resume, overwrite=args.overwrite, key=("id", "alpha"))
+    pair = load_pair(args)
+    job = runs.Job(
+        pair=pair,
+        out=out,
+        batch_size=args.batch_size,
+        chat_template=args.chat_template,
+        system_prompt=args.system_prompt,
+        max_length=args.max_length,
+        truncate=args.truncate,
+        skip_invalid=args.skip_invalid,
+        quiet=args.quiet,
+        meta={
+            "pretrained": args.pretrained,
+            "finetuned": args.finetuned,
+            "adapter": args.adapter,
+            "dtype": str(next(pair.finetuned.parameters()).dtype).removeprefix("torch."),
+            "tuco_version": __version__,
+        },
+    )
+    if args.prompts:
+        job.total = count_records(args.prompts)
+        records = read_prompts(args.prompts, field=args.field, fmt=args.input_format, on_error=job._invalid)
+    else:
+        records = read_dataset(args.dataset, args.split, args.field)
+    with out:
+        if args.command == "score":
+            runs.score(
+                job, records, per_token=args.per_token, norm=args.norm, baselines=args.output_baselines
+            )
+        elif args.command == "generate":
+            kwargs = {
+                k: getattr(args, k) for k in ("temperature", "top_p", "top_k") if getattr(args, k) is not None
+            }
+            runs.generate(
+                job,
+                records,
+                args.alpha,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=args.do_sample,
+                **kwargs,
+            )
+        else:
+            runs.sweep(job, records, args.alpha, args.choices)
+    print(
+        f"{job.written} new records -> {args.out}" + (f" ({job.skipped} skipped)" if job.skipped else ""),
+        file=sys.stderr,
+    )
+    if args.format != "jsonl":
+        print(f"converted -> {store.convert(args.out, args.format)}", file=sys.stderr)
+    if args.command == "sweep":
+        print(accuracy_table(store.load_results([args.out])))
+    return 0
+
+
+def accuracy_table(frame) -> str:
+    if "correct" not in frame:
+        return "no answers given: no accuracy"
+    table = frame.dropna(subset=["correct"]).groupby("alpha")["correct"].agg(["mean", "count"])
+    lines = ["alpha   accuracy   n"] + [
+        f"{a:<7g} {row['mean']:8.4f}   {int(row['count'])}" for a, row in table.iterrows()
+    ]
+    return "\n".join(lines)
+
+
+def run_check(args) -> int:
+    from .check import check_pair
+
+    ok, lines = check_pair(load_pair(args))
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def run_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.results, args.out, group_by=args.group_by, label=args.label, fmt=args.format)
+    print(f"report -> {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="tuco: %(message)s"
+    )
+    from .compat import IncompatiblePairError
+    from .store import ResultsExistError
+
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    handlers = {
+        "score": run_job,
+        "generate": run_job,
+        "sweep": run_job,
+        "check": run_check,
+        "report": run_report,
+    }
+    try:
+        return handlers[args.command](args)
+    except (UsageError, DataError, ResultsExistError) as e:
+        print(f"tuco {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"tuco {args.command}: interrupted; finished results are kept (rerun with --resume)",
+            file=sys.stderr,
+        )
+        return 130
+    except (OSError, IncompatiblePairError, RuntimeError, ValueError) as e:
+        print(f"tuco {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Long runs over prompt records: score, generate, sweep. Resumable, streamed, OOM-tolerant.
+
+Each job reads ``PromptRecord``s lazily in batches, skips those the results file already holds,
+turns prompts into token ids (chat template, system prompt, length limit), computes, checks that
+every number is finite, and appends the batch to the results file before reading on: a crash or a
+Ctrl-C loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import DataError, PromptRecord
+from .pair import ModelPair
+from .store import ResultsFile
+
+log = logging.getLogger("tuco")
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+@dataclass
+class Job:
+    """What every run shares: the pair, how prompts become tokens, and where results go."""
+
+    pair: ModelPair
+    out: ResultsFile
+    meta: dict = field(default_factory=dict)  # model ids, dtype, version: copied into every record
+    batch_size: int = 8
+    chat_template: bool | None = None  # None: use it when the tokenizer has one
+    system_prompt: str | None = None
+    max_length: int | None = None
+    truncate: str = "error"  # left | right | error
+    skip_invalid: bool = False
+    quiet: bool = False
+    total: int | None = None  # number of records, for the progress bar's ETA
+    skipped: int = 0
+    written: int = 0
+
+    # ------------------------------------------------------------------ prompts to token ids
+    def token_ids(self, record: PromptRecord) -> list[int]:
+        tokenizer = self.pair.tokenizer
+        use_template = self.chat_template
+        if use_template is None:
+            use_template = getattr(tokenizer, "chat_template", None) is not None
+        prompt = record.prompt
+        if isinstance(prompt, list) and not use_template:
+            raise DataError(
+                f"{record.where}: chat messages need a chat template, and "
+                + (
+                    "--no-chat-template was given."
+                    if self.chat_template is False
+                    else "the tokenizer has none."
+                )
+            )
+        if use_template:
+            if getattr(tokenizer, "chat_template", None) is None:
+                raise DataError("--chat-template was given but the tokenizer has no chat template.")
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            if self.system_prompt and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": self.system_prompt}, *messages]
+            prompt = messages
+        try:
+            ids = self.pair.encode([prompt])[0]
+        except Exception as e:  # template errors (e.g. no system role) and empty prompts
+            raise DataError(f"{record.where}: cannot format the prompt: {e}") from e
+        if self.max_length and len(ids) > self.max_length:
+            if self.truncate == "left":
+                ids = ids[-self.max_length :]
+            elif self.truncate == "right":
+                ids = ids[: self.max_length]
+            else:
+                raise DataError(
+                    f"{record.where}: the prompt has {len(ids)} tokens, "
+                    f"more than --max-length {self.max_length}; "
+                    "pass --truncate left or --truncate right to cut it."
+                )
+        return ids
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, records: Iterable[PromptRecord], compute: Callable, keys: Callable, desc: str) -> None:
+        """For each batch of new records: ``compute(records, token_ids) -> list[dict]`` and write.
+
+        ``keys(record)`` lists the result keys one record produces (to tell what is done on resume).
+        """
+        bar = tqdm(total=self.total, desc=desc, unit="prompt", disable=self.quiet or None, dynamic_ncols=True)
+        with bar:
+            for batch in _batched(records, self.batch_size):
+                # A batch is computed whole whenever any of it is missing, so that a resumed run
+                # pads and batches exactly as the uninterrupted one: identical numbers.
+                if all(self.out.is_done(k) for r in batch for k in keys(r)):
+                    bar.update(len(batch))
+                    continue
+                valid, ids = [], []
+                for record in batch:
+                    try:
+                        ids.append(self.token_ids(record))
+                    except DataError as e:
+                        self._invalid(e)
+                        continue
+                    valid.append(record)
+                if valid:
+                    results = [r for r in _split_on_oom(compute, valid, ids) if not self.out.is_done(r)]
+                    _check_finite(results)
+                    self.out.write(results)
+                    self.written += len(results)
+                bar.update(len(batch))
+
+    def _invalid(self, error: DataError) -> None:
+        if not self.skip_invalid:
+            raise error
+        self.skipped += 1
+        log.warning("skipped: %s", error)
+
+    def record(self, record: PromptRecord, **values) -> dict:
+        return {"id": record.id, **record.fields, **values, **self.meta}
+
+
+# ---------------------------------------------------------------------- the three jobs
+def score(job: Job, records: Iterable[PromptRecord], *, per_token=False, norm="l1", baselines=False) -> None:
+    def compute(batch: list[PromptRecord], ids: list[list[int]]) -> list[dict]:
+        results = job.pair.score(ids, batch_size=len(ids), per_token=per_token, norm=norm, progress=False)
+        extra = job.pair.output_contribution(ids, batch_size=len(ids), progress=False) if baselines else None
+        out = []
+        for i, (record, result) in enumerate(zip(batch, results, strict=True)):
+            values = result.to_dict()
+            if not per_token:
+                values.pop("tuco_tokens")
+            if extra is not None:
+                values |= extra[i].to_dict()
+            out.append(job.record(record, **values, alpha=1.0))
+        return out
+
+    job.run(records, compute, lambda r: [{"id": r.id, "alpha": 1.0}], "TuCo")
+
+
+def generate(job: Job, records: Iterable[PromptRecord], alphas: list[float], **generate_kwargs) -> None:
+    def compute(batch: list[PromptRecord], ids: list[list[int]]) -> list[dict]:
+        out = []
+        for alpha in alphas:
+            texts = job.pair.generate(
+                ids, alpha=alpha, batch_size=len(ids), progress=False, **generate_kwargs
+            )
+            for record, text, prompt_ids in zip(batch, texts, ids, strict=True):
+                out.append(job.record(record, alpha=alpha, text=text, n_tokens=len(prompt_ids)))
+        return out
+
+    job.run(records, compute, lambda r: [{"id": r.id, "alpha": a} for a in alphas], "generate")
+
+
+def sweep(job: Job, records: Iterable[PromptRecord], alphas: list[float], choices: list[str] | None) -> None:
+    """Next-token probabilities of candidate answers under each alpha (multiple-choice items)."""
+    tokenizer = job.pair.tokenizer
+
+    def candidates(choice: str) -> list[int]:
+        # "Yes" right after the prompt, or " Yes" after a space: both spellings count for the choice
+        firsts = {
+            tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (choice, " " + choice)
+        }
+        return sorted(firsts)
+
+    def compute(batch: list[PromptRecord], ids: list[list[int]]) -> list[dict]:
+        item_choices = [_choices(r, choices) for r in batch]
+        out = []
+        for alpha in alphas:
+            probs = job.pair.next_token_probs(ids, alpha=alpha, batch_size=len(ids), progress=False)
+            for record, options, row in zip(batch, item_choices, probs, strict=True):
+                p = [float(row[candidates(c)].sum()) for c in options]
+                pred = options[max(range(len(p)), key=p.__getitem__)]
+                answer = _answer(record, options)
+                values = dict(alpha=alpha, choices=options, probs=p, pred=pred)
+                if answer is not None:
+                    values |= dict(answer=answer, correct=pred == answer)
+                out.append(job.record(record, **values))
+        return out
+
+    job.run(records, compute, lambda r: [{"id": r.id, "alpha": a} for a in alphas], "sweep")
+
+
+def _choices(record: PromptRecord, default: list[str] | None) -> list[str]:
+    options = record.fields.get("choices", default)
+    if isinstance(options, str):
+        options = [c.strip() for c in options.split("|")]
+    if not options or len(options) < 2:
+        raise DataError(f"{record.where}: no answer choices: give --choices A B ... or a 'choices' field.")
+    return [str(c) for c in options]
+
+
+def _answer(record: PromptRecord, options: list[str]) -> str | None:
+    answer = record.fields.get("answer")
+    if answer is None or answer == "":
+        return None
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(options):
+        return options[answer]  # an index into the choices
+    if str(answer).strip() in options:
+        return str(answer).strip()
+    raise DataError(f"{record.where}: answer {answer!r} is not one of the choices {options}.")
+
+
+# ---------------------------------------------------------------------- helpers
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, n)):
+        yield batch
+
+
+def _split_on_oom(compute: Callable, records: list, ids: list) -> list[dict]:
+    """Run ``compute``; on out-of-memory, split the batch in two and retry each half."""
+    try:
+        return compute(records, ids)
+    except torch.OutOfMemoryError:
+        if len(records) == 1:
+            raise RuntimeError(
+                f"Out of memory on a single prompt ({len(ids[0])} tokens, {records[0].where}): use "
+                "--max-length with --truncate, a smaller --dtype (bfloat16), or --device-map auto."
+            ) from None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(records) // 2
+        log.warning(
+            "out of memory on a batch of %d: retrying as %d + %d", len(records), half, len(records) - half
+        )
+        return _split_on_oom(compute, records[:half], ids[:half]) + _split_on_oom(
+            compute, records[half:], ids[half:]
+        )
+
+
+def _check_finite(results: list[dict]) -> None:
+    for result in results:
+        for name in ("tuco", "ptc_norm", "ftc_norm", "outputco", "kl"):
+            value = result.get(name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NonFiniteError(
+                    f"{name} is {value} for prompt id {result['id']!r}: the model overflowed (fp16?). "
+                    "Rerun with --dtype bfloat16 or --dtype float32; the results written so far are kept."
+                )
+        probs = result.get("probs")
+        if probs is not None and not all(math.isfinite(p) for p in probs):
+            raise NonFiniteError(
+                f"non-finite probabilities for prompt id {result['id']!r}: "
+                "rerun with --dtype bfloat16 or float32."
+            )
