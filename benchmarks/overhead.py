@@ -12,46 +12,9 @@ work of (b) is two runs of the blocks and one embedding: 2.0 is the floor.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-
-from tuco import ModelPair
-from tuco.testing import perturbed_copy, tiny_model
-
-
-def build_pair(name: str, finetuned: str | None, dtype: torch.dtype) -> ModelPair:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if name == "tiny-llama":
-        pt = tiny_model("llama", hidden_size=256, intermediate_size=768, num_hidden_layers=8, head_dim=64)
-        tok = None
-    else:
-        if name == "smollm2":
-            from tuco.embedded import smollm2_dir
-
-            name = str(smollm2_dir())
-        pt = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval()
-        tok = AutoTokenizer.from_pretrained(name)
-    if finetuned is None:  # a stand-in fine-tune: the same model with perturbed blocks
-        ft = perturbed_copy(pt, scale=0.05)
-    else:
-        ft = AutoModelForCausalLM.from_pretrained(finetuned, dtype=torch.float32).eval()
-    return ModelPair(pt.to(dtype), ft.to(dtype), tok)
-
-
-def median_time(fn, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from common import build_pair, median_time, random_batch
 
 
 def main() -> None:
@@ -71,10 +34,7 @@ def main() -> None:
     pair = build_pair(args.model, args.finetuned, getattr(torch, args.dtype))
     pair.pretrained.to(args.device)
     pair.finetuned.to(args.device)
-    vocab = pair.finetuned.get_input_embeddings().weight.shape[0]
-    gen = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(3, vocab, (args.batch, args.seq), generator=gen).to(args.device)
-    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    batch = random_batch(pair, args.batch, args.seq)
 
     @torch.inference_mode()
     def plain():

@@ -44,6 +44,17 @@ def test_results_are_in_input_order_and_complete(tok):
     assert [r.n_tokens for r in results] == [len(ids) for ids in pair.encode(PROMPTS)]
 
 
+def test_length_sorted_batches_save_padding(tok):
+    pair = make_pair("llama", tok)
+    prompts = ["a" * 40, "b", "c" * 38, "d" * 2, "e" * 39, "f"]
+    assert_results_close(pair.score(prompts, batch_size=2), pair.score(prompts, batch_size=1))
+    pair.score(prompts, batch_size=2)
+    lengths = [len(ids) for ids in pair.encode(prompts)]
+    assert pair.padding["tokens"] == sum(lengths)
+    assert pair.padding["input_order"] == 2 * (41 + 39 + 40)  # pairs in input order pad to the long one
+    assert pair.padding["sorted"] == 2 * (41 + 39 + 2)  # (41, 40), (39, 3), (2, 2)
+
+
 def test_per_token_tuco_ends_with_the_prompt_tuco(tok):
     pair = make_pair("llama", tok)
     for r in pair.score(PROMPTS, per_token=True):

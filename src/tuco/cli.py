@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from . import __version__
@@ -142,6 +143,8 @@ def load_pair(args):
             raise UsageError(f"--device-map is not valid JSON: {e}") from e
     if device_map is None:
         device_map = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device_map == "cuda" and "LOCAL_RANK" in os.environ:  # data-parallel: one GPU per rank
+            device_map = f"cuda:{os.environ['LOCAL_RANK']}"
     return ModelPair.from_pretrained(
         args.pretrained,
         args.finetuned,
@@ -160,7 +163,13 @@ def run_job(args) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.command in ("generate", "sweep") and not args.alpha:
         args.alpha = [1.0]
-    out = store.ResultsFile(args.out, resume=args.resume, overwrite=args.overwrite, key=("id", "alpha"))
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    out_path = args.out if world == 1 else shard_path(args.out, rank, world)
+    if world > 1 and os.path.exists(args.out) and not args.overwrite:
+        raise UsageError(
+            f"{args.out} already exists: pass --overwrite to replace it (--resume continues shards)"
+        )
+    out = store.ResultsFile(out_path, resume=args.resume, overwrite=args.overwrite, key=("id", "alpha"))
     pair = load_pair(args)
     job = runs.Job(
         pair=pair,
@@ -180,15 +189,18 @@ def run_job(args) -> int:
             "tuco_version": __version__,
         },
     )
-    if args.prompts:
-        job.total = count_records(args.prompts)
-        records = read_prompts(args.prompts, field=args.field, fmt=args.input_format, on_error=job._invalid)
-    else:
-        records = read_dataset(args.dataset, args.split, args.field)
+    job.rank, job.world = rank, world
+
+    def records(on_error=job._invalid):
+        if args.prompts:
+            return read_prompts(args.prompts, field=args.field, fmt=args.input_format, on_error=on_error)
+        return read_dataset(args.dataset, args.split, args.field)
+
+    job.total = count_records(args.prompts) if args.prompts else None
     with out:
         if args.command == "score":
             runs.score(
-                job, records, per_token=args.per_token, norm=args.norm, baselines=args.output_baselines
+                job, records(), per_token=args.per_token, norm=args.norm, baselines=args.output_baselines
             )
         elif args.command == "generate":
             kwargs = {
@@ -196,23 +208,46 @@ def run_job(args) -> int:
             }
             runs.generate(
                 job,
-                records,
+                records(),
                 args.alpha,
                 max_new_tokens=args.max_new_tokens,
                 do_sample=args.do_sample,
                 **kwargs,
             )
         else:
-            runs.sweep(job, records, args.alpha, args.choices)
+            runs.sweep(job, records(), args.alpha, args.choices)
     print(
-        f"{job.written} new records -> {args.out}" + (f" ({job.skipped} skipped)" if job.skipped else ""),
+        f"{job.written} new records -> {out_path}" + (f" ({job.skipped} skipped)" if job.skipped else ""),
         file=sys.stderr,
     )
+    if world > 1:  # every rank has finished its shard: rank 0 merges them in input order
+        _barrier()
+        if rank != 0:
+            return 0
+        shards = [shard_path(args.out, r, world) for r in range(world)]
+        runs.merge_shards(args.out, shards, records(on_error=lambda e: None), args.batch_size)
+        for shard in shards:
+            os.remove(shard)
+        print(f"merged {world} shards -> {args.out}", file=sys.stderr)
     if args.format != "jsonl":
         print(f"converted -> {store.convert(args.out, args.format)}", file=sys.stderr)
     if args.command == "sweep":
         print(accuracy_table(store.load_results([args.out])))
     return 0
+
+
+def shard_path(out: str, rank: int, world: int) -> str:
+    return f"{out}.shard-{rank}-of-{world}"
+
+
+def _barrier() -> None:
+    """Wait for every rank of a torchrun / accelerate launch run (gloo: CPU-only is enough)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def accuracy_table(frame) -> str:
@@ -280,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": run_job,
         "check": run_check,
         "report": run_report,
+        "demo": run_demo,
     }
     try:
         return handlers[args.command](args)

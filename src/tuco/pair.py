@@ -84,6 +84,7 @@ class ModelPair:
         adapter: str | None = None,
         dtype: str | torch.dtype | None = None,
         device_map: str | dict | None = None,
+        max_memory: dict | None = None,
         tokenizer: str | None = None,
         use_finetuned_tokenizer: bool = False,
         trust_remote_code: bool = False,
@@ -93,9 +94,13 @@ class ModelPair:
         """Load a pair from hub ids or local directories (the same ``from_pretrained`` path).
 
         Give ``finetuned`` (a full fine-tuned model) or ``adapter`` (a PEFT LoRA adapter on top of
-        ``pretrained``: one copy of the base weights). ``dtype``, ``device_map`` and
-        ``model_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``; block l of both models
-        lands on the same device. Configs and tokenizers are checked before any weight is loaded.
+        ``pretrained``: one copy of the base weights). ``dtype`` and ``model_kwargs`` (e.g.
+        ``offload_folder``) go to ``AutoModelForCausalLM.from_pretrained``. ``device_map`` ("auto",
+        "balanced", "sequential", a device, or a module -> device dict) places both models alike, so
+        that block l of both always sits on the same device; with "auto" & co. the placement is
+        computed for the two models together within ``max_memory`` (half of each device's budget
+        per model), with CPU and disk offload as accelerate's fallbacks. Configs and tokenizers are
+        checked before any weight is loaded.
         """
         from transformers import AutoConfig
 
@@ -106,6 +111,8 @@ class ModelPair:
             kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
         if adapter is not None:
             tok = _load_tokenizer(tokenizer or adapter, fallback=pretrained, trust=trust_remote_code)
+            if max_memory is not None:
+                kwargs["max_memory"] = max_memory
             base = _load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
             from peft import PeftModel
 
@@ -123,12 +130,11 @@ class ModelPair:
         ft_tok = _load_tokenizer(tokenizer or finetuned, fallback=pretrained, trust=trust_remote_code)
         pt_tok = _load_tokenizer(pretrained, fallback=None, trust=trust_remote_code)
         compat.check_tokenizers(pt_tok, ft_tok, use_finetuned_tokenizer)
+        if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+            device_map = joint_device_map(configs[1], device_map, max_memory, kwargs.get("dtype"))
+        # The same placement for both: module names agree (same architecture).
         ft = _load_model(finetuned, "finetuned", device_map=device_map, **kwargs)
-        # Same placement for the PT model: module names are the same in both (same architecture).
-        pt_map = getattr(ft, "hf_device_map", None) if device_map is not None else None
-        if isinstance(pt_map, dict) and set(pt_map) == {""}:
-            pt_map = pt_map[""]
-        pt = _load_model(pretrained, "pretrained", device_map=pt_map, **kwargs)
+        pt = _load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
         return cls(
             pt,
             ft,
@@ -161,8 +167,26 @@ class ModelPair:
     def _batches(
         self, ids: list[list[int]], batch_size: int, side: Side, desc: str, progress: bool | None
     ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-        """Length-sorted padded batches (longest first) of token ids, with their prompt indices."""
+        """Length-sorted padded batches (longest first) of token ids, with their prompt indices.
+        The padding this saves is logged and kept in ``self.padding`` (token counts)."""
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+
+        def padded(sequence: list[int]) -> int:
+            chunks = [sequence[s : s + batch_size] for s in range(0, len(sequence), batch_size)]
+            return sum(len(c) * max(len(ids[i]) for i in c) for c in chunks)
+
+        self.padding = {
+            "tokens": sum(map(len, ids)),
+            "sorted": padded(order),
+            "input_order": padded(range(len(ids))),
+        }
+        if self.padding["input_order"] > self.padding["sorted"]:
+            log.info(
+                "length-sorted batches: %d padded tokens instead of %d in input order (%d real)",
+                self.padding["sorted"],
+                self.padding["input_order"],
+                self.padding["tokens"],
+            )
         pad_id = inputs.pad_id(self.tokenizer) if self.tokenizer is not None else 0
         with tqdm(
             total=len(ids), desc=desc, unit="prompt", disable=None if progress is None else not progress
@@ -321,6 +345,24 @@ def _last_stream(model: nn.Module, blocks: nn.ModuleList, batch: dict) -> tuple[
     finally:
         handle.remove()
     return seen["x"].float(), logits[:, -1].float()
+
+
+def joint_device_map(config, strategy: str, max_memory: dict | None, dtype) -> dict:
+    """A module -> device map for ONE of two same-shaped models that share the devices: each gets
+    half of every device's budget, so that the same map holds both (block l of both together)."""
+    from accelerate import infer_auto_device_map, init_empty_weights
+    from accelerate.utils import get_balanced_memory, get_max_memory
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype if isinstance(dtype, torch.dtype) else getattr(config, "dtype", None) or torch.float32
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    no_split = list(getattr(empty, "_no_split_modules", None) or [])
+    budget = {device: size // 2 for device, size in get_max_memory(max_memory).items() if device != "disk"}
+    gpus = [d for d in budget if d != "cpu"]
+    if strategy != "sequential" and len(gpus) > 1:
+        budget = get_balanced_memory(empty, budget, no_split, dtype, low_zero=strategy == "balanced_low_0")
+    return infer_auto_device_map(empty, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
 
 
 def _load(loader, name: str, which: str, **kwargs):

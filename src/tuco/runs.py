@@ -43,6 +43,8 @@ class Job:
     skip_invalid: bool = False
     quiet: bool = False
     total: int | None = None  # number of records, for the progress bar's ETA
+    rank: int = 0  # data-parallel runs: this process takes batches j with j % world == rank
+    world: int = 1
     skipped: int = 0
     written: int = 0
 
@@ -94,10 +96,10 @@ class Job:
         """
         bar = tqdm(total=self.total, desc=desc, unit="prompt", disable=self.quiet or None, dynamic_ncols=True)
         with bar:
-            for batch in _batched(records, self.batch_size):
+            for j, batch in enumerate(_batched(records, self.batch_size)):
                 # A batch is computed whole whenever any of it is missing, so that a resumed run
                 # pads and batches exactly as the uninterrupted one: identical numbers.
-                if all(self.out.is_done(k) for r in batch for k in keys(r)):
+                if j % self.world != self.rank or all(self.out.is_done(k) for r in batch for k in keys(r)):
                     bar.update(len(batch))
                     continue
                 valid, ids = [], []
@@ -207,6 +209,32 @@ def _answer(record: PromptRecord, options: list[str]) -> str | None:
 
 
 # ---------------------------------------------------------------------- helpers
+def merge_shards(out, shards: list, records: Iterable[PromptRecord], batch_size: int) -> None:
+    """Write the shards of a data-parallel run into ``out`` in the order one process would have:
+    batch j came from shard j % world, its records contiguous there (every output of a record
+    carries its id)."""
+    import json
+
+    queues = []
+    for shard in shards:
+        with open(shard, encoding="utf-8") as f:
+            queues.append([line for line in f if line.strip()])
+    positions = [0] * len(shards)
+    with open(out, "w", encoding="utf-8") as merged:
+        for j, batch in enumerate(_batched(records, batch_size)):
+            ids = {json.dumps(r.id, default=str) for r in batch}
+            s = j % len(shards)
+            queue = queues[s]
+            while positions[s] < len(queue) and json.dumps(json.loads(queue[positions[s]])["id"]) in ids:
+                merged.write(queue[positions[s]])
+                positions[s] += 1
+    left = [str(shard) for shard, q, p in zip(shards, queues, positions, strict=True) if p != len(q)]
+    if left:
+        raise RuntimeError(
+            f"shards {left} hold records the input does not: were they made from another input?"
+        )
+
+
 def _batched(items: Iterable, n: int) -> Iterator[list]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, n)):

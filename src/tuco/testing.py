@@ -92,5 +92,5 @@ def perturbed_copy(model: nn.Module, scale: float = 0.05, seed: int = 1) -> nn.M
     gen = torch.Generator().manual_seed(seed)
     for p in find_blocks(ft).parameters():
         noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-        p.add_((noise * scale * (p.float().std() + 1e-3)).to(p.dtype))
+        p.add_((noise * scale * (p.float().std().cpu() + 1e-3)).to(p.device, p.dtype))
     return ft

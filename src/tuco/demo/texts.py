@@ -52,10 +52,12 @@ def windows(tokenizer, n: int, length: int = 97, seed: int = 0) -> list[dict]:
     """``n`` records {"prompt", "source"}: random ``length``-token windows, spread over the works."""
     rng = random.Random(seed)
     texts = read_works()
-    ids = {work: tokenizer(text, add_special_tokens=False)["input_ids"] for work, text in texts.items()}
     out = []
     for i in range(n):
         work = WORKS[i % len(WORKS)]
-        start = rng.randrange(0, len(ids[work]) - length)
-        out.append({"prompt": tokenizer.decode(ids[work][start : start + length]), "source": work})
+        # tokenize a random stretch of the work (a window needs far less), then cut the window
+        offset = rng.randrange(0, len(texts[work]) - 20 * length)
+        ids = tokenizer(texts[work][offset : offset + 20 * length], add_special_tokens=False)["input_ids"]
+        start = rng.randrange(1, len(ids) - length)  # skip the first token: it may be a broken word
+        out.append({"prompt": tokenizer.decode(ids[start : start + length]), "source": work})
     return out

@@ -1,0 +1,64 @@
+"""Shared by the benchmark scripts: the pairs they run on, and timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from tuco import ModelPair
+from tuco.testing import perturbed_copy, tiny_model
+
+
+def build_pair(name: str, finetuned: str | None = None, dtype: torch.dtype = torch.bfloat16) -> ModelPair:
+    """tiny-llama (random, 8 blocks, d=256), smollm2 (real, vs a copy with perturbed blocks), or paths."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "tiny-llama":
+        pt, tok = (
+            tiny_model("llama", hidden_size=256, intermediate_size=768, num_hidden_layers=8, head_dim=64),
+            None,
+        )
+    else:
+        if name == "smollm2":
+            from tuco.embedded import smollm2_dir
+
+            name = str(smollm2_dir())
+        pt = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(name)
+    if finetuned is None:  # a stand-in fine-tune: the same model with perturbed blocks
+        ft = perturbed_copy(pt, scale=0.05)
+    else:
+        ft = AutoModelForCausalLM.from_pretrained(finetuned, dtype=torch.float32).eval()
+    return ModelPair(pt.to(dtype), ft.to(dtype), tok)
+
+
+def median_time(fn, runs: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_batch(pair: ModelPair, batch: int, seq: int, seed: int = 0) -> dict:
+    vocab = pair.finetuned.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(3, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed)).to(pair.device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+class IdsOnlyTokenizer:
+    """Stand-in tokenizer for random-init pairs given token ids: generated ids come back as text."""
+
+    pad_token_id, eos_token_id, padding_side, chat_template = 0, None, "left", None
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(map(str, row.tolist())) for row in rows]

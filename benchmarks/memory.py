@@ -1,0 +1,148 @@
+"""Peak memory of ``pair.score`` vs batch and sequence length, and two-model vs LoRA-adapter mode.
+
+    python benchmarks/memory.py --model smollm2 --plot docs/memory.png
+
+Every measurement runs in a fresh subprocess. On CUDA it reads torch.cuda.max_memory_allocated;
+on CPU it samples the process's resident memory every 2 ms (psutil) while the step runs. Printed:
+(1) the extra peak memory of score over the loaded models, per batch x seq, with its ratio to
+batch x seq x d x 4 bytes (float32 activations) -- constant when memory grows with batch x seq x d,
+not with layers; (2) the memory of the loaded pair plus one score, two-model vs adapter mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+
+def _peak_during(fn) -> tuple[int, int]:
+    """(memory before, peak memory while fn runs), bytes."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return before, torch.cuda.max_memory_allocated()
+    import psutil
+
+    process = psutil.Process()
+    before = process.memory_info().rss
+    peak, running = [before], [True]
+
+    def sample():
+        while running[0]:
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        fn()
+    finally:
+        running[0] = False
+        thread.join()
+    return before, max(peak[0], process.memory_info().rss)
+
+
+def child(spec: dict) -> dict:
+    """One measurement (run in a subprocess)."""
+    from common import build_pair, random_batch
+
+    from tuco import ModelPair
+
+    dtype = getattr(torch, spec["dtype"])
+    if spec["mode"] == "adapter":
+        from peft import LoraConfig, get_peft_model
+
+        base = build_pair(spec["model"], dtype=dtype).pretrained
+        config = LoraConfig(r=16, target_modules="all-linear", init_lora_weights=False)
+        pair = ModelPair(finetuned=get_peft_model(base, config).eval(), tokenizer=None)
+    else:
+        pair = build_pair(spec["model"], dtype=dtype)
+    if torch.cuda.is_available():
+        pair.finetuned.cuda()
+        if pair.pretrained is not None:
+            pair.pretrained.cuda()
+    import gc
+
+    gc.collect()
+    batch = random_batch(pair, spec["batch"], spec["seq"])
+    pair.score(batch, batch_size=spec["batch"], progress=False)  # warm-up: allocator caches
+    before, peak = _peak_during(lambda: pair.score(batch, batch_size=spec["batch"], progress=False))
+    d = pair.finetuned.get_input_embeddings().weight.shape[1]
+    return {**spec, "loaded": before, "peak": peak, "extra": peak - before, "d": d, "layers": pair.num_layers}
+
+
+def measure(spec: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seqs", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--plot", help="write a PNG of extra peak memory vs batch x seq")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+
+    mib = 2**20
+    base = {"model": args.model, "dtype": args.dtype, "mode": "two-model"}
+    print(f"model={args.model} dtype={args.dtype} device={'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(f"{'batch':>5} {'seq':>5} {'extra peak MiB':>15} {'extra / (b*s*d*4)':>18}")
+    rows = []
+    for b in args.batches:
+        for s in args.seqs:
+            r = measure(base | {"batch": b, "seq": s})
+            rows.append(r)
+            print(f"{b:>5} {s:>5} {r['extra'] / mib:>15.1f} {r['extra'] / (b * s * r['d'] * 4):>18.2f}")
+    two = measure(base | {"batch": 8, "seq": 128})
+    lora = measure(base | {"batch": 8, "seq": 128, "mode": "adapter"})
+    print(f"two-model mode, loaded + score peak: {two['peak'] / mib:8.1f} MiB")
+    print(f"adapter mode,   loaded + score peak: {lora['peak'] / mib:8.1f} MiB")
+    print(f"adapter / two-model: {lora['peak'] / two['peak']:.2f}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for b in args.batches:
+            points = [r for r in rows if r["batch"] == b]
+            ax.plot(
+                [r["seq"] for r in points], [r["extra"] / mib for r in points], marker="o", label=f"batch {b}"
+            )
+        ax.set(
+            xlabel="sequence length",
+            ylabel="extra peak memory of score (MiB)",
+            xscale="log",
+            yscale="log",
+            title=f"{args.model}, {args.dtype}",
+        )
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot)
+        print(f"plot -> {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
