@@ -53,19 +53,32 @@ def _peak_during(fn) -> tuple[int, int]:
 
 def child(spec: dict) -> dict:
     """One measurement (run in a subprocess)."""
-    from common import build_pair, random_batch
+    from common import random_batch
+    from transformers import AutoModelForCausalLM
 
     from tuco import ModelPair
 
     dtype = getattr(torch, spec["dtype"])
+    path = spec["model"]
+    if path == "smollm2":
+        from tuco.embedded import smollm2_dir
+
+        path = smollm2_dir()
+
+    runtime = _resident()  # the process before any model: interpreter, torch, transformers
+
+    def load():  # straight to the dtype, so that loading leaves no freed memory behind to reuse
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+
     if spec["mode"] == "adapter":
         from peft import LoraConfig, get_peft_model
 
-        base = build_pair(spec["model"], dtype=dtype).pretrained
         config = LoraConfig(r=16, target_modules="all-linear", init_lora_weights=False)
-        pair = ModelPair(finetuned=get_peft_model(base, config).eval(), tokenizer=None)
-    else:
-        pair = build_pair(spec["model"], dtype=dtype)
+        # as ModelPair.from_pretrained(adapter=...) loads it: the adapter in the model's dtype
+        peft_model = get_peft_model(load(), config, autocast_adapter_dtype=False)
+        pair = ModelPair(finetuned=peft_model.eval(), tokenizer=None)
+    else:  # the FT weights' values do not matter for memory: a second copy of the same checkpoint
+        pair = ModelPair(load(), load(), None)
     if torch.cuda.is_available():
         pair.finetuned.cuda()
         if pair.pretrained is not None:
@@ -74,10 +87,31 @@ def child(spec: dict) -> dict:
 
     gc.collect()
     batch = random_batch(pair, spec["batch"], spec["seq"])
-    pair.score(batch, batch_size=spec["batch"], progress=False)  # warm-up: allocator caches
+    # no warm-up: on CPU a first run's allocations are what shows in resident memory
     before, peak = _peak_during(lambda: pair.score(batch, batch_size=spec["batch"], progress=False))
     d = pair.finetuned.get_input_embeddings().weight.shape[1]
-    return {**spec, "loaded": before, "peak": peak, "extra": peak - before, "d": d, "layers": pair.num_layers}
+    models = [m for m in (pair.finetuned, pair.pretrained) if m is not None]
+    tensors = {
+        t.data_ptr(): t.numel() * t.element_size() for m in models for t in (*m.parameters(), *m.buffers())
+    }
+    return {
+        **spec,
+        "loaded": before,
+        "peak": peak,
+        "extra": peak - before,
+        "d": d,
+        "layers": pair.num_layers,
+        "models_and_score": peak - runtime,
+        "weights": sum(tensors.values()),
+    }
+
+
+def _resident() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated()
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 def measure(spec: dict) -> dict:
@@ -93,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--model", default="smollm2", help="smollm2 or a model path (both sides load it)")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--seqs", type=int, nargs="+", default=[64, 256, 1024])
@@ -116,9 +150,17 @@ def main() -> None:
             print(f"{b:>5} {s:>5} {r['extra'] / mib:>15.1f} {r['extra'] / (b * s * r['d'] * 4):>18.2f}")
     two = measure(base | {"batch": 8, "seq": 128})
     lora = measure(base | {"batch": 8, "seq": 128, "mode": "adapter"})
-    print(f"two-model mode, loaded + score peak: {two['peak'] / mib:8.1f} MiB")
-    print(f"adapter mode,   loaded + score peak: {lora['peak'] / mib:8.1f} MiB")
-    print(f"adapter / two-model: {lora['peak'] / two['peak']:.2f}")
+    for label, r in (("two-model mode", two), ("adapter mode  ", lora)):
+        print(
+            f"{label}: weights {r['weights'] / mib:7.1f} MiB + score's peak {r['extra'] / mib:6.1f} MiB; "
+            f"resident growth from loading to peak {r['models_and_score'] / mib:7.1f} MiB"
+        )
+    tensors = (lora["weights"] + lora["extra"]) / (two["weights"] + two["extra"])
+    resident = lora["models_and_score"] / two["models_and_score"]
+    print(
+        f"adapter / two-model: {tensors:.2f} (weights + score peak), "
+        f"{resident:.2f} (resident memory, includes loader leftovers)"
+    )
     if args.plot:
         import matplotlib
 

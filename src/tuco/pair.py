@@ -117,7 +117,9 @@ class ModelPair:
             from peft import PeftModel
 
             try:
-                ft = PeftModel.from_pretrained(base, adapter)
+                # the adapter computes in the model's dtype, as a merged model would: fp32 adapters on a
+                # bf16 base upcast every LoRA input, which costs more activation memory than the base
+                ft = PeftModel.from_pretrained(base, adapter, autocast_adapter_dtype=False)
             except (OSError, ValueError) as e:
                 raise OSError(f"Could not load the adapter {adapter!r}: {e}") from e
             return cls(None, ft.eval(), tok, block_path=block_path)
