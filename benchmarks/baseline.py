@@ -14,7 +14,7 @@ import argparse
 import time
 
 import torch
-from common import build_pair
+from common import build_pair, random_prompts
 
 from tuco import ModelPair
 
@@ -57,10 +57,9 @@ def main() -> None:
     args = parser.parse_args()
 
     pair = build_pair(args.model, args.finetuned, getattr(torch, args.dtype))
-    vocab = pair.finetuned.get_input_embeddings().weight.shape[0]
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(args.min_len, args.max_len + 1, (args.prompts,), generator=gen).tolist()
-    prompts = [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in lengths]
+    prompts = random_prompts(pair, lengths)
 
     naive_tuco(pair, prompts[0])  # warm-up
     pair.score(prompts[:2], progress=False)

@@ -49,6 +49,13 @@ def median_time(fn, runs: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def random_prompts(pair: ModelPair, lengths: list[int], seed: int = 0) -> list[list[int]]:
+    """Token-id prompts of the given lengths, drawn uniformly from the vocabulary (ids 0-2 left out)."""
+    vocab = pair.finetuned.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=gen).tolist() for n in lengths]
+
+
 def random_batch(pair: ModelPair, batch: int, seq: int, seed: int = 0) -> dict:
     vocab = pair.finetuned.get_input_embeddings().weight.shape[0]
     ids = torch.randint(3, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed)).to(pair.device)

@@ -13,7 +13,7 @@ import argparse
 import time
 
 import torch
-from common import IdsOnlyTokenizer, build_pair
+from common import IdsOnlyTokenizer, build_pair, random_prompts
 
 
 def main() -> None:
@@ -30,9 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pair = build_pair(args.model, args.finetuned, getattr(torch, args.dtype))
-    vocab = pair.finetuned.get_input_embeddings().weight.shape[0]
-    gen = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, vocab, (args.prompt_len,), generator=gen).tolist() for _ in range(args.batch)]
+    prompts = random_prompts(pair, [args.prompt_len] * args.batch)
     # eos_token_id=None: exactly --new-tokens tokens each, whatever the model says
     kw = dict(
         max_new_tokens=args.new_tokens,

@@ -53,6 +53,12 @@ def test_bad_prompts_are_named(tok):
         inputs.encode(tok, {"input_ids": [[1, 2]], "attention_mask": [[0, 0]]})
 
 
+def test_token_ids_need_no_tokenizer():
+    assert inputs.encode(None, [[5, 6], [7]]) == [[5, 6], [7]]
+    with pytest.raises(ValueError, match="no tokenizer"):
+        inputs.encode(None, ["text"])
+
+
 def test_chat_without_template_says_so(tok):
     bare = tok.__class__(tokenizer_object=tok.backend_tokenizer)
     with pytest.raises(ValueError, match="no chat template"):

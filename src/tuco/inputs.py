@@ -36,6 +36,8 @@ def encode(tokenizer, prompts: Prompts) -> list[list[int]]:
             return [list(p) for p in prompts]  # already token ids
     out = []
     for i, prompt in enumerate(prompts):
+        if tokenizer is None and (isinstance(prompt, str) or _is_chat(prompt)):
+            raise ValueError("This pair has no tokenizer: pass tokenizer= or give token ids (input_ids).")
         if isinstance(prompt, str):
             ids = tokenizer(prompt)["input_ids"]
         elif _is_chat(prompt):

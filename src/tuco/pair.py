@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -157,8 +157,6 @@ class ModelPair:
 
     def encode(self, prompts: Prompts) -> list[list[int]]:
         """Token ids of each prompt (strings, chats, or a dict / BatchEncoding with input_ids)."""
-        if self.tokenizer is None and not isinstance(prompts, Mapping):
-            raise ValueError("This pair has no tokenizer: pass tokenizer= or give input_ids.")
         return inputs.encode(self.tokenizer, prompts)
 
     def steer(self, alpha: float = 1.0) -> Decomposition:
