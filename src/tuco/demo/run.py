@@ -32,9 +32,10 @@ class DemoConfig:
     n_msj_targets: int = 5
     shots: tuple[int, ...] = (1, 2, 4, 8, 16)
     batch_size: int = 8
+    answer_tokens: int = 24  # new tokens generated to judge refusals (they show in the first words)
 
 
-TINY = DemoConfig(recipe=r.TINY, n_prose=4, n_msj_targets=2, shots=(1, 2), batch_size=4)
+TINY = DemoConfig(recipe=r.TINY, n_prose=4, n_msj_targets=2, shots=(1, 2), batch_size=4, answer_tokens=8)
 
 
 def prompt_sets(tokenizer, config: DemoConfig) -> list[dict]:
@@ -86,7 +87,7 @@ def run(out: str | Path = "demo-output", config: DemoConfig = DemoConfig(), home
         [prompts[i] for i in chats],
         batch_size=config.batch_size,
         progress=True,
-        max_new_tokens=config.recipe.eval_tokens,
+        max_new_tokens=config.answer_tokens,
         do_sample=False,
     )
     for i, answer in zip(chats, answers, strict=True):
