@@ -68,3 +68,53 @@ def test_registry_has_the_papers_nine_pairs():
     assert registry.get_pair("gemma-7b").system is None
     with pytest.raises(KeyError, match="unknown pair 'gpt-5'"):
         registry.get_pair("gpt-5")
+
+
+@pytest.fixture(scope="module")
+def pair_dirs(tmp_path_factory):
+    from tuco.testing import byte_tokenizer, perturbed_copy, tiny_model
+
+    root = tmp_path_factory.mktemp("pair")
+    pt = tiny_model("llama")
+    for name, model in (("pt", pt), ("ft", perturbed_copy(pt, scale=0.3))):
+        model.save_pretrained(root / name)
+        byte_tokenizer().save_pretrained(root / name)
+    return ["--pretrained", str(root / "pt"), "--finetuned", str(root / "ft")]
+
+
+def test_experiment_tuco_vs_outputco_end_to_end(pair_dirs, tmp_path, capsys):
+    import json
+
+    from tuco import cli
+
+    out = tmp_path / "e5"
+    assert (
+        cli.main(["experiment", "tuco-vs-outputco", *pair_dirs, "--max-shots", "4", "--out", str(out)]) == 0
+    )
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["shots"] for r in records] == [1, 2, 3, 4]
+    assert all(0 < r["tuco"] < 1 and 0 < r["outputco"] < 1 and r["distance"] > 0 for r in records)
+    table = (out / "table.md").read_text()
+    assert "| 4 |" in table and "OutputCo" in table and (out / "plot.png").stat().st_size > 1000
+    assert table in capsys.readouterr().out
+
+
+def test_experiment_web_vs_chat_offline(pair_dirs, tmp_path):
+    import json
+
+    from tuco import cli
+
+    out = tmp_path / "e2"
+    assert cli.main(["experiment", "web-vs-chat", *pair_dirs, "--limit", "6", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["group"] for r in records] == ["web"] * 6 + ["chat"] * 6
+    assert (
+        "offline stand-ins" in (out / "table.md").read_text() and "ROC-AUC" in (out / "table.md").read_text()
+    )
+
+
+def test_experiment_unknown_pair_is_a_usage_error(tmp_path, capsys):
+    from tuco import cli
+
+    assert cli.main(["experiment", "web-vs-chat", "--pair", "gpt-5", "--out", str(tmp_path)]) == 2
+    assert "unknown pair 'gpt-5'" in capsys.readouterr().err

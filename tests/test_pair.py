@@ -155,7 +155,8 @@ def test_output_contribution(tok):
         assert a.outputco == pytest.approx(b.outputco, rel=1e-5) and a.kl == pytest.approx(b.kl, rel=1e-3)
     pt = tiny_model("llama")
     same = ModelPair(pt, copy.deepcopy(pt), tok).output_contribution(PROMPTS)
-    assert all(o.outputco == 0 and abs(o.kl) < 1e-7 for o in same)
+    assert all(o.outputco == 0 and abs(o.kl) < 1e-7 and o.distance == 0 for o in same)
+    assert all(o.distance > 0 for o in oc)
 
 
 # ---------------------------------------------------------------- PEFT mode

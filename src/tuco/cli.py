@@ -29,9 +29,9 @@ class UsageError(Exception):
     pass
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     g = parser.add_argument_group("models")
-    g.add_argument("--pretrained", required=True, help="pre-trained model: hub id or local directory")
+    g.add_argument("--pretrained", required=required, help="pre-trained model: hub id or local directory")
     g.add_argument("--finetuned", help="fine-tuned model: hub id or local directory")
     g.add_argument("--adapter", help="PEFT LoRA adapter on top of --pretrained (instead of --finetuned)")
     g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
@@ -117,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild the pair even if it is cached")
     p.add_argument("--tiny", action="store_true", help="a few steps and prompts: checks the pipeline, fast")
     p.add_argument("--home", help="cache directory (default: $TUCO_HOME or ~/.cache/tuco)")
+
+    p = sub.add_parser("experiment", help="one of the paper's experiments, end to end")
+    p.add_argument("name", choices=["web-vs-chat", "tuco-vs-outputco"])
+    p.add_argument(
+        "--pair", help="a registered pair (llama2-7b, ..., see tuco.experiments.registry) or 'demo'"
+    )
+    _model_options(p, required=False)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--limit", type=int, default=100, help="web-vs-chat: prompts per group")
+    p.add_argument("--max-shots", type=int, default=32, help="tuco-vs-outputco: k = 1..max")
+    p.add_argument("--online", action="store_true", help="web-vs-chat: OpenWebText and HH-RLHF from the hub")
+    p.add_argument("--system-prompt", help="system message (default: the registered pair's)")
 
     p = sub.add_parser("report", help="HTML or markdown report of results files")
     p.add_argument("results", nargs="+", help="results files (JSONL, Parquet or CSV)")
@@ -297,6 +309,36 @@ def run_demo(args) -> int:
     return 0
 
 
+def run_experiment(args) -> int:
+    from .experiments import registry
+    from .experiments import run as experiments
+
+    system = args.system_prompt
+    if args.pair == "demo":
+        from .demo.build import build
+
+        demo = build()
+        args.pretrained, args.finetuned = str(demo.pretrained), str(demo.finetuned)
+    elif args.pair:
+        try:
+            spec = registry.get_pair(args.pair)
+        except KeyError as e:
+            raise UsageError(e.args[0]) from None
+        args.pretrained, args.finetuned = spec.pretrained, spec.finetuned
+        system = system if system is not None else spec.system
+    elif not args.pretrained:
+        raise UsageError("give --pair NAME, or --pretrained with --finetuned or --adapter")
+    pair = load_pair(args)
+    if args.name == "web-vs-chat":
+        table = experiments.web_vs_chat(
+            pair, args.out, args.limit, system, offline=not args.online, seed=args.seed
+        )
+    else:
+        table = experiments.tuco_vs_outputco(pair, args.out, args.max_shots, system)
+    print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -316,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "check": run_check,
         "report": run_report,
         "demo": run_demo,
+        "experiment": run_experiment,
     }
     try:
         return handlers[args.command](args)

@@ -321,10 +321,12 @@ class ModelPair:
             with pt_off:
                 x_pt, logits_pt = _last_stream(pt_model, self.pt_blocks, batch)
             vocab = min(logits_ft.shape[-1], logits_pt.shape[-1])
-            outputco = metrics.output_contribution(x_pt.to(x_ft.device), x_ft).cpu().tolist()
+            x_pt = x_pt.to(x_ft.device)
+            outputco = metrics.output_contribution(x_pt, x_ft).cpu().tolist()
+            distance = (x_ft - x_pt).abs().sum(-1).cpu().tolist()
             kl = metrics.kl_divergence(logits_ft[..., :vocab], logits_pt[..., :vocab].to(logits_ft.device))
-            for i, o, k in zip(chunk, outputco, kl.cpu().tolist(), strict=True):
-                out[i] = OutputContribution(outputco=o, kl=k)
+            for i, o, k, dist in zip(chunk, outputco, kl.cpu().tolist(), distance, strict=True):
+                out[i] = OutputContribution(outputco=o, kl=k, distance=dist)
         return out
 
 

@@ -48,10 +48,12 @@ class OutputContribution:
     - ``outputco``: ||x_FT - x_PT||_1 / (||x_PT||_1 + ||x_FT - x_PT||_1), x the final residual
       streams (before the final norm) of each model's OWN forward pass
     - ``kl``: KL(p_FT || p_PT) of the next-token distributions, in nats
+    - ``distance``: ||x_FT - x_PT||_1, the final-state distance (OutputCo's numerator)
     """
 
     outputco: float
     kl: float
+    distance: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,0 +1,156 @@
+"""One-command experiments (TUCO-SPEC section 6) on any pair: so far E2 and E5.
+
+Each writes ``results.jsonl``, ``table.md`` (the headline numbers) and a PNG plot to its output
+directory, and returns the table.
+
+- ``web_vs_chat`` (E2): random 97-token windows of web text vs chat prompts; ROC-AUC of TuCo with
+  chat as the positive class. With hub access: OpenWebText windows vs the first human turn of
+  HH-RLHF dialogues. Offline: windows of Gutenberg Shakespeare (a stand-in for web text) vs the demo
+  recipe's project-written requests, labelled as stand-ins in the table.
+- ``tuco_vs_outputco`` (E5): the "Could you tell me if ...? A: No" refusal prompt for k shots;
+  TuCo, OutputCo, KL, FTC norm and final-state distance vs k.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from ..pair import ModelPair
+from ..store import ResultsFile
+from .prompts import refusal_many_shot
+from .stats import roc_auc
+
+
+def _chat(prompt: str, system: str | None) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def _write(out: Path, records: list[dict], table: str, figure) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    with ResultsFile(out / "results.jsonl", overwrite=True) as results:
+        results.write(records)
+    (out / "table.md").write_text(table)
+    figure.savefig(out / "plot.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return table
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6, 4), dpi=100)
+
+
+def web_and_chat_prompts(
+    tokenizer, limit: int, seed: int = 0, offline: bool = True
+) -> tuple[list, list, str]:
+    """(web windows as raw text, chat requests as user messages, source description)."""
+    if not offline:
+        from ..data import read_dataset
+
+        rng = random.Random(seed)
+        web = []
+        for record in read_dataset("Skylion007/openwebtext", "train", "text"):
+            ids = tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
+            if len(ids) > 97:
+                start = rng.randrange(0, len(ids) - 97)
+                web.append(tokenizer.decode(ids[start : start + 97]))
+            if len(web) == limit:
+                break
+        chat = []
+        for record in read_dataset("Anthropic/hh-rlhf", "test", "chosen"):
+            chat.append(record.prompt.split("\n\nHuman: ")[1].split("\n\nAssistant:")[0].strip())
+            if len(chat) == limit:
+                break
+        return web, chat, "OpenWebText windows vs HH-RLHF first human turns"
+    from ..demo import recipe as r
+    from ..demo.texts import windows
+
+    web = [w["prompt"] for w in windows(tokenizer, limit, seed=seed)]
+    requests = [
+        t.format(task=task) for task in r.BENIGN_TRAIN + r.BENIGN_HELD_OUT for t in r.TEMPLATES_TRAIN[:2]
+    ]
+    requests += [t.format(task=task) for _, task in r.tasks(r.HARMFUL_TRAIN) for t in r.TEMPLATES_TRAIN[:1]]
+    chat = random.Random(seed).sample(requests, min(limit, len(requests)))
+    return web, chat, "offline stand-ins: Shakespeare windows vs project-written requests"
+
+
+def web_vs_chat(
+    pair: ModelPair,
+    out: str | Path,
+    limit: int = 100,
+    system: str | None = None,
+    offline: bool = True,
+    seed: int = 0,
+) -> str:
+    web, chat, source = web_and_chat_prompts(pair.tokenizer, limit, seed, offline)
+    scores = pair.score(web + [_chat(p, system) for p in chat], progress=True)
+    records = [
+        {"id": i, "group": "web" if i < len(web) else "chat", "label": int(i >= len(web)), "prompt": p}
+        | s.to_dict()
+        for i, (p, s) in enumerate(zip(web + chat, scores, strict=True))
+    ]
+    t_web, t_chat = [s.tuco for s in scores[: len(web)]], [s.tuco for s in scores[len(web) :]]
+    auc = roc_auc(t_chat, t_web)
+    table = "\n".join(
+        [
+            "# E2: web text vs chat",
+            "",
+            f"Source: {source}.",
+            "",
+            "| group | n | mean TuCo |",
+            "|---|---|---|",
+            f"| web | {len(web)} | {sum(t_web) / len(web):.4f} |",
+            f"| chat | {len(chat)} | {sum(t_chat) / len(chat):.4f} |",
+            "",
+            f"ROC-AUC of TuCo (chat positive): **{auc:.3f}** (paper: >= 0.89 for 8 of 9 models).",
+            "",
+        ]
+    )
+    fig, ax = _figure()
+    ax.hist([t_web, t_chat], bins=20, label=["web", "chat"], alpha=0.7)
+    ax.set(xlabel="TuCo", ylabel="prompts", title=f"E2, AUC = {auc:.3f}")
+    ax.legend()
+    return _write(Path(out), records, table, fig)
+
+
+def tuco_vs_outputco(pair: ModelPair, out: str | Path, max_shots: int = 32, system: str | None = None) -> str:
+    shots = list(range(1, max_shots + 1))
+    prompts = [_chat(refusal_many_shot(k), system) for k in shots]
+    scores = pair.score(prompts, progress=True)
+    baselines = pair.output_contribution(prompts, progress=True)
+    records = [
+        {"id": k, "shots": k} | s.to_dict() | b.to_dict()
+        for k, s, b in zip(shots, scores, baselines, strict=True)
+    ]
+    first, last = records[0], records[-1]
+    rows = [
+        f"| {r['shots']} | {r['tuco']:.4f} | {r['outputco']:.4f} | {r['kl']:.4f} | {r['ftc_norm']:.1f} "
+        f"| {r['distance']:.1f} |"
+        for r in records
+    ]
+    table = "\n".join(
+        [
+            "# E5: TuCo vs OutputCo on the refusal many-shot prompt",
+            "",
+            "| shots | TuCo | OutputCo | KL(FT||PT) | FTC norm | final-state distance |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"TuCo {first['tuco']:.4f} -> {last['tuco']:.4f}; OutputCo {first['outputco']:.4f} -> "
+            f"{last['outputco']:.4f} (paper, Llama-2 7B chat: TuCo 0.235 -> 0.255, OutputCo falls first).",
+            "",
+        ]
+    )
+    fig, ax = _figure()
+    ax.plot(shots, [r["tuco"] for r in records], marker="o", label="TuCo")
+    ax.plot(shots, [r["outputco"] for r in records], marker="s", label="OutputCo")
+    ax.set(xlabel="shots k", ylabel="contribution", title="E5")
+    ax.legend()
+    return _write(Path(out), records, table, fig)
