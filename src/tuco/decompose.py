@@ -175,8 +175,9 @@ class Decomposition:
     def _combine(self, module, args, kwargs, output):
         if self._inside_pt:
             return None
-        x = args[0] if args else kwargs["hidden_states"]
         ft_out = _hidden(output)
+        # sharded models: the block's input may still sit on the previous block's device
+        x = (args[0] if args else kwargs["hidden_states"]).to(ft_out.device)
         pt_out, self._pt_out = self._pt_out.to(ft_out.device), None
         if self.recording is not None:
             self.recording.add(x, pt_out, ft_out)
