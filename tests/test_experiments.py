@@ -118,3 +118,18 @@ def test_experiment_unknown_pair_is_a_usage_error(tmp_path, capsys):
 
     assert cli.main(["experiment", "web-vs-chat", "--pair", "gpt-5", "--out", str(tmp_path)]) == 2
     assert "unknown pair 'gpt-5'" in capsys.readouterr().err
+
+
+def test_experiment_steering(pair_dirs, tmp_path):
+    import json
+
+    from tuco import cli
+
+    out = tmp_path / "steer"
+    args = ["experiment", "steering", *pair_dirs, "--alpha", "0", "1", "--limit", "3", "--out", str(out)]
+    assert cli.main(args) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * 6 and {r["alpha"] for r in records} == {0.0, 1.0}
+    assert all(isinstance(r["refused"], bool) and isinstance(r["response"], str) for r in records)
+    table = (out / "table.md").read_text()
+    assert "| 0 |" in table and "| 1 |" in table and "3 harmful, 3 benign" in table

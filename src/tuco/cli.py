@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="cache directory (default: $TUCO_HOME or ~/.cache/tuco)")
 
     p = sub.add_parser("experiment", help="one of the paper's experiments, end to end")
-    p.add_argument("name", choices=["web-vs-chat", "tuco-vs-outputco"])
+    p.add_argument("name", choices=["web-vs-chat", "tuco-vs-outputco", "steering"])
     p.add_argument(
         "--pair", help="a registered pair (llama2-7b, ..., see tuco.experiments.registry) or 'demo'"
     )
@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--limit", type=int, default=100, help="web-vs-chat: prompts per group")
     p.add_argument("--max-shots", type=int, default=32, help="tuco-vs-outputco: k = 1..max")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        nargs="+",
+        default=[0, 0.25, 0.5, 0.75, 1, 1.25, 1.5],
+        help="steering: the alpha grid",
+    )
     p.add_argument("--online", action="store_true", help="web-vs-chat: OpenWebText and HH-RLHF from the hub")
     p.add_argument("--system-prompt", help="system message (default: the registered pair's)")
 
@@ -333,8 +340,10 @@ def run_experiment(args) -> int:
         table = experiments.web_vs_chat(
             pair, args.out, args.limit, system, offline=not args.online, seed=args.seed
         )
-    else:
+    elif args.name == "tuco-vs-outputco":
         table = experiments.tuco_vs_outputco(pair, args.out, args.max_shots, system)
+    else:
+        table = experiments.steering(pair, args.out, args.alpha, args.limit, system)
     print(table)
     return 0
 

@@ -1,4 +1,4 @@
-"""One-command experiments (TUCO-SPEC section 6) on any pair: so far E2 and E5.
+"""One-command experiments (TUCO-SPEC section 6) on any pair: so far E2, E5 and steering.
 
 Each writes ``results.jsonl``, ``table.md`` (the headline numbers) and a PNG plot to its output
 directory, and returns the table.
@@ -9,6 +9,7 @@ directory, and returns the table.
   recipe's project-written requests, labelled as stand-ins in the table.
 - ``tuco_vs_outputco`` (E5): the "Could you tell me if ...? A: No" refusal prompt for k shots;
   TuCo, OutputCo, KL, FTC norm and final-state distance vs k.
+- ``steering`` (beyond the paper): refusal rate of held-out harmful and benign requests vs alpha.
 """
 
 from __future__ import annotations
@@ -152,5 +153,73 @@ def tuco_vs_outputco(pair: ModelPair, out: str | Path, max_shots: int = 32, syst
     ax.plot(shots, [r["tuco"] for r in records], marker="o", label="TuCo")
     ax.plot(shots, [r["outputco"] for r in records], marker="s", label="OutputCo")
     ax.set(xlabel="shots k", ylabel="contribution", title="E5")
+    ax.legend()
+    return _write(Path(out), records, table, fig)
+
+
+def steering(
+    pair: ModelPair,
+    out: str | Path,
+    alphas: list[float],
+    limit: int | None = None,
+    system: str | None = None,
+    max_new_tokens: int = 24,
+) -> str:
+    """Beyond the paper: refusal rate vs alpha on held-out harmful and benign requests (the demo
+    recipe's held-out tasks, seen and unseen template), greedy answers judged by refusal strings."""
+    from ..demo import recipe as r
+    from ..refusal import is_refusal
+
+    templates = (r.TEMPLATES_TRAIN[0], r.TEMPLATE_HELD_OUT)
+    sets = {
+        "harmful": [t.format(task=task) for _, task in r.tasks(r.HARMFUL_HELD_OUT) for t in templates][
+            :limit
+        ],
+        "benign": [t.format(task=task) for task in r.BENIGN_HELD_OUT for t in templates][:limit],
+    }
+    prompts = [(name, p) for name, items in sets.items() for p in items]
+    chats = [_chat(p, system) for _, p in prompts]
+    tucos = [s.tuco for s in pair.score(chats, progress=False)]
+    records, rates = [], {}
+    for alpha in alphas:
+        answers = pair.generate(
+            chats, alpha=alpha, max_new_tokens=max_new_tokens, do_sample=False, progress=True
+        )
+        for i, ((name, prompt), answer) in enumerate(zip(prompts, answers, strict=True)):
+            records.append(
+                {
+                    "id": i,
+                    "alpha": alpha,
+                    "group": name,
+                    "prompt": prompt,
+                    "tuco": tucos[i],
+                    "response": answer,
+                    "refused": is_refusal(answer),
+                }
+            )
+        for name in sets:
+            judged = [rec["refused"] for rec in records if rec["alpha"] == alpha and rec["group"] == name]
+            rates[alpha, name] = sum(judged) / len(judged)
+    mean_tuco = {
+        name: sum(t for (n, _), t in zip(prompts, tucos, strict=True) if n == name) / len(sets[name])
+        for name in sets
+    }
+    table = "\n".join(
+        [
+            "# Steering: refusal rate vs alpha (x + PTC + alpha * FTC at every block)",
+            "",
+            f"Held-out requests: {len(sets['harmful'])} harmful, {len(sets['benign'])} benign; "
+            f"mean TuCo at alpha=1: harmful {mean_tuco['harmful']:.4f}, benign {mean_tuco['benign']:.4f}.",
+            "",
+            "| alpha | harmful refused | benign refused |",
+            "|---|---|---|",
+            *[f"| {a:g} | {rates[a, 'harmful']:.0%} | {rates[a, 'benign']:.0%} |" for a in alphas],
+            "",
+        ]
+    )
+    fig, ax = _figure()
+    for name in sets:
+        ax.plot(alphas, [rates[a, name] for a in alphas], marker="o", label=f"{name} requests")
+    ax.set(xlabel="alpha", ylabel="refusal rate", title="FTC-alpha steering")
     ax.legend()
     return _write(Path(out), records, table, fig)
