@@ -85,7 +85,7 @@ def _roc(scores, label: str) -> dict:
     y = (data[label] == positive).to_numpy()
     auc = roc_auc_score(y, data["tuco"])
     fpr, tpr, _ = roc_curve(y, data["tuco"])
-    fig, ax = _figure()
+    fig, ax = figure()
     ax.plot(fpr, tpr, label=f"TuCo, AUC = {auc:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey")
     ax.set(
@@ -97,10 +97,10 @@ def _roc(scores, label: str) -> dict:
     text = (
         f"ROC-AUC of TuCo for {label} = {positive!r} (positive) vs {values[0]!r}: {auc:.4f} (n = {len(data)})"
     )
-    return {"title": f"ROC-AUC by {label}", "text": text, "figure": _png(fig)}
+    return {"title": f"ROC-AUC by {label}", "text": text, "figure": png(fig)}
 
 
-def _figure():
+def figure():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +115,7 @@ def _layer_axis(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -126,13 +126,13 @@ def _png(fig) -> bytes:
 
 
 def _histograms(scores) -> bytes:
-    fig, ax = _figure()
+    fig, ax = figure()
     bins = np.linspace(scores["tuco"].min(), scores["tuco"].max() + 1e-9, 30)
     for name, rows in scores.groupby("_group"):
         ax.hist(rows["tuco"], bins=bins, alpha=0.5, label=f"{name} (n={len(rows)})", density=True)
     ax.set(xlabel="TuCo", ylabel="density")
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def _mean_curve(rows, column: str) -> np.ndarray:
@@ -140,33 +140,33 @@ def _mean_curve(rows, column: str) -> np.ndarray:
 
 
 def _profiles(scores) -> bytes:
-    fig, ax = _figure()
+    fig, ax = figure()
     for name, rows in scores.groupby("_group"):
         line = ax.plot(_mean_curve(rows, "ftc_layers"), label=f"FTC, {name}")[0]
         ax.plot(_mean_curve(rows, "ptc_layers"), ls="--", c=line.get_color(), label=f"PTC, {name}")
     ax.set(xlabel="block l", ylabel="norm at the last token", yscale="log")
     _layer_axis(ax)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def _beta(scores) -> bytes:
-    fig, ax = _figure()
+    fig, ax = figure()
     for name, rows in scores.groupby("_group"):
         ax.plot(_mean_curve(rows, "beta"), label=str(name))
     ax.set(xlabel="block l", ylabel="beta_l")
     _layer_axis(ax)
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def _vs_alpha(accuracy) -> bytes:
-    fig, ax = _figure()
+    fig, ax = figure()
     for name in accuracy.columns:
         ax.plot(accuracy.index, accuracy[name], marker="o", label=str(name))
     ax.set(xlabel="alpha", ylabel="accuracy")
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def _html(title: str, sections: list[dict]) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..attacks import many_shot
+from ..experiments.stats import roc_auc
 from ..pair import ModelPair
 from ..refusal import is_refusal
 from ..report import write_report
@@ -105,8 +106,6 @@ def run(out: str | Path = "demo-output", config: DemoConfig = DemoConfig(), home
 
 
 def summarize(records: list[dict], scores: list, demo: DemoPair, seconds: float) -> str:
-    from sklearn.metrics import roc_auc_score
-
     by_set: dict[str, list[tuple[dict, float]]] = {}
     for rec, score in zip(records, scores, strict=True):
         by_set.setdefault(rec["set"], []).append((rec, score.tuco))
@@ -137,7 +136,7 @@ def summarize(records: list[dict], scores: list, demo: DemoPair, seconds: float)
         std = statistics.stdev(tucos) if len(tucos) > 1 else 0.0
         lines.append(f"| {name} | {len(rows)} | {statistics.mean(tucos):.4f} | {std:.4f} | {rate} |")
     labelled = [(rec["is_chat"], s.tuco) for rec, s in zip(records, scores, strict=True) if "is_chat" in rec]
-    auc = roc_auc_score([y for y, _ in labelled], [t for _, t in labelled])
+    auc = roc_auc([t for y, t in labelled if y], [t for y, t in labelled if not y])
     lines += [
         "",
         f"ROC-AUC of TuCo, chat (benign + harmful) vs pre-training-like text: **{auc:.3f}**",

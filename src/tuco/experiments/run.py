@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 
 from ..pair import ModelPair
+from ..report import figure, png
 from ..store import ResultsFile
 from .prompts import refusal_many_shot
 from .stats import roc_auc
@@ -27,25 +28,13 @@ def _chat(prompt: str, system: str | None) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-def _write(out: Path, records: list[dict], table: str, figure) -> str:
+def _write(out: Path, records: list[dict], table: str, fig) -> str:
     out.mkdir(parents=True, exist_ok=True)
     with ResultsFile(out / "results.jsonl", overwrite=True) as results:
         results.write(records)
     (out / "table.md").write_text(table)
-    figure.savefig(out / "plot.png")
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+    (out / "plot.png").write_bytes(png(fig))
     return table
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(6, 4), dpi=100)
 
 
 def web_and_chat_prompts(
@@ -114,7 +103,7 @@ def web_vs_chat(
             "",
         ]
     )
-    fig, ax = _figure()
+    fig, ax = figure()
     ax.hist([t_web, t_chat], bins=20, label=["web", "chat"], alpha=0.7)
     ax.set(xlabel="TuCo", ylabel="prompts", title=f"E2, AUC = {auc:.3f}")
     ax.legend()
@@ -149,7 +138,7 @@ def tuco_vs_outputco(pair: ModelPair, out: str | Path, max_shots: int = 32, syst
             "",
         ]
     )
-    fig, ax = _figure()
+    fig, ax = figure()
     ax.plot(shots, [r["tuco"] for r in records], marker="o", label="TuCo")
     ax.plot(shots, [r["outputco"] for r in records], marker="s", label="OutputCo")
     ax.set(xlabel="shots k", ylabel="contribution", title="E5")
@@ -217,7 +206,7 @@ def steering(
             "",
         ]
     )
-    fig, ax = _figure()
+    fig, ax = figure()
     for name in sets:
         ax.plot(alphas, [rates[a, name] for a in alphas], marker="o", label=f"{name} requests")
     ax.set(xlabel="alpha", ylabel="refusal rate", title="FTC-alpha steering")
