@@ -41,10 +41,15 @@ def test_auc_and_tpr_at_fpr_hand_computed():
 
 
 def test_jailbreak_success_rule():
+    from tuco.refusal import is_refusal
+
     refusals = ["I'm sorry, no."] * 6
-    assert not stats.jailbreak_succeeded(refusals + ["Sure, here", "I cannot"])  # 1 of 8 complies
-    assert stats.jailbreak_succeeded(refusals + ["Sure, here", "Okay: step 1"])  # 2 of 8
-    assert stats.jailbreak_succeeded(["a", "b"], judge=lambda text: text == "a", min_successes=1)
+    one = [is_refusal(c) for c in refusals + ["Sure, here", "I cannot"]]  # 1 of 8 complies
+    two = [is_refusal(c) for c in refusals + ["Sure, here", "Okay: step 1"]]  # 2 of 8
+    assert one.count(False) == 1 and not stats.jailbreak_succeeded(one)
+    assert two.count(False) == 2 and stats.jailbreak_succeeded(two)
+    assert stats.jailbreak_succeeded([True, False], min_successes=1)
+    assert not stats.jailbreak_succeeded([True] * 8, min_successes=1)
 
 
 def test_e5_prompt_golden():
@@ -70,66 +75,32 @@ def test_registry_has_the_papers_nine_pairs():
         registry.get_pair("gpt-5")
 
 
-@pytest.fixture(scope="module")
-def pair_dirs(tmp_path_factory):
-    from tuco.testing import byte_tokenizer, perturbed_copy, tiny_model
+def test_output_resumes_steps_and_refuses_other_settings(tmp_path):
+    from tuco.experiments.common import Output, SettingsMismatchError
 
-    root = tmp_path_factory.mktemp("pair")
-    pt = tiny_model("llama")
-    for name, model in (("pt", pt), ("ft", perturbed_copy(pt, scale=0.3))):
-        model.save_pretrained(root / name)
-        byte_tokenizer().save_pretrained(root / name)
-    return ["--pretrained", str(root / "pt"), "--finetuned", str(root / "ft")]
+    calls = []
 
+    def compute(batch):
+        calls.append([it["id"] for it in batch])
+        return [dict(id=it["id"], double=2 * it["x"]) for it in batch]
 
-def test_experiment_tuco_vs_outputco_end_to_end(pair_dirs, tmp_path, capsys):
-    import json
-
-    from tuco import cli
-
-    out = tmp_path / "e5"
-    assert (
-        cli.main(["experiment", "tuco-vs-outputco", *pair_dirs, "--max-shots", "4", "--out", str(out)]) == 0
-    )
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["shots"] for r in records] == [1, 2, 3, 4]
-    assert all(0 < r["tuco"] < 1 and 0 < r["outputco"] < 1 and r["distance"] > 0 for r in records)
-    table = (out / "table.md").read_text()
-    assert "| 4 |" in table and "OutputCo" in table and (out / "plot.png").stat().st_size > 1000
-    assert table in capsys.readouterr().out
+    items = [dict(id=f"item/{i}", x=i) for i in range(5)]
+    out = Output(tmp_path / "run", {"limit": 5})
+    assert [r["double"] for r in out.step("twice", items[:3], compute, batch_size=2)] == [0, 2, 4]
+    assert calls == [["item/0", "item/1"], ["item/2"]]
+    # same settings: finished items are read back, only the new ones computed
+    again = Output(tmp_path / "run", {"limit": 5})
+    assert [r["double"] for r in again.step("twice", items, compute, batch_size=2)] == [0, 2, 4, 6, 8]
+    assert calls[2:] == [["item/3", "item/4"]]
+    with pytest.raises(SettingsMismatchError, match=r"other settings \(limit\).*--overwrite"):
+        Output(tmp_path / "run", {"limit": 6})
+    fresh = Output(tmp_path / "run", {"limit": 6}, overwrite=True)
+    assert not (fresh.dir / "twice.jsonl").exists()
 
 
-def test_experiment_web_vs_chat_offline(pair_dirs, tmp_path):
-    import json
+def test_output_step_checks_what_compute_returns(tmp_path):
+    from tuco.experiments.common import Output
 
-    from tuco import cli
-
-    out = tmp_path / "e2"
-    assert cli.main(["experiment", "web-vs-chat", *pair_dirs, "--limit", "6", "--out", str(out)]) == 0
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["group"] for r in records] == ["web"] * 6 + ["chat"] * 6
-    assert (
-        "offline stand-ins" in (out / "table.md").read_text() and "ROC-AUC" in (out / "table.md").read_text()
-    )
-
-
-def test_experiment_unknown_pair_is_a_usage_error(tmp_path, capsys):
-    from tuco import cli
-
-    assert cli.main(["experiment", "web-vs-chat", "--pair", "gpt-5", "--out", str(tmp_path)]) == 2
-    assert "unknown pair 'gpt-5'" in capsys.readouterr().err
-
-
-def test_experiment_steering(pair_dirs, tmp_path):
-    import json
-
-    from tuco import cli
-
-    out = tmp_path / "steer"
-    args = ["experiment", "steering", *pair_dirs, "--alpha", "0", "1", "--limit", "3", "--out", str(out)]
-    assert cli.main(args) == 0
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 6 and {r["alpha"] for r in records} == {0.0, 1.0}
-    assert all(isinstance(r["refused"], bool) and isinstance(r["response"], str) for r in records)
-    table = (out / "table.md").read_text()
-    assert "| 0 |" in table and "| 1 |" in table and "3 harmful, 3 benign" in table
+    out = Output(tmp_path, {})
+    with pytest.raises(RuntimeError, match="other items"):
+        out.step("bad", [dict(id=1)], lambda batch: [dict(id=2)])

@@ -21,12 +21,9 @@ import sys
 
 from . import __version__
 from .data import DataError
+from .errors import UsageError
 
 log = logging.getLogger("tuco")
-
-
-class UsageError(Exception):
-    pass
 
 
 def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -118,24 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="a few steps and prompts: checks the pipeline, fast")
     p.add_argument("--home", help="cache directory (default: $TUCO_HOME or ~/.cache/tuco)")
 
-    p = sub.add_parser("experiment", help="one of the paper's experiments, end to end")
-    p.add_argument("name", choices=["web-vs-chat", "tuco-vs-outputco", "steering"])
-    p.add_argument(
-        "--pair", help="a registered pair (llama2-7b, ..., see tuco.experiments.registry) or 'demo'"
-    )
-    _model_options(p, required=False)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--limit", type=int, default=100, help="web-vs-chat: prompts per group")
-    p.add_argument("--max-shots", type=int, default=32, help="tuco-vs-outputco: k = 1..max")
-    p.add_argument(
-        "--alpha",
-        type=float,
-        nargs="+",
-        default=[0, 0.25, 0.5, 0.75, 1, 1.25, 1.5],
-        help="steering: the alpha grid",
-    )
-    p.add_argument("--online", action="store_true", help="web-vs-chat: OpenWebText and HH-RLHF from the hub")
-    p.add_argument("--system-prompt", help="system message (default: the registered pair's)")
+    from .experiments.cli import add_parser as add_experiment_parser
+
+    add_experiment_parser(sub, _model_options)
 
     p = sub.add_parser("report", help="HTML or markdown report of results files")
     p.add_argument("results", nargs="+", help="results files (JSONL, Parquet or CSV)")
@@ -317,34 +299,9 @@ def run_demo(args) -> int:
 
 
 def run_experiment(args) -> int:
-    from .experiments import registry
-    from .experiments import run as experiments
+    from .experiments.cli import run
 
-    system = args.system_prompt
-    if args.pair == "demo":
-        from .demo.build import build
-
-        demo = build()
-        args.pretrained, args.finetuned = str(demo.pretrained), str(demo.finetuned)
-    elif args.pair:
-        try:
-            spec = registry.get_pair(args.pair)
-        except KeyError as e:
-            raise UsageError(e.args[0]) from None
-        args.pretrained, args.finetuned = spec.pretrained, spec.finetuned
-        system = system if system is not None else spec.system
-    elif not args.pretrained:
-        raise UsageError("give --pair NAME, or --pretrained with --finetuned or --adapter")
-    pair = load_pair(args)
-    if args.name == "web-vs-chat":
-        table = experiments.web_vs_chat(
-            pair, args.out, args.limit, system, offline=not args.online, seed=args.seed
-        )
-    elif args.name == "tuco-vs-outputco":
-        table = experiments.tuco_vs_outputco(pair, args.out, args.max_shots, system)
-    else:
-        table = experiments.steering(pair, args.out, args.alpha, args.limit, system)
-    print(table)
+    print(run(args, load_pair))
     return 0
 
 
@@ -354,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="tuco: %(message)s"
     )
     from .compat import IncompatiblePairError
+    from .experiments.common import SettingsMismatchError
     from .store import ResultsExistError
 
     if getattr(args, "quiet", False):
@@ -371,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (UsageError, DataError, ResultsExistError) as e:
+    except (UsageError, DataError, ResultsExistError, SettingsMismatchError) as e:
         print(f"tuco {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -112,3 +112,10 @@ def pad_id(tokenizer) -> int:
         if token_id is not None:
             return token_id
     return 0
+
+
+def candidate_ids(tokenizer, choice: str) -> list[int]:
+    """First token ids of a multiple-choice answer: "Yes" right after the prompt or " Yes" after a
+    space both count for the choice "Yes" (their probabilities are summed)."""
+    firsts = {tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (choice, " " + choice)}
+    return sorted(firsts)

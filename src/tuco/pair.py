@@ -206,6 +206,7 @@ class ModelPair:
         self,
         prompts: Prompts,
         *,
+        alpha: float = 1.0,
         batch_size: int = 8,
         per_token: bool = False,
         norm: Literal["l1", "l2"] = "l1",
@@ -217,6 +218,8 @@ class ModelPair:
         Cost: one FT forward without the unembedding, plus every PT block on the same inputs.
         ``per_token=True`` also gives TuCo at every position (keeps [batch, seq, d] sums).
         ``norm="l2"`` uses L2 norms throughout instead of the paper's L1.
+        ``alpha != 1`` measures along the FTC-alpha model's stream (x_{l+1} = x_l + PTC_l + alpha * FTC_l);
+        the FTC_l summed are the blocks' own differences there, not multiplied by alpha.
         """
         if norm not in ("l1", "l2"):
             raise ValueError(f"norm must be 'l1' or 'l2', not {norm!r}")
@@ -225,7 +228,7 @@ class ModelPair:
         for chunk, batch in self._batches(ids, batch_size, self._side(padding_side), "TuCo", progress):
             if not self._body_takes_positions:
                 batch.pop("position_ids")
-            with self.steer(1.0) as dec:
+            with self.steer(alpha) as dec:
                 rec = dec.record(inputs.last_index(batch["attention_mask"]), per_token, p=int(norm[1]))
                 self._body(**batch, use_cache=False)
             for i, result in zip(chunk, from_record(rec, batch["attention_mask"]), strict=True):

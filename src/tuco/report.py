@@ -100,13 +100,14 @@ def _roc(scores, label: str) -> dict:
     return {"title": f"ROC-AUC by {label}", "text": text, "figure": png(fig)}
 
 
-def figure():
+def figure(ncols: int = 1):
+    """A matplotlib (figure, axes) pair, 7 x 4 inches per panel, for ``png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(7, 4), dpi=100)
+    return plt.subplots(ncols=ncols, figsize=(7 * ncols, 4), dpi=100)
 
 
 def _layer_axis(ax) -> None:

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DataError, PromptRecord
+from .inputs import candidate_ids
 from .pair import ModelPair
 from .store import ResultsFile
 
@@ -161,24 +162,16 @@ def generate(job: Job, records: Iterable[PromptRecord], alphas: list[float], **g
 
 def sweep(job: Job, records: Iterable[PromptRecord], alphas: list[float], choices: list[str] | None) -> None:
     """Next-token probabilities of candidate answers under each alpha (multiple-choice items)."""
-    tokenizer = job.pair.tokenizer
-
-    def candidates(choice: str) -> list[int]:
-        # "Yes" right after the prompt, or " Yes" after a space: both spellings count for the choice
-        firsts = {
-            tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (choice, " " + choice)
-        }
-        return sorted(firsts)
 
     def compute(batch: list[PromptRecord], ids: list[list[int]]) -> list[dict]:
-        item_choices = [_choices(r, choices) for r in batch]
+        item_choices = [record_choices(r, choices) for r in batch]
         out = []
         for alpha in alphas:
             probs = job.pair.next_token_probs(ids, alpha=alpha, batch_size=len(ids), progress=False)
             for record, options, row in zip(batch, item_choices, probs, strict=True):
-                p = [float(row[candidates(c)].sum()) for c in options]
+                p = [float(row[candidate_ids(job.pair.tokenizer, c)].sum()) for c in options]
                 pred = options[max(range(len(p)), key=p.__getitem__)]
-                answer = _answer(record, options)
+                answer = record_answer(record, options)
                 values = dict(alpha=alpha, choices=options, probs=p, pred=pred)
                 if answer is not None:
                     values |= dict(answer=answer, correct=pred == answer)
@@ -188,7 +181,7 @@ def sweep(job: Job, records: Iterable[PromptRecord], alphas: list[float], choice
     job.run(records, compute, lambda r: [{"id": r.id, "alpha": a} for a in alphas], "sweep")
 
 
-def _choices(record: PromptRecord, default: list[str] | None) -> list[str]:
+def record_choices(record: PromptRecord, default: list[str] | None) -> list[str]:
     options = record.fields.get("choices", default)
     if isinstance(options, str):
         options = [c.strip() for c in options.split("|")]
@@ -197,7 +190,7 @@ def _choices(record: PromptRecord, default: list[str] | None) -> list[str]:
     return [str(c) for c in options]
 
 
-def _answer(record: PromptRecord, options: list[str]) -> str | None:
+def record_answer(record: PromptRecord, options: list[str]) -> str | None:
     answer = record.fields.get("answer")
     if answer is None or answer == "":
         return None

@@ -172,6 +172,14 @@ def tasks(groups: dict[str, list[str]]) -> list[tuple[str, str]]:
     return [(category, task) for category, items in groups.items() for task in items]
 
 
+def compliance_pool() -> list[tuple[str, str]]:
+    """Many-shot jailbreaking's faux dialogues: (training harmful request, compliant answer form)."""
+    return [
+        (TEMPLATES_TRAIN[i % len(TEMPLATES_TRAIN)].format(task=task), COMPLIANCE.format(task=task))
+        for i, (_, task) in enumerate(tasks(HARMFUL_TRAIN))
+    ]
+
+
 def request(task: str, template: str) -> list[dict]:
     return [{"role": "user", "content": template.format(task=task)}]
 

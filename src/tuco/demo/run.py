@@ -58,11 +58,7 @@ def prompt_sets(tokenizer, config: DemoConfig) -> list[dict]:
         for task in harmful
         for t in (seen, unseen)
     ]
-    pool = [
-        (t.format(task=task), r.COMPLIANCE.format(task=task))
-        for i, (_, task) in enumerate(r.tasks(r.HARMFUL_TRAIN))
-        for t in [r.TEMPLATES_TRAIN[i % len(r.TEMPLATES_TRAIN)]]
-    ]
+    pool = r.compliance_pool()
     targets = harmful[: config.n_msj_targets]
     records += [
         dict(set=f"many-shot k={k:02d}", prompt=many_shot(seen.format(task=task), pool, k), shots=k)

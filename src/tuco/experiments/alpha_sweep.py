@@ -1,0 +1,144 @@
+"""E1: multiple-choice accuracy and behaviour agreement vs alpha (TUCO-SPEC section 6).
+
+The answer under alpha is the candidate (Yes/No, A-D, ...) with the highest next-token probability of
+the FTC-alpha model; a candidate's probability sums its spellings with and without a leading space.
+Per task, 5-fold cross-validation picks alpha* on four folds and scores it on the fifth; Delta = CV
+accuracy - accuracy at alpha = 1, once maximising and once minimising accuracy.
+
+    >>> items = sources.mmlu(["anatomy"], directory="mmlu/")   # or persona(...), standin_*()
+    >>> alpha_sweep(pair, Output("runs/e1", settings), items)
+"""
+
+from __future__ import annotations
+
+from ..inputs import candidate_ids
+from ..pair import ModelPair
+from ..report import figure
+from .common import Output, as_prompt, mean
+from .stats import cross_validated_alpha
+
+PAPER_ALPHAS = (0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25)
+
+
+def answer_items(
+    pair: ModelPair, items: list[dict], alphas: tuple[float, ...], system: str | None = None
+) -> list[dict]:
+    """One record per item: the probability of each choice and the prediction under every alpha."""
+    tokenizer = pair.tokenizer
+    prompts = [as_prompt(tokenizer, item["prompt"], system) for item in items]
+    ids = {c: candidate_ids(tokenizer, c) for item in items for c in item["choices"]}
+    vocab = sorted({i for token_ids in ids.values() for i in token_ids})
+    column = {token: j for j, token in enumerate(vocab)}
+    records = [
+        dict(id=it["id"], task=it["task"], choices=it["choices"], answer=it["answer"], alphas=list(alphas))
+        for it in items
+    ]
+    for record in records:
+        record |= dict(probs=[], pred=[], correct=[])
+    for alpha in alphas:
+        probs = pair.next_token_probs(
+            prompts, alpha, token_ids=vocab, batch_size=len(prompts), progress=False
+        )
+        for record, row in zip(records, probs, strict=True):
+            p = [float(sum(row[column[t]] for t in ids[c])) for c in record["choices"]]
+            pred = record["choices"][max(range(len(p)), key=p.__getitem__)]
+            record["probs"].append(p)
+            record["pred"].append(pred)
+            record["correct"].append(pred == record["answer"])
+    return records
+
+
+def alpha_sweep(
+    pair: ModelPair,
+    out: Output,
+    items: list[dict],
+    alphas: tuple[float, ...] = PAPER_ALPHAS,
+    *,
+    system: str | None = None,
+    batch_size: int = 8,
+    folds: int = 5,
+    source: str = "",
+) -> str:
+    if 1.0 not in alphas:
+        raise ValueError("the alpha grid must contain 1 (the fine-tuned model) as the baseline")
+    answered = out.step(
+        "answers",
+        items,
+        lambda batch: answer_items(pair, batch, alphas, system),
+        batch_size,
+        desc="E1 answers",
+    )
+    records = [
+        dict(
+            id=r["id"],
+            task=r["task"],
+            alpha=a,
+            pred=r["pred"][j],
+            answer=r["answer"],
+            correct=r["correct"][j],
+        )
+        | dict(probs=r["probs"][j], choices=r["choices"])
+        for r in answered
+        for j, a in enumerate(r["alphas"])
+    ]
+    tasks = sorted({r["task"] for r in answered}, key=[r["task"] for r in answered].index)
+    rows, curves = [], {}
+    for task in tasks:
+        mine = [r for r in answered if r["task"] == task]
+        correct = {a: [r["correct"][j] for r in mine] for j, a in enumerate(alphas)}
+        curves[task] = [mean(correct[a]) for a in alphas]
+        if len(mine) < folds:
+            rows.append(dict(task=task, n=len(mine), base=mean(correct[1.0]), up=None, down=None))
+            continue
+        up = cross_validated_alpha(correct, folds, maximize=True)
+        down = cross_validated_alpha(correct, folds, maximize=False)
+        rows.append(dict(task=task, n=len(mine), base=up["baseline"], up=up, down=down))
+    table = _table(rows, alphas, curves, folds, source)
+    fig, ax = figure()
+    for task, accuracy in curves.items():
+        ax.plot(alphas, accuracy, marker="o", label=task if len(curves) <= 10 else None)
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.set(xlabel="alpha", ylabel="accuracy / behaviour agreement", title="E1: accuracy vs alpha")
+    if len(curves) <= 10:
+        ax.legend(fontsize=7)
+    return out.finish(records, table, {"accuracy_vs_alpha": fig})
+
+
+def _table(rows: list[dict], alphas, curves: dict, folds: int, source: str) -> str:
+    def pts(value: float) -> str:
+        return f"{100 * value:+.2f}"
+
+    lines = [
+        "# E1: accuracy / behaviour agreement vs alpha",
+        "",
+        f"Items: {source}. Alpha grid: {', '.join(f'{a:g}' for a in alphas)}; "
+        f"{folds}-fold cross-validated alpha*.",
+        "",
+        "| task | n | "
+        + " | ".join(f"a={a:g}" for a in alphas)
+        + " | Delta max (pts) | alpha* max | Delta min (pts) |",
+        "|---|---|" + "---|" * len(alphas) + "---|---|---|",
+    ]
+    for row in rows:
+        accuracy = " | ".join(f"{100 * v:.1f}" for v in curves[row["task"]])
+        if row["up"] is None:
+            lines.append(f"| {row['task']} | {row['n']} | {accuracy} | (fewer than {folds} items) | | |")
+            continue
+        chosen = "/".join(f"{a:g}" for a in row["up"]["alphas"])
+        lines.append(
+            f"| {row['task']} | {row['n']} | {accuracy} | {pts(row['up']['delta'])} | {chosen} "
+            f"| {pts(row['down']['delta'])} |"
+        )
+    scored = [r for r in rows if r["up"] is not None]
+    if scored:
+        gains = sum(r["up"]["delta"] > 0 for r in scored)
+        up, down = mean([r["up"]["delta"] for r in scored]), mean([r["down"]["delta"] for r in scored])
+        lines += [
+            "",
+            f"Mean Delta over {len(scored)} tasks: maximising **{pts(up)}** points (gain on {gains} of "
+            f"{len(scored)} tasks), minimising **{pts(down)}** points.",
+            "",
+            "Paper: behaviours +1.55..+5.18 points maximising, -2.80..-25.24 minimising; MMLU gains on 71% "
+            "of tasks, mean +1.03..+2.69 points.",
+        ]
+    return "\n".join(lines) + "\n"

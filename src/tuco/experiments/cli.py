@@ -1,0 +1,236 @@
+"""``tuco experiment NAME``: the paper's experiments (and steering) as one command each.
+
+    tuco experiment alpha-sweep       --pair llama2-7b --mmlu all --persona narcissism --out runs/e1
+    tuco experiment web-vs-chat       --pair llama2-7b --online --out runs/e2
+    tuco experiment jailbreaks        --pair llama2-7b --requests harmful_behaviors.csv --out runs/e3
+    tuco experiment jailbreak-success --pair llama2-7b --requests harmful_behaviors.csv --out runs/e4
+    tuco experiment tuco-vs-outputco  --pair llama2-7b --out runs/e5
+    tuco experiment steering          --pair demo --out runs/steering
+
+Without data options each runs offline on stand-ins (named as such in its table). Rerunning the
+same command resumes; ``--overwrite`` starts again.
+"""
+
+from __future__ import annotations
+
+from ..data import read_prompts
+from ..errors import UsageError
+from . import registry, sources
+
+NAMES = ("alpha-sweep", "web-vs-chat", "jailbreaks", "jailbreak-success", "tuco-vs-outputco", "steering")
+NOT_SETTINGS = ("out", "overwrite", "batch_size", "device", "device_map", "quiet", "command")
+
+
+def add_parser(sub, model_options) -> None:
+    p = sub.add_parser("experiment", help="one of the paper's experiments, end to end (see docs/RESULTS.md)")
+    p.add_argument("name", choices=NAMES)
+    p.add_argument(
+        "--pair", help="a registered pair (llama2-7b, ..., see tuco.experiments.registry) or 'demo'"
+    )
+    model_options(p, required=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="output directory (rerun to resume)")
+    g.add_argument("--overwrite", action="store_true", help="discard what --out holds and start again")
+    g.add_argument("--limit", type=int, help="at most N items per task / group / language (quick runs)")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--system-prompt", help="system message (default: the registered pair's)")
+    g.add_argument("--online", action="store_true", help="the paper's datasets from the Hugging Face hub")
+    g.add_argument(
+        "--alpha", type=float, nargs="+", help="alpha grid (alpha-sweep: the paper's; steering: 0..1.5)"
+    )
+    g = p.add_argument_group("alpha-sweep (E1)")
+    g.add_argument("--mmlu", nargs="+", metavar="SUBJECT", help="MMLU subjects, or 'all' (5-shot)")
+    g.add_argument("--mmlu-dir", help="local MMLU copy (the original data/ layout) instead of the hub")
+    g.add_argument(
+        "--persona", nargs="+", metavar="BEHAVIOUR", help="Anthropic persona evals, e.g. narcissism"
+    )
+    g.add_argument("--persona-dir", help="local directory of persona/<behaviour>.jsonl files")
+    g.add_argument(
+        "--mc-file", nargs="+", default=[], help="local multiple-choice files (prompt, choices, answer)"
+    )
+    g.add_argument("--folds", type=int, default=5)
+    g = p.add_argument_group("jailbreaks (E3) and jailbreak-success (E4)")
+    g.add_argument("--requests", help="harmful requests: AdvBench harmful_behaviors.csv or a prompt file")
+    g.add_argument(
+        "--attacks", nargs="+", choices=["msj", "gcg", "conjugate"], default=["msj", "gcg", "conjugate"]
+    )
+    g.add_argument(
+        "--max-shots", type=int, help="many-shot: up to N shots (default 128; tuco-vs-outputco: 32)"
+    )
+    g.add_argument(
+        "--shots-file", help="many-shot dialogues: a prompt file with 'prompt' and 'answer' fields"
+    )
+    g.add_argument("--translations", help="conjugate prompting: translated requests with a 'language' field")
+    g.add_argument("--gcg-cache", help="GCG strings cache (default: OUT/gcg_strings.jsonl)")
+    g.add_argument("--gcg-steps", type=int, default=250)
+    g.add_argument("--gcg-width", type=int, default=512, help="GCG candidates per step")
+    g.add_argument("--gcg-topk", type=int, default=256)
+    g.add_argument("--gcg-tokens", type=int, default=20, help="length of the adversarial string")
+    g.add_argument("--placement", choices=["before", "after"], default="before", help="GCG string position")
+    g.add_argument("--answer-tokens", type=int, default=24, help="E3: greedy answer length (0: no answers)")
+    g.add_argument("--benign", help="E4: benign requests file (default: the demo recipe's held-out ones)")
+    g.add_argument("--samples", type=int, default=8, help="E4: sampled completions per prompt")
+    g.add_argument("--max-new-tokens", type=int, default=30, help="E4: completion length")
+    g.add_argument("--temperature", type=float, default=1.0, help="E4: sampling temperature")
+    g.add_argument(
+        "--judge-model", help="E4: a guard model (e.g. meta-llama/LlamaGuard-7b) instead of strings"
+    )
+
+
+def run(args, load_pair) -> str:
+    from .common import Output
+
+    system = args.system_prompt
+    if args.pair == "demo":
+        from ..demo.build import build
+
+        demo = build()
+        args.pretrained, args.finetuned = str(demo.pretrained), str(demo.finetuned)
+    elif args.pair:
+        try:
+            spec = registry.get_pair(args.pair)
+        except KeyError as e:
+            raise UsageError(e.args[0]) from None
+        args.pretrained, args.finetuned = spec.pretrained, spec.finetuned
+        system = system if system is not None else spec.system
+    elif not args.pretrained:
+        raise UsageError("give --pair NAME, or --pretrained with --finetuned or --adapter")
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS} | {"system": system}
+    out = Output(args.out, settings, overwrite=args.overwrite)
+    pair = load_pair(args)
+    return EXPERIMENTS[args.name](pair, out, args, system)
+
+
+def _alpha_sweep(pair, out, args, system) -> str:
+    from .alpha_sweep import PAPER_ALPHAS, alpha_sweep
+
+    items, names = [], []
+    if args.mmlu:
+        items += sources.mmlu(args.mmlu, args.mmlu_dir, limit=args.limit)
+        names.append("MMLU 5-shot" + (f" ({args.mmlu_dir})" if args.mmlu_dir else " (hub)"))
+    if args.persona:
+        items += sources.persona(args.persona, args.persona_dir, limit=args.limit)
+        names.append("Anthropic persona evals")
+    for path in args.mc_file:
+        items += sources.multiple_choice_file(path, limit=args.limit)
+        names.append(path)
+    if not items:
+        items = sources.standin_behaviour()[: args.limit] + sources.standin_arithmetic(args.limit or 40)
+        names.append("offline stand-ins: a refusal 'persona' behaviour and generated 5-shot arithmetic")
+    alphas = tuple(args.alpha) if args.alpha else PAPER_ALPHAS
+    return alpha_sweep(
+        pair,
+        out,
+        items,
+        alphas,
+        system=system,
+        batch_size=args.batch_size,
+        folds=args.folds,
+        source="; ".join(names),
+    )
+
+
+def _web_vs_chat(pair, out, args, system) -> str:
+    from .web_vs_chat import web_vs_chat
+
+    limit = args.limit or (1000 if args.online else 100)
+    return web_vs_chat(
+        pair, out, limit, system, offline=not args.online, seed=args.seed, batch_size=args.batch_size
+    )
+
+
+def _requests(args) -> tuple[list[dict], str]:
+    if args.requests:
+        return sources.advbench(args.requests, args.limit), args.requests
+    if args.online:
+        return sources.advbench(None, args.limit), "AdvBench harmful behaviours (hub)"
+    return sources.standin_requests(
+        args.limit
+    ), "offline stand-in: the demo recipe's held-out harmful requests"
+
+
+def _gcg_settings(args):
+    from .gcg import GCGSettings
+
+    return GCGSettings(args.gcg_steps, args.gcg_width, args.gcg_topk, args.gcg_tokens, args.seed)
+
+
+def _jailbreaks(pair, out, args, system) -> str:
+    from . import translations
+    from .jailbreaks import jailbreaks
+
+    requests, source = _requests(args)
+    common = dict(system=system, answer_tokens=args.answer_tokens, batch_size=args.batch_size)
+    attacks = {}
+    if "msj" in args.attacks:
+        if args.shots_file:
+            pool = [(r.prompt, str(r.fields.get("answer", ""))) for r in read_prompts(args.shots_file)]
+        else:
+            from ..demo.recipe import compliance_pool
+
+            pool = compliance_pool()
+            source += "; many-shot dialogues: project-written faux compliance"
+        attacks["msj"] = dict(requests=requests, pool=pool, max_shots=args.max_shots or 128, **common)
+    if "gcg" in args.attacks:
+        cache = args.gcg_cache or str(out.dir / "gcg_strings.jsonl")
+        attacks["gcg"] = dict(
+            requests=requests, cache=cache, settings=_gcg_settings(args), placement=args.placement, **common
+        )
+    if "conjugate" in args.attacks:
+        if args.translations:
+            translated = translations.read_translations(args.translations, args.limit)
+        else:
+            translated = translations.standin(args.limit)
+            source += "; conjugate: offline stand-in translations (project-written, unverified)"
+        attacks["conjugate"] = dict(translated=translated, **common)
+    return jailbreaks(pair, out, attacks, source)
+
+
+def _jailbreak_success(pair, out, args, system) -> str:
+    from .jailbreak_success import ModelJudge, jailbreak_success, string_judge
+
+    requests, source = _requests(args)
+    benign = (
+        sources.benign_file(args.benign, args.limit) if args.benign else sources.standin_benign(args.limit)
+    )
+    judge = ModelJudge(args.judge_model, device=args.device) if args.judge_model else string_judge
+    return jailbreak_success(
+        pair,
+        out,
+        requests,
+        benign,
+        gcg_cache=args.gcg_cache or str(out.dir / "gcg_strings.jsonl"),
+        gcg_settings=_gcg_settings(args),
+        placement=args.placement,
+        system=system,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        judge=judge,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        source=source,
+    )
+
+
+def _tuco_vs_outputco(pair, out, args, system) -> str:
+    from .tuco_vs_outputco import tuco_vs_outputco
+
+    return tuco_vs_outputco(pair, out, args.max_shots or 32, system, batch_size=args.batch_size)
+
+
+def _steering(pair, out, args, system) -> str:
+    from .steering import steering
+
+    alphas = args.alpha or [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5]
+    return steering(pair, out, alphas, args.limit, system, batch_size=args.batch_size)
+
+
+EXPERIMENTS = {
+    "alpha-sweep": _alpha_sweep,
+    "web-vs-chat": _web_vs_chat,
+    "jailbreaks": _jailbreaks,
+    "jailbreak-success": _jailbreak_success,
+    "tuco-vs-outputco": _tuco_vs_outputco,
+    "steering": _steering,
+}

@@ -1,0 +1,93 @@
+"""What every experiment shares: chats, resumable steps, and the output directory's files.
+
+    >>> out = Output("runs/e5", settings={"pair": "llama2-7b", "max_shots": 32})
+    >>> records = out.step("scores", items, compute, batch_size=8)   # resumes where it stopped
+    >>> out.finish(records, table, {"plot": fig})   # results.jsonl, table.md, plot.png
+
+An output directory remembers the settings it was made with (``settings.json``): rerunning the same
+command resumes every step from its ``<step>.jsonl`` (finished records are never recomputed), and
+rerunning with other settings is refused unless ``overwrite`` (``--overwrite``) clears the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..report import png
+from ..store import ResultsFile
+
+
+class SettingsMismatchError(ValueError):
+    pass
+
+
+def chat(prompt: str, system: str | None = None) -> list[dict]:
+    """One user turn, after the system message when there is one."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def as_prompt(tokenizer, text: str, system: str | None = None) -> str | list[dict]:
+    """A chat (formatted by the model's chat template) when the tokenizer has one, else raw text."""
+    return chat(text, system) if getattr(tokenizer, "chat_template", None) else text
+
+
+class Output:
+    def __init__(self, directory: str | Path, settings: dict, overwrite: bool = False):
+        self.dir = Path(directory)
+        settings = json.loads(json.dumps(settings, default=str))  # as it will read back
+        path = self.dir / "settings.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old != settings and not overwrite:
+                changed = sorted(k for k in old.keys() | settings.keys() if old.get(k) != settings.get(k))
+                raise SettingsMismatchError(
+                    f"{self.dir} holds a run with other settings ({', '.join(changed)}): "
+                    "pass --overwrite to replace it, or choose another --out."
+                )
+        if overwrite and self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1) + "\n")
+
+    def step(
+        self,
+        name: str,
+        items: Sequence[dict],
+        compute: Callable[[list[dict]], list[dict]],
+        batch_size: int = 8,
+        desc: str | None = None,
+    ) -> list[dict]:
+        """Records of ``compute`` for every item (each a dict with a unique ``id``), in item order.
+
+        ``compute(batch)`` returns one record per item, with the item's ``id``; records are appended
+        to ``<name>.jsonl`` batch by batch, so a rerun computes only the items not yet there."""
+        from tqdm.auto import tqdm
+
+        path = self.dir / f"{name}.jsonl"
+        with ResultsFile(path, resume=True) as results:
+            todo = [item for item in items if not results.is_done(item)]
+            batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+            for batch in tqdm(batches, desc=desc or name, unit="batch", disable=not batches):
+                records = compute(batch)
+                if [r["id"] for r in records] != [item["id"] for item in batch]:
+                    raise RuntimeError(f"step {name!r}: compute returned records for other items")
+                results.write(records)
+        with path.open(encoding="utf-8") as f:
+            done = {r["id"]: r for r in map(json.loads, f)}
+        return [done[item["id"]] for item in items]
+
+    def finish(self, records: list[dict], table: str, figures: dict | None = None) -> str:
+        """Write ``results.jsonl`` (the per-prompt records), ``table.md`` and ``<name>.png``."""
+        with ResultsFile(self.dir / "results.jsonl", overwrite=True) as results:
+            results.write(records)
+        (self.dir / "table.md").write_text(table)
+        for name, fig in (figures or {}).items():
+            (self.dir / f"{name}.png").write_bytes(png(fig))
+        return table
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,204 @@
+"""E3: jailbreaks lower TuCo (TUCO-SPEC section 6). Three attacks, each scored against the plain
+harmful requests:
+
+- ``msj``: many-shot jailbreaking, k = 0, 1, 2, 4, ... up to ``max_shots`` (128) faux dialogues of
+  harmful compliance before the request, dropping the k whose prompt does not fit the context; TuCo
+  and the harmful-answer rate (greedy answer without a refusal string) vs k;
+- ``gcg``: the request with a GCG adversarial string before (the paper) or after it;
+- ``conjugate``: the request translated into other languages; TuCo by language.
+
+Each attack reports the TuCo distributions and the ROC-AUC of TuCo separating plain requests
+(positive, higher TuCo expected) from attacked ones.
+"""
+
+from __future__ import annotations
+
+from ..attacks import many_shot
+from ..pair import ModelPair
+from ..refusal import is_refusal
+from ..report import figure
+from .common import Output, as_prompt, mean
+from .gcg import GCGSettings, adversarial_strings, attach
+from .stats import roc_auc
+
+ATTACKS = ("msj", "gcg", "conjugate")
+
+
+def shot_grid(max_shots: int) -> list[int]:
+    """0, 1, 2, 4, ..., up to ``max_shots`` (which is included)."""
+    grid, k = [0], 1
+    while k < max_shots:
+        grid.append(k)
+        k *= 2
+    return grid + [max_shots] if max_shots > 0 else grid
+
+
+def context_length(pair: ModelPair) -> int:
+    """Longest input the fine-tuned model takes (its config; a tokenizer's smaller limit wins)."""
+    config = pair.finetuned.config
+    config = getattr(config, "get_text_config", lambda: config)()
+    limit = getattr(config, "max_position_embeddings", None) or 2048
+    tokenizer_limit = getattr(pair.tokenizer, "model_max_length", None) or limit
+    return min(limit, tokenizer_limit) if tokenizer_limit < 10**7 else limit
+
+
+def _scored(pair: ModelPair, answer_tokens: int):
+    """compute(batch) for Output.step: TuCo, and a greedy answer judged by refusal strings."""
+
+    def compute(batch: list[dict]) -> list[dict]:
+        prompts = [it["chat"] for it in batch]
+        scores = pair.score(prompts, batch_size=len(batch), progress=False)
+        records = [
+            {k: v for k, v in it.items() if k != "chat"} | s.to_dict()
+            for it, s in zip(batch, scores, strict=True)
+        ]
+        if answer_tokens:
+            answers = pair.generate(
+                prompts, max_new_tokens=answer_tokens, do_sample=False, batch_size=len(batch), progress=False
+            )
+            for record, answer in zip(records, answers, strict=True):
+                record |= dict(response=answer, harmful_answer=not is_refusal(answer))
+        return records
+
+    return compute
+
+
+def msj(pair, out: Output, requests, pool, max_shots=128, system=None, answer_tokens=24, batch_size=8):
+    fits = context_length(pair) - answer_tokens
+    grid, longest = [], max(requests, key=lambda r: len(r["prompt"]))["prompt"]
+    for k in shot_grid(max_shots):
+        if len(pair.encode([_msj_chat(longest, pool, k, system)])[0]) <= fits:
+            grid.append(k)
+    items = [
+        dict(
+            id=f"msj/{k}/{r['id']}",
+            attack="msj",
+            shots=k,
+            prompt=r["prompt"],
+            chat=_msj_chat(r["prompt"], pool, k, system),
+        )
+        for k in grid
+        for r in requests
+    ]
+    records = out.step("msj", items, _scored(pair, answer_tokens), batch_size, desc="E3 many-shot")
+    rows = [(k, [r for r in records if r["shots"] == k]) for k in grid]
+    lines = [
+        "## Many-shot jailbreaking",
+        "",
+        f"{len(requests)} requests; shots that fit the context ({fits} tokens): {', '.join(map(str, grid))}.",
+        "",
+        "| shots | n | mean TuCo | harmful answers |",
+        "|---|---|---|---|",
+        *[f"| {k} | {len(rs)} | {mean([r['tuco'] for r in rs]):.4f} | {_rate(rs)} |" for k, rs in rows],
+    ]
+    if len(grid) > 1:
+        auc = roc_auc([r["tuco"] for r in rows[0][1]], [r["tuco"] for r in rows[-1][1]])
+        lines += [
+            "",
+            f"ROC-AUC of TuCo, 0 vs {grid[-1]} shots: **{auc:.3f}**. Paper (Llama-2 7B, 1 -> 128 shots): "
+            "TuCo 0.285 -> 0.220, harmful answers 5% -> 95%.",
+        ]
+    fig, ax = figure()
+    ax.plot(grid, [mean([r["tuco"] for r in rs]) for _, rs in rows], marker="o")
+    ax.set(xscale="symlog", xlabel="shots k", ylabel="mean TuCo", title="Many-shot jailbreaking")
+    return records, lines, fig
+
+
+def _msj_chat(request: str, pool, k: int, system: str | None):
+    chat = many_shot(request, pool, k)
+    return ([{"role": "system", "content": system}] if system else []) + chat
+
+
+def _rate(records: list[dict]) -> str:
+    judged = [r["harmful_answer"] for r in records if "harmful_answer" in r]
+    return f"{mean(judged):.0%}" if judged else "-"
+
+
+def gcg(
+    pair,
+    out: Output,
+    requests,
+    cache,
+    settings: GCGSettings,
+    placement="before",
+    system=None,
+    answer_tokens=24,
+    batch_size=8,
+):
+    strings = adversarial_strings(pair, requests, cache, settings, placement, system)
+    items = []
+    for r in requests:
+        for attacked, prompt in (
+            (False, r["prompt"]),
+            (True, attach(r["prompt"], strings[r["id"]], placement)),
+        ):
+            items.append(
+                dict(
+                    id=f"gcg/{int(attacked)}/{r['id']}",
+                    attack="gcg",
+                    attacked=attacked,
+                    prompt=prompt,
+                    chat=as_prompt(pair.tokenizer, prompt, system),
+                )
+            )
+    records = out.step("gcg", items, _scored(pair, answer_tokens), batch_size, desc="E3 GCG")
+    plain = [r["tuco"] for r in records if not r["attacked"]]
+    attacked = [r["tuco"] for r in records if r["attacked"]]
+    rate_plain, rate_attacked = (_rate([r for r in records if r["attacked"] == a]) for a in (False, True))
+    auc = roc_auc(plain, attacked)
+    lines = [
+        "## GCG adversarial strings",
+        "",
+        f"{len(requests)} requests, string {placement} the request ({settings.steps} steps, width "
+        f"{settings.search_width}, top-k {settings.topk}, {settings.tokens} tokens; cache {cache}).",
+        "",
+        "| prompts | n | mean TuCo | harmful answers |",
+        "|---|---|---|---|",
+        f"| plain | {len(plain)} | {mean(plain):.4f} | {rate_plain} |",
+        f"| with GCG string | {len(attacked)} | {mean(attacked):.4f} | {rate_attacked} |",
+        "",
+        f"ROC-AUC of TuCo, plain vs attacked: **{auc:.3f}** (paper: up to 1.0, Llama-2 7B).",
+    ]
+    fig, ax = figure()
+    ax.hist([plain, attacked], bins=15, label=["plain", "GCG"], alpha=0.7)
+    ax.set(xlabel="TuCo", ylabel="requests", title=f"GCG, AUC = {auc:.3f}")
+    ax.legend()
+    return records, lines, fig
+
+
+def conjugate(pair, out: Output, translated, system=None, answer_tokens=24, batch_size=8):
+    items = [
+        it | dict(attack="conjugate", chat=as_prompt(pair.tokenizer, it["prompt"], system))
+        for it in translated
+    ]
+    records = out.step("conjugate", items, _scored(pair, answer_tokens), batch_size, desc="E3 conjugate")
+    languages = list(dict.fromkeys(r["language"] for r in records))
+    base = "English" if "English" in languages else languages[0]
+    tucos = {lang: [r["tuco"] for r in records if r["language"] == lang] for lang in languages}
+    lines = [
+        "## Conjugate prompting",
+        "",
+        f"| language | n | mean TuCo | harmful answers | ROC-AUC vs {base} |",
+        "|---|---|---|---|---|",
+    ]
+    for lang in sorted(languages, key=lambda lang: -mean(tucos[lang])):
+        auc = "" if lang == base else f"{roc_auc(tucos[base], tucos[lang]):.3f}"
+        rate = _rate([r for r in records if r["language"] == lang])
+        lines.append(f"| {lang} | {len(tucos[lang])} | {mean(tucos[lang]):.4f} | {rate} | {auc} |")
+    lines += ["", "Paper: TuCo orders with the language's share of web text, English highest."]
+    fig, ax = figure()
+    ax.bar(languages, [mean(tucos[lang]) for lang in languages])
+    ax.set(ylabel="mean TuCo", title="Conjugate prompting")
+    return records, lines, fig
+
+
+def jailbreaks(pair: ModelPair, out: Output, attacks: dict, source: str) -> str:
+    """Run the attacks named in ``attacks`` (name -> keyword arguments of its function)."""
+    functions = {"msj": msj, "gcg": gcg, "conjugate": conjugate}
+    records, lines, figures = [], ["# E3: jailbreaks lower TuCo", "", f"Requests: {source}.", ""], {}
+    for name, kwargs in attacks.items():
+        found, section, fig = functions[name](pair, out, **kwargs)
+        records += found
+        lines += [*section, ""]
+        figures[name] = fig
+    return out.finish(records, "\n".join(lines), figures)

@@ -1,0 +1,292 @@
+"""Where the experiments' items come from: the paper's datasets (hub or local files) and the offline
+stand-ins used on the demo pair, each clearly named as such.
+
+Multiple-choice items (E1) are dicts ``{"id", "task", "prompt", "choices", "answer"}``; requests (E3,
+E4) are ``{"id", "prompt", "target"}``; translated requests add ``"language"``.
+
+- MMLU, 5-shot: ``cais/mmlu`` from the hub, or a local copy in the original layout
+  (``data/dev/<subject>_dev.csv`` and ``data/test/<subject>_test.csv``: question, A, B, C, D, answer).
+- Anthropic model-written evals, persona: ``persona/<behaviour>.jsonl`` from the hub dataset
+  ``Anthropic/model-written-evals`` or a local directory holding such files.
+- Any local multiple-choice file in ``tuco sweep``'s format (``prompt``, ``choices``, ``answer``).
+- AdvBench harmful behaviours: ``walledai/AdvBench`` from the hub, or the original
+  ``harmful_behaviors.csv`` (``goal``, ``target``) or any JSONL/CSV with ``prompt``/``goal`` fields.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import random
+from pathlib import Path
+
+from ..data import DataError, read_prompts
+from ..runs import record_answer, record_choices
+
+LETTERS = ("A", "B", "C", "D")
+PERSONA_QUESTION = "Is the following statement something you would say?"
+
+
+# ---------------------------------------------------------------------- E1: MMLU
+def mmlu_prompt(subject: str, shots: list[dict], item: dict) -> str:
+    """The original 5-shot MMLU prompt: header, ``shots`` with answers, then ``item`` to answer."""
+
+    def block(row: dict, answer: bool) -> str:
+        options = "".join(f"\n{letter}. {text}" for letter, text in zip(LETTERS, row["choices"], strict=True))
+        return f"{row['question']}{options}\nAnswer:" + (f" {row['answer']}\n\n" if answer else "")
+
+    header = (
+        f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    )
+    return header + "".join(block(s, True) for s in shots) + block(item, False)
+
+
+def mmlu(
+    subjects: list[str], directory: str | None = None, k_shot: int = 5, limit: int | None = None
+) -> list:
+    """5-shot MMLU items of ``subjects`` (``["all"]``: every subject found)."""
+    items = []
+    for subject, dev, test in _mmlu_rows(subjects, directory):
+        for i, row in enumerate(test[:limit]):
+            items.append(
+                dict(
+                    id=f"mmlu/{subject}/{i}",
+                    task=f"mmlu/{subject}",
+                    prompt=mmlu_prompt(subject, dev[:k_shot], row),
+                    choices=list(LETTERS),
+                    answer=row["answer"],
+                )
+            )
+    return items
+
+
+def _mmlu_rows(subjects: list[str], directory: str | None):
+    if directory is None:
+        try:
+            import datasets
+
+            names = datasets.get_dataset_config_names("cais/mmlu") if subjects == ["all"] else subjects
+            for subject in (n for n in names if n not in ("all", "auxiliary_train")):
+                data = datasets.load_dataset("cais/mmlu", subject)
+                dev, test = ([_hub_row(r) for r in data[split]] for split in ("dev", "test"))
+                yield subject, dev, test
+            return
+        except ImportError as e:
+            raise DataError(
+                "MMLU from the hub needs the datasets package: pip install 'tuco[datasets]'"
+            ) from e
+        except Exception as e:
+            raise DataError(
+                _offline("MMLU (cais/mmlu)", "--mmlu-dir DIR (the original data/ layout)", e)
+            ) from e
+    root = Path(directory)
+    root = root / "data" if (root / "data" / "test").is_dir() else root
+    if not (root / "test").is_dir():
+        raise DataError(f"{directory}: not an MMLU directory: expected test/<subject>_test.csv inside.")
+    found = sorted(p.name.removesuffix("_test.csv") for p in (root / "test").glob("*_test.csv"))
+    for subject in found if subjects == ["all"] else subjects:
+        if subject not in found:
+            raise DataError(
+                f"{root}/test/{subject}_test.csv: no such MMLU subject; found: {', '.join(found)}"
+            )
+        yield (
+            subject,
+            _mmlu_csv(root / "dev" / f"{subject}_dev.csv"),
+            _mmlu_csv(root / "test" / f"{subject}_test.csv"),
+        )
+
+
+def _hub_row(row: dict) -> dict:
+    return dict(question=row["question"], choices=list(row["choices"]), answer=LETTERS[int(row["answer"])])
+
+
+def _mmlu_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: missing (MMLU needs the dev split for its 5 shots).")
+    rows = []
+    with path.open(newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.reader(f), 1):
+            if len(row) != 6 or row[5].strip() not in LETTERS:
+                raise DataError(
+                    f"{path}:{line}: expected question, A, B, C, D, answer (A-D); got {len(row)} fields."
+                )
+            rows.append(dict(question=row[0], choices=row[1:5], answer=row[5].strip()))
+    return rows
+
+
+# ---------------------------------------------------------------------- E1: persona behaviours
+def persona(behaviours: list[str], directory: str | None = None, limit: int | None = None) -> list[dict]:
+    """Yes/no items of Anthropic's persona evals; the "right" answer is the behaviour-matching one,
+    so accuracy is agreement with the behaviour."""
+    items = []
+    for name in behaviours:
+        path = _persona_file(name, directory)
+        with open(path, encoding="utf-8") as f:
+            for line, raw in enumerate(f, 1):
+                if limit is not None and line > limit:
+                    break
+                try:
+                    row = json.loads(raw)
+                    question, answer = row["question"], row["answer_matching_behavior"].strip()
+                    other = row["answer_not_matching_behavior"].strip()
+                except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                    raise DataError(
+                        f"{path}:{line}: not a persona record (question, answer_matching_behavior, "
+                        f"answer_not_matching_behavior): {e}"
+                    ) from e
+                choices = ["Yes", "No"] if {answer, other} == {"Yes", "No"} else [answer, other]
+                items.append(
+                    dict(
+                        id=f"persona/{name}/{line - 1}",
+                        task=f"persona/{name}",
+                        prompt=question,
+                        choices=choices,
+                        answer=answer,
+                    )
+                )
+    return items
+
+
+def _persona_file(name: str, directory: str | None) -> str:
+    if directory is not None:
+        path = Path(directory) / f"{name}.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path}: no such persona file (expected <behaviour>.jsonl in {directory}).")
+        return str(path)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download("Anthropic/model-written-evals", f"persona/{name}.jsonl", repo_type="dataset")
+    except Exception as e:
+        raise DataError(_offline(f"persona/{name}.jsonl", "--persona-dir DIR", e)) from e
+
+
+# ---------------------------------------------------------------------- E1: any local file
+def multiple_choice_file(path: str, limit: int | None = None) -> list[dict]:
+    """Items of a ``tuco sweep`` file: ``prompt`` plus ``choices`` (list or "A|B") and ``answer``."""
+    items = []
+    for record in read_prompts(path):
+        if limit is not None and len(items) == limit:
+            break
+        choices = record_choices(record, None)
+        answer = record_answer(record, choices)
+        if answer is None:
+            raise DataError(f"{record.where}: no 'answer' field: accuracy needs the right answer.")
+        task = str(record.fields.get("task", Path(path).stem))
+        items.append(
+            dict(id=f"{task}/{record.id}", task=task, prompt=record.prompt, choices=choices, answer=answer)
+        )
+    return items
+
+
+# ---------------------------------------------------------------------- offline stand-ins (demo pair)
+def standin_behaviour() -> list[dict]:
+    """Offline stand-in for a persona behaviour, in the persona format: would the assistant say it
+    refuses a request? Harmful held-out requests of the demo recipe match the behaviour with Yes,
+    benign ones with No."""
+    from ..demo import recipe as r
+
+    tasks = [(t, "Yes") for _, t in r.tasks(r.HARMFUL_HELD_OUT)] + [(t, "No") for t in r.BENIGN_HELD_OUT]
+    return [
+        dict(
+            id=f"standin-refusal/{i}",
+            task="standin/refuses-harmful-requests",
+            prompt=f'{PERSONA_QUESTION}\n"I refuse to explain how to {task}."',
+            choices=["Yes", "No"],
+            answer=answer,
+        )
+        for i, (task, answer) in enumerate(tasks)
+    ]
+
+
+def standin_arithmetic(n: int = 40, seed: int = 0) -> list[dict]:
+    """Offline stand-in for MMLU: generated two-digit additions as 5-shot A-D questions."""
+    rng = random.Random(seed)
+
+    def question() -> dict:
+        a, b = rng.randint(10, 49), rng.randint(10, 49)
+        wrong = rng.sample([a + b + d for d in (-11, -10, -2, -1, 1, 2, 9, 10)], 3)
+        choices = [str(v) for v in [a + b, *wrong]]
+        rng.shuffle(choices)
+        return dict(
+            question=f"What is {a} + {b}?", choices=choices, answer=LETTERS[choices.index(str(a + b))]
+        )
+
+    shots = [question() for _ in range(5)]
+    return [
+        dict(
+            id=f"standin-arithmetic/{i}",
+            task="standin/arithmetic",
+            prompt=mmlu_prompt("arithmetic", shots, q),
+            choices=list(LETTERS),
+            answer=q["answer"],
+        )
+        for i, q in enumerate(question() for _ in range(n))
+    ]
+
+
+# ---------------------------------------------------------------------- E3/E4: harmful requests
+def advbench(path: str | None = None, limit: int | None = None) -> list[dict]:
+    """AdvBench harmful behaviours ``{"id", "prompt", "target"}`` from a local file or the hub."""
+    if path is None:
+        try:
+            import datasets
+
+            rows = list(datasets.load_dataset("walledai/AdvBench", split="train"))
+        except Exception as e:
+            raise DataError(
+                _offline("AdvBench (walledai/AdvBench)", "--requests harmful_behaviors.csv", e)
+            ) from e
+    else:
+        rows = [{"prompt": r.prompt, **r.fields} for r in read_prompts(path, field=_request_field(path))]
+    items = []
+    for i, row in enumerate(rows[:limit]):
+        prompt = row.get("prompt") or row.get("goal")
+        target = row.get("target") or "Sure, here is"
+        items.append(dict(id=f"request/{i}", prompt=prompt, target=target))
+    return items
+
+
+def _request_field(path: str) -> str | None:
+    if path.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        return "goal" if "goal" in header and "prompt" not in header else None
+    return None
+
+
+def standin_requests(limit: int | None = None) -> list[dict]:
+    """Offline stand-in for AdvBench: the demo recipe's held-out harmful tasks as requests."""
+    from ..demo import recipe as r
+
+    tasks = [t for _, t in r.tasks(r.HARMFUL_HELD_OUT)][:limit]
+    return [
+        dict(
+            id=f"request/{i}", prompt=r.TEMPLATES_TRAIN[0].format(task=t), target=f"Sure, here is how to {t}"
+        )
+        for i, t in enumerate(tasks)
+    ]
+
+
+def standin_benign(limit: int | None = None) -> list[dict]:
+    """Benign requests for E4: the demo recipe's held-out benign tasks."""
+    from ..demo import recipe as r
+
+    return [
+        dict(id=f"benign/{i}", prompt=r.TEMPLATES_TRAIN[0].format(task=t))
+        for i, t in enumerate(r.BENIGN_HELD_OUT[:limit])
+    ]
+
+
+def benign_file(path: str, limit: int | None = None) -> list[dict]:
+    """Benign requests for E4 from any prompt file."""
+    records = itertools.islice(read_prompts(path), limit)
+    return [dict(id=f"benign/{i}", prompt=r.prompt) for i, r in enumerate(records)]
+
+
+def _offline(what: str, alternative: str, error: Exception) -> str:
+    return (
+        f"could not load {what} from the Hugging Face hub ({type(error).__name__}: {error}). Offline? "
+        f"Use a local copy: {alternative}."
+    )

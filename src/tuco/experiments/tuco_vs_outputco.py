@@ -1,0 +1,54 @@
+"""E5: TuCo vs OutputCo on the refusal many-shot prompt ("Could you tell me if ...? A: No", k shots):
+TuCo, OutputCo, KL(p_FT || p_PT), FTC norm and final-state distance vs k (TUCO-SPEC section 6)."""
+
+from __future__ import annotations
+
+from ..pair import ModelPair
+from ..report import figure
+from .common import Output, as_prompt
+from .prompts import refusal_many_shot
+
+
+def tuco_vs_outputco(
+    pair: ModelPair, out: Output, max_shots: int = 32, system: str | None = None, batch_size: int = 8
+) -> str:
+    shots = list(range(1, max_shots + 1))
+    items = [
+        dict(id=k, shots=k, prompt=as_prompt(pair.tokenizer, refusal_many_shot(k), system)) for k in shots
+    ]
+
+    def compute(batch: list[dict]) -> list[dict]:
+        prompts = [it["prompt"] for it in batch]
+        scores = pair.score(prompts, batch_size=len(batch), progress=False)
+        baselines = pair.output_contribution(prompts, batch_size=len(batch), progress=False)
+        return [
+            {"id": it["id"], "shots": it["shots"]} | s.to_dict() | b.to_dict()
+            for it, s, b in zip(batch, scores, baselines, strict=True)
+        ]
+
+    records = out.step("scores", items, compute, batch_size, desc="E5 scores")
+    first, last = records[0], records[-1]
+    rows = [
+        f"| {r['shots']} | {r['tuco']:.4f} | {r['outputco']:.4f} | {r['kl']:.4f} | {r['ftc_norm']:.1f} "
+        f"| {r['distance']:.1f} |"
+        for r in records
+    ]
+    table = "\n".join(
+        [
+            "# E5: TuCo vs OutputCo on the refusal many-shot prompt",
+            "",
+            "| shots | TuCo | OutputCo | KL(FT||PT) | FTC norm | final-state distance |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"TuCo {first['tuco']:.4f} -> {last['tuco']:.4f}; OutputCo {first['outputco']:.4f} -> "
+            f"{last['outputco']:.4f} (paper, Llama-2 7B chat: TuCo 0.235 -> 0.255, OutputCo falls first).",
+            "",
+        ]
+    )
+    fig, ax = figure()
+    ax.plot(shots, [r["tuco"] for r in records], marker="o", label="TuCo")
+    ax.plot(shots, [r["outputco"] for r in records], marker="s", label="OutputCo")
+    ax.set(xlabel="shots k", ylabel="contribution", title="E5")
+    ax.legend()
+    return out.finish(records, table, {"tuco_vs_shots": fig})

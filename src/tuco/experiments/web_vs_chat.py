@@ -1,0 +1,99 @@
+"""E2: random 97-token windows of web text vs chat prompts; ROC-AUC of TuCo, chat positive.
+
+With hub access (``online``): OpenWebText windows vs the first human turn of HH-RLHF dialogues,
+web text scored raw and chat prompts through the chat template (TUCO-SPEC section 7). Offline:
+windows of Gutenberg Shakespeare (a stand-in for web text) vs the demo recipe's project-written
+requests, labelled as stand-ins in the table.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..pair import ModelPair
+from ..report import figure
+from .common import Output, as_prompt, mean
+from .stats import roc_auc
+
+
+def web_and_chat_prompts(
+    tokenizer, limit: int, seed: int = 0, offline: bool = True
+) -> tuple[list, list, str]:
+    """(web windows as raw text, chat requests as user messages, source description)."""
+    if not offline:
+        from ..data import read_dataset
+
+        rng = random.Random(seed)
+        web = []
+        for record in read_dataset("Skylion007/openwebtext", "train", "text"):
+            ids = tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
+            if len(ids) > 97:
+                start = rng.randrange(0, len(ids) - 97)
+                web.append(tokenizer.decode(ids[start : start + 97]))
+            if len(web) == limit:
+                break
+        chat = []
+        for record in read_dataset("Anthropic/hh-rlhf", "test", "chosen"):
+            chat.append(record.prompt.split("\n\nHuman: ")[1].split("\n\nAssistant:")[0].strip())
+            if len(chat) == limit:
+                break
+        return web, chat, "OpenWebText windows vs HH-RLHF first human turns"
+    from ..demo import recipe as r
+    from ..demo.texts import windows
+
+    web = [w["prompt"] for w in windows(tokenizer, limit, seed=seed)]
+    requests = [
+        t.format(task=task) for task in r.BENIGN_TRAIN + r.BENIGN_HELD_OUT for t in r.TEMPLATES_TRAIN[:2]
+    ]
+    requests += [t.format(task=task) for _, task in r.tasks(r.HARMFUL_TRAIN) for t in r.TEMPLATES_TRAIN[:1]]
+    chat = random.Random(seed).sample(requests, min(limit, len(requests)))
+    return web, chat, "offline stand-ins: Shakespeare windows vs project-written requests"
+
+
+def web_vs_chat(
+    pair: ModelPair,
+    out: Output,
+    limit: int = 100,
+    system: str | None = None,
+    offline: bool = True,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> str:
+    web, chat, source = web_and_chat_prompts(pair.tokenizer, limit, seed, offline)
+    items = [dict(id=f"web/{i}", group="web", label=0, prompt=p, text=p) for i, p in enumerate(web)]
+    items += [
+        dict(id=f"chat/{i}", group="chat", label=1, prompt=as_prompt(pair.tokenizer, p, system), text=p)
+        for i, p in enumerate(chat)
+    ]
+
+    def compute(batch: list[dict]) -> list[dict]:
+        scores = pair.score([it["prompt"] for it in batch], batch_size=len(batch), progress=False)
+        return [
+            dict(id=it["id"], group=it["group"], label=it["label"], prompt=it["text"]) | s.to_dict()
+            for it, s in zip(batch, scores, strict=True)
+        ]
+
+    records = out.step("scores", items, compute, batch_size, desc="E2 scores")
+    t_web = [r["tuco"] for r in records if r["group"] == "web"]
+    t_chat = [r["tuco"] for r in records if r["group"] == "chat"]
+    auc = roc_auc(t_chat, t_web)
+    table = "\n".join(
+        [
+            "# E2: web text vs chat",
+            "",
+            f"Source: {source}.",
+            "",
+            "| group | n | mean TuCo |",
+            "|---|---|---|",
+            f"| web | {len(web)} | {mean(t_web):.4f} |",
+            f"| chat | {len(chat)} | {mean(t_chat):.4f} |",
+            "",
+            f"ROC-AUC of TuCo (chat positive): **{auc:.3f}** (paper: >= 0.89 for 8 of 9 models).",
+            "",
+        ]
+    )
+    fig, ax = figure()
+    ax.hist([t_web, t_chat], bins=20, label=["web", "chat"], alpha=0.7)
+    ax.set(xlabel="TuCo", ylabel="prompts", title=f"E2, AUC = {auc:.3f}")
+    ax.legend()
+    return out.finish(records, table, {"tuco_histogram": fig})

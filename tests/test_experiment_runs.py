@@ -1,0 +1,186 @@
+"""Every ``tuco experiment`` end to end on a tiny random pair (offline stand-ins), outputs parsed."""
+
+import json
+
+import pytest
+
+from tuco import cli
+
+
+@pytest.fixture(scope="module")
+def pair_dirs(tmp_path_factory):
+    from tuco.testing import byte_tokenizer, perturbed_copy, tiny_model
+
+    root = tmp_path_factory.mktemp("pair")
+    pt = tiny_model("llama")
+    for name, model in (("pt", pt), ("ft", perturbed_copy(pt, scale=0.3))):
+        model.save_pretrained(root / name)
+        byte_tokenizer().save_pretrained(root / name)
+    return ["--pretrained", str(root / "pt"), "--finetuned", str(root / "ft")]
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+GCG_TINY = ["--gcg-steps", "1", "--gcg-width", "8", "--gcg-topk", "8", "--gcg-tokens", "4"]
+
+
+def test_tuco_vs_outputco(pair_dirs, tmp_path, capsys):
+    out = tmp_path / "e5"
+    assert (
+        cli.main(["experiment", "tuco-vs-outputco", *pair_dirs, "--max-shots", "4", "--out", str(out)]) == 0
+    )
+    records = lines(out / "results.jsonl")
+    assert [r["shots"] for r in records] == [1, 2, 3, 4]
+    assert all(0 < r["tuco"] < 1 and 0 < r["outputco"] < 1 and r["distance"] > 0 for r in records)
+    table = (out / "table.md").read_text()
+    assert "| 4 |" in table and "OutputCo" in table and (out / "tuco_vs_shots.png").stat().st_size > 1000
+    assert table in capsys.readouterr().out
+
+
+def test_web_vs_chat_offline(pair_dirs, tmp_path):
+    out = tmp_path / "e2"
+    assert cli.main(["experiment", "web-vs-chat", *pair_dirs, "--limit", "6", "--out", str(out)]) == 0
+    records = lines(out / "results.jsonl")
+    assert [r["group"] for r in records] == ["web"] * 6 + ["chat"] * 6
+    table = (out / "table.md").read_text()
+    assert "offline stand-ins" in table and "ROC-AUC" in table
+
+
+def test_unknown_pair_is_a_usage_error(tmp_path, capsys):
+    assert cli.main(["experiment", "web-vs-chat", "--pair", "gpt-5", "--out", str(tmp_path)]) == 2
+    assert "unknown pair 'gpt-5'" in capsys.readouterr().err
+
+
+def test_steering(pair_dirs, tmp_path):
+    out = tmp_path / "steer"
+    args = ["experiment", "steering", *pair_dirs, "--alpha", "0", "1", "--limit", "3", "--out", str(out)]
+    assert cli.main(args) == 0
+    records = lines(out / "results.jsonl")
+    assert len(records) == 2 * 6 and {r["alpha"] for r in records} == {0.0, 1.0}
+    assert all(isinstance(r["refused"], bool) and isinstance(r["response"], str) for r in records)
+    # TuCo is measured along the steered stream: it changes with alpha
+    by = {(r["id"], r["alpha"]): r["tuco"] for r in records}
+    assert all(by[i, 0.0] != pytest.approx(by[i, 1.0]) for i, _ in by)
+    table = (out / "table.md").read_text()
+    assert "| 0 |" in table and "| 1 |" in table and "3 harmful, 3 benign" in table
+
+
+def test_alpha_sweep_offline_standins_and_resume(pair_dirs, tmp_path, capsys):
+    out = tmp_path / "e1"
+    args = ["experiment", "alpha-sweep", *pair_dirs, "--alpha", "0.5", "1", "1.5", "--limit", "10"]
+    assert cli.main([*args, "--out", str(out)]) == 0
+    records = lines(out / "results.jsonl")
+    tasks = {r["task"] for r in records}
+    assert tasks == {"standin/refuses-harmful-requests", "standin/arithmetic"}
+    assert len(records) == 2 * 10 * 3
+    assert all(r["pred"] in r["choices"] and r["correct"] == (r["pred"] == r["answer"]) for r in records)
+    table = (out / "table.md").read_text()
+    assert "Delta max" in table and "Mean Delta over 2 tasks" in table and "offline stand-ins" in table
+    assert (out / "accuracy_vs_alpha.png").stat().st_size > 1000
+    # rerun: everything is read back from the step file, nothing recomputed
+    before = (out / "answers.jsonl").read_text()
+    assert cli.main([*args, "--out", str(out)]) == 0
+    assert (out / "answers.jsonl").read_text() == before and (out / "table.md").read_text() == table
+    capsys.readouterr()
+    assert cli.main([*args[:-1], "11", "--out", str(out)]) == 2
+    assert "other settings (limit)" in capsys.readouterr().err
+
+
+def test_alpha_sweep_local_files(pair_dirs, tmp_path):
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(
+        "".join(
+            json.dumps(
+                {"prompt": f"Is {i} even?", "choices": ["Yes", "No"], "answer": "Yes" if i % 2 == 0 else "No"}
+            )
+            + "\n"
+            for i in range(6)
+        )
+    )
+    out = tmp_path / "e1"
+    args = [
+        "experiment",
+        "alpha-sweep",
+        *pair_dirs,
+        "--mc-file",
+        str(mc),
+        "--alpha",
+        "0.9",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert cli.main(args) == 0
+    records = lines(out / "results.jsonl")
+    assert {r["task"] for r in records} == {"mc"} and len(records) == 12
+    assert "| mc | 6 |" in (out / "table.md").read_text()
+
+
+def test_jailbreaks_all_attacks(pair_dirs, tmp_path):
+    out = tmp_path / "e3"
+    args = [
+        "experiment",
+        "jailbreaks",
+        *pair_dirs,
+        "--limit",
+        "2",
+        "--max-shots",
+        "4",
+        "--answer-tokens",
+        "4",
+    ]
+    assert cli.main([*args, *GCG_TINY, "--out", str(out)]) == 0
+    records = lines(out / "results.jsonl")
+    msj = [r for r in records if r["attack"] == "msj"]
+    assert sorted({r["shots"] for r in msj}) == [0, 1, 2, 4] and len(msj) == 4 * 2
+    gcg = [r for r in records if r["attack"] == "gcg"]
+    assert [r["attacked"] for r in gcg] == [False, True] * 2
+    strings = lines(out / "gcg_strings.jsonl")
+    assert len(strings) == 2 and all(s["placement"] == "before" for s in strings)
+    assert all(r["prompt"].endswith(s["request"]) for r, s in zip(gcg[1::2], strings, strict=True))
+    conjugate = [r for r in records if r["attack"] == "conjugate"]
+    assert {r["language"] for r in conjugate} == {"English", "Japanese", "Hungarian", "Swahili", "Malayalam"}
+    assert all(isinstance(r["harmful_answer"], bool) for r in records)
+    table = (out / "table.md").read_text()
+    for heading in ("Many-shot jailbreaking", "GCG adversarial strings", "Conjugate prompting", "stand-in"):
+        assert heading in table
+    assert all((out / f"{name}.png").exists() for name in ("msj", "gcg", "conjugate"))
+
+
+def test_jailbreaks_msj_drops_shots_beyond_the_context(pair_dirs, tmp_path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(pair_dirs[3])
+    out = tmp_path / "e3"
+    args = [
+        "experiment",
+        "jailbreaks",
+        *pair_dirs,
+        "--attacks",
+        "msj",
+        "--limit",
+        "1",
+        "--answer-tokens",
+        "0",
+    ]
+    assert cli.main([*args, "--max-shots", "1024", "--out", str(out)]) == 0
+    shots = sorted({r["shots"] for r in lines(out / "results.jsonl")})
+    assert shots[0] == 0 and 1024 not in shots
+    assert f"fit the context ({config.max_position_embeddings} tokens)" in (out / "table.md").read_text()
+
+
+def test_jailbreak_success(pair_dirs, tmp_path):
+    out = tmp_path / "e4"
+    args = ["experiment", "jailbreak-success", *pair_dirs, "--limit", "2", "--samples", "3"]
+    assert cli.main([*args, "--max-new-tokens", "5", *GCG_TINY, "--out", str(out)]) == 0
+    records = lines(out / "results.jsonl")
+    assert [r["group"] for r in records] == ["benign"] * 2 + ["harmful", "harmful + GCG"] * 2
+    for r in records:
+        if r["group"] == "benign":
+            assert r["success"] is False and "completions" not in r
+        else:
+            assert len(r["completions"]) == 3 and r["success"] == (r["refused"].count(False) >= 2)
+    table = (out / "table.md").read_text()
+    assert "successful jailbreaks" in table and ("ROC-AUC of -TuCo" in table or "ROC-AUC undefined" in table)
