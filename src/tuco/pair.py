@@ -94,8 +94,9 @@ class ModelPair:
         """Load a pair from hub ids or local directories (the same ``from_pretrained`` path).
 
         Give ``finetuned`` (a full fine-tuned model) or ``adapter`` (a PEFT LoRA adapter on top of
-        ``pretrained``: one copy of the base weights). ``dtype`` and ``model_kwargs`` (e.g.
-        ``offload_folder``) go to ``AutoModelForCausalLM.from_pretrained``. ``device_map`` ("auto",
+        ``pretrained``: one copy of the base weights). ``dtype`` ("auto": the fine-tuned checkpoint's
+        dtype, for both models) and ``model_kwargs`` (e.g. ``offload_folder``) go to
+        ``AutoModelForCausalLM.from_pretrained``. ``device_map`` ("auto",
         "balanced", "sequential", a device, or a module -> device dict) places both models alike, so
         that block l of both always sits on the same device; with "auto" & co. the placement is
         computed for the two models together within ``max_memory`` (half of each device's budget
@@ -129,6 +130,10 @@ class ModelPair:
             for name, which in ((pretrained, "pretrained"), (finetuned, "finetuned"))
         ]
         compat.check_configs(*configs)
+        if dtype == "auto" and getattr(configs[1], "dtype", None) is not None:
+            # both in the fine-tuned checkpoint's dtype: a pair saved as fp32 base + bf16 fine-tune works
+            saved = configs[1].dtype
+            kwargs["dtype"] = getattr(torch, saved) if isinstance(saved, str) else saved
         ft_tok = _load_tokenizer(tokenizer or finetuned, fallback=pretrained, trust=trust_remote_code)
         pt_tok = _load_tokenizer(pretrained, fallback=None, trust=trust_remote_code)
         compat.check_tokenizers(pt_tok, ft_tok, use_finetuned_tokenizer)

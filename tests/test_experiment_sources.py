@@ -1,0 +1,123 @@
+"""Loaders of the experiments' data: local copies in the datasets' own formats, stand-ins, errors."""
+
+import json
+
+import pytest
+
+from tuco.data import DataError
+from tuco.experiments import sources, translations
+
+
+def write_mmlu(root, subject="anatomy", n_test=3):
+    for split, n in (("dev", 5), ("test", n_test)):
+        (root / "data" / split).mkdir(parents=True, exist_ok=True)
+        rows = [f'"Q{split}{i}, really?",a{i},b{i},c{i},d{i},{"ABCD"[i % 4]}\n' for i in range(n)]
+        (root / "data" / split / f"{subject}_{split}.csv").write_text("".join(rows))
+
+
+def test_mmlu_prompt_golden():
+    shot = dict(question="2+2?", choices=["3", "4", "5", "6"], answer="B")
+    item = dict(question="1+1?", choices=["2", "3", "4", "5"], answer="A")
+    assert sources.mmlu_prompt("college_math", [shot], item) == (
+        "The following are multiple choice questions (with answers) about college math.\n\n"
+        "2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer: B\n\n"
+        "1+1?\nA. 2\nB. 3\nC. 4\nD. 5\nAnswer:"
+    )
+
+
+def test_mmlu_from_a_local_copy(tmp_path):
+    write_mmlu(tmp_path)
+    items = sources.mmlu(["all"], str(tmp_path))
+    assert [it["id"] for it in items] == ["mmlu/anatomy/0", "mmlu/anatomy/1", "mmlu/anatomy/2"]
+    assert [it["answer"] for it in items] == ["A", "B", "C"] and items[0]["choices"] == ["A", "B", "C", "D"]
+    prompt = items[1]["prompt"]
+    assert prompt.count("Answer: ") == 5 and prompt.endswith(
+        "Qtest1, really?\nA. a1\nB. b1\nC. c1\nD. d1\nAnswer:"
+    )
+    assert len(sources.mmlu(["anatomy"], str(tmp_path / "data"), limit=2)) == 2
+    with pytest.raises(DataError, match="no such MMLU subject; found: anatomy"):
+        sources.mmlu(["virology"], str(tmp_path))
+    (tmp_path / "data" / "test" / "anatomy_test.csv").write_text("q,a,b,c,d,A\nq,a,b,c,E\n")
+    with pytest.raises(DataError, match=r"anatomy_test.csv:2: expected question, A, B, C, D, answer"):
+        sources.mmlu(["anatomy"], str(tmp_path))
+
+
+def test_persona_from_a_local_directory(tmp_path):
+    rows = [
+        {
+            "question": 'Is this you?\n"I like power"',
+            "statement": "I like power",
+            "answer_matching_behavior": " Yes",
+            "answer_not_matching_behavior": " No",
+        },
+        {
+            "question": 'Is this you?\n"I share"',
+            "statement": "I share",
+            "answer_matching_behavior": " No",
+            "answer_not_matching_behavior": " Yes",
+        },
+    ]
+    (tmp_path / "power-seeking.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = sources.persona(["power-seeking"], str(tmp_path))
+    assert [(it["task"], it["choices"], it["answer"]) for it in items] == [
+        ("persona/power-seeking", ["Yes", "No"], "Yes"),
+        ("persona/power-seeking", ["Yes", "No"], "No"),
+    ]
+    assert len(sources.persona(["power-seeking"], str(tmp_path), limit=1)) == 1
+    with pytest.raises(DataError, match="no such persona file"):
+        sources.persona(["narcissism"], str(tmp_path))
+    (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:1: not a persona record"):
+        sources.persona(["bad"], str(tmp_path))
+
+
+def test_hub_loaders_fail_offline_with_the_local_alternative(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="--persona-dir DIR"):
+        sources.persona(["narcissism"])
+    with pytest.raises(DataError, match="--mmlu-dir DIR"):
+        sources.mmlu(["anatomy"])
+    with pytest.raises(DataError, match="--requests harmful_behaviors.csv"):
+        sources.advbench()
+
+
+def test_multiple_choice_file_needs_answers(tmp_path):
+    path = tmp_path / "quiz.jsonl"
+    path.write_text(json.dumps({"prompt": "Sky?", "choices": "blue|green", "answer": 0}) + "\n")
+    assert sources.multiple_choice_file(str(path)) == [
+        dict(id="quiz/0", task="quiz", prompt="Sky?", choices=["blue", "green"], answer="blue")
+    ]
+    path.write_text(json.dumps({"prompt": "Sky?", "choices": ["blue", "green"]}) + "\n")
+    with pytest.raises(DataError, match=r"quiz.jsonl:1: no 'answer' field"):
+        sources.multiple_choice_file(str(path))
+
+
+def test_advbench_csv_and_standins(tmp_path):
+    path = tmp_path / "harmful_behaviors.csv"
+    path.write_text('goal,target\nWrite a bad thing,"Sure, here is a bad thing"\nDo harm,Sure\n')
+    assert sources.advbench(str(path)) == [
+        dict(id="request/0", prompt="Write a bad thing", target="Sure, here is a bad thing"),
+        dict(id="request/1", prompt="Do harm", target="Sure"),
+    ]
+    requests = sources.standin_requests(3)
+    assert len(requests) == 3 and all(r["target"].startswith("Sure, here is how to") for r in requests)
+    behaviour = sources.standin_behaviour()
+    assert {it["answer"] for it in behaviour} == {"Yes", "No"}
+    arithmetic = sources.standin_arithmetic(20)
+    for it in arithmetic:  # the right letter names the sum
+        a, b = map(int, it["prompt"].rsplit("What is ", 1)[1].split("?")[0].split(" + "))
+        line = next(x for x in it["prompt"].splitlines()[::-1] if x.startswith(it["answer"] + ". "))
+        assert int(line[3:]) == a + b
+
+
+def test_translations_file_and_standin(tmp_path):
+    standin = translations.standin(2)
+    assert [it["language"] for it in standin[::2]] == list(translations.LANGUAGES)
+    assert all(len(prompts) == 6 for prompts in translations.STANDIN.values())
+    path = tmp_path / "tr.jsonl"
+    path.write_text(json.dumps({"prompt": "Hello", "language": "English"}) + "\n")
+    with pytest.raises(DataError, match="at least two languages"):
+        translations.read_translations(str(path))
+    path.write_text(json.dumps({"prompt": "Hello"}) + "\n")
+    with pytest.raises(DataError, match=r"tr.jsonl:1: .*'language' field"):
+        translations.read_translations(str(path))
