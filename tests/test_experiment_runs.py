@@ -78,6 +78,7 @@ def test_alpha_sweep_offline_standins_and_resume(pair_dirs, tmp_path, capsys):
     assert all(r["pred"] in r["choices"] and r["correct"] == (r["pred"] == r["answer"]) for r in records)
     table = (out / "table.md").read_text()
     assert "Delta max" in table and "Mean Delta over 2 tasks" in table and "offline stand-ins" in table
+    assert "Mean probability of the right" in table
     assert (out / "accuracy_vs_alpha.png").stat().st_size > 1000
     # rerun: everything is read back from the step file, nothing recomputed
     before = (out / "answers.jsonl").read_text()

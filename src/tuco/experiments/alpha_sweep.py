@@ -82,18 +82,19 @@ def alpha_sweep(
         for j, a in enumerate(r["alphas"])
     ]
     tasks = sorted({r["task"] for r in answered}, key=[r["task"] for r in answered].index)
-    rows, curves = [], {}
+    rows, curves, right = [], {}, {}
     for task in tasks:
         mine = [r for r in answered if r["task"] == task]
         correct = {a: [r["correct"][j] for r in mine] for j, a in enumerate(alphas)}
         curves[task] = [mean(correct[a]) for a in alphas]
+        right[task] = [mean([_p_right(r, j) for r in mine]) for j in range(len(alphas))]
         if len(mine) < folds:
             rows.append(dict(task=task, n=len(mine), base=mean(correct[1.0]), up=None, down=None))
             continue
         up = cross_validated_alpha(correct, folds, maximize=True)
         down = cross_validated_alpha(correct, folds, maximize=False)
         rows.append(dict(task=task, n=len(mine), base=up["baseline"], up=up, down=down))
-    table = _table(rows, alphas, curves, folds, source)
+    table = _table(rows, alphas, curves, folds, source) + _probability_table(right, alphas)
     fig, ax = figure()
     for task, accuracy in curves.items():
         ax.plot(alphas, accuracy, marker="o", label=task if len(curves) <= 10 else None)
@@ -102,6 +103,25 @@ def alpha_sweep(
     if len(curves) <= 10:
         ax.legend(fontsize=7)
     return out.finish(records, table, {"accuracy_vs_alpha": fig})
+
+
+def _p_right(record: dict, j: int) -> float:
+    """Probability of the right (behaviour-matching) answer under alpha j, normalised over the choices."""
+    probs = record["probs"][j]
+    return probs[record["choices"].index(record["answer"])] / (sum(probs) or 1.0)
+
+
+def _probability_table(right: dict, alphas) -> str:
+    """A finer view than accuracy: it moves with alpha even where the argmax answer does not."""
+    lines = [
+        "",
+        "Mean probability of the right / behaviour-matching answer, normalised over the choices:",
+        "",
+        "| task | " + " | ".join(f"a={a:g}" for a in alphas) + " |",
+        "|---|" + "---|" * len(alphas),
+        *[f"| {task} | " + " | ".join(f"{v:.3f}" for v in values) + " |" for task, values in right.items()],
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _table(rows: list[dict], alphas, curves: dict, folds: int, source: str) -> str:

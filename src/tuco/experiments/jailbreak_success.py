@@ -148,6 +148,12 @@ def jailbreak_success(
             f"ROC-AUC of -TuCo, successful jailbreaks vs the rest: **{auc:.3f}**; TPR at 5% FPR: "
             f"**{tpr:.2f}** (paper: AUC 0.83-0.94 for most models, Llama-2 13B 0.87).",
         ]
+        failed = [r["tuco"] for r in records if r["group"] != "benign" and not r["success"]]
+        if failed:
+            within = roc_auc([-t for t in success], [-t for t in failed])
+            lines.append(
+                f"Among harmful prompts only (successful vs failed attacks): ROC-AUC **{within:.3f}**."
+            )
     else:
         auc = float("nan")
         lines += [

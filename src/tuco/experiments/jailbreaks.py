@@ -63,7 +63,20 @@ def _scored(pair: ModelPair, answer_tokens: int):
     return compute
 
 
-def msj(pair, out: Output, requests, pool, max_shots=128, system=None, answer_tokens=24, batch_size=8):
+Section = tuple[list[dict], list[str], object]  # records, markdown lines, figure
+
+
+def msj(
+    pair: ModelPair,
+    out: Output,
+    requests: list[dict],
+    pool: list[tuple[str, str]],
+    max_shots: int = 128,
+    system: str | None = None,
+    answer_tokens: int = 24,
+    batch_size: int = 8,
+) -> Section:
+    """Many-shot jailbreaking: k faux (request, compliant answer) turns from ``pool`` before each request."""
     fits = context_length(pair) - answer_tokens
     grid, longest = [], max(requests, key=lambda r: len(r["prompt"]))["prompt"]
     for k in shot_grid(max_shots):
@@ -115,16 +128,17 @@ def _rate(records: list[dict]) -> str:
 
 
 def gcg(
-    pair,
+    pair: ModelPair,
     out: Output,
-    requests,
-    cache,
+    requests: list[dict],
+    cache: str,
     settings: GCGSettings,
-    placement="before",
-    system=None,
-    answer_tokens=24,
-    batch_size=8,
-):
+    placement: str = "before",
+    system: str | None = None,
+    answer_tokens: int = 24,
+    batch_size: int = 8,
+) -> Section:
+    """Each request plain and with its GCG string (optimised on the fine-tuned model, or cached)."""
     strings = adversarial_strings(pair, requests, cache, settings, placement, system)
     items = []
     for r in requests:
@@ -166,7 +180,15 @@ def gcg(
     return records, lines, fig
 
 
-def conjugate(pair, out: Output, translated, system=None, answer_tokens=24, batch_size=8):
+def conjugate(
+    pair: ModelPair,
+    out: Output,
+    translated: list[dict],
+    system: str | None = None,
+    answer_tokens: int = 24,
+    batch_size: int = 8,
+) -> Section:
+    """The same requests in several languages (``language`` field); TuCo by language."""
     items = [
         it | dict(attack="conjugate", chat=as_prompt(pair.tokenizer, it["prompt"], system))
         for it in translated

@@ -37,7 +37,7 @@ def tuco_vs_outputco(
         [
             "# E5: TuCo vs OutputCo on the refusal many-shot prompt",
             "",
-            "| shots | TuCo | OutputCo | KL(FT||PT) | FTC norm | final-state distance |",
+            "| shots | TuCo | OutputCo | KL(p_FT, p_PT) | FTC norm | final-state distance |",
             "|---|---|---|---|---|---|",
             *rows,
             "",
