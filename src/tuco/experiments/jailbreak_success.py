@@ -18,8 +18,7 @@ import torch
 
 from ..pair import ModelPair
 from ..refusal import is_refusal
-from ..report import figure
-from .common import Output, as_prompt, mean
+from .common import Output, as_prompt, histogram, mean
 from .gcg import GCGSettings, adversarial_strings, attach
 from .stats import jailbreak_succeeded, roc_auc, tpr_at_fpr
 
@@ -160,8 +159,5 @@ def jailbreak_success(
             "",
             f"ROC-AUC undefined: {len(success)} successful jailbreaks, {len(rest)} others (needs both).",
         ]
-    fig, ax = figure()
-    ax.hist([rest, success], bins=15, label=["rest", "successful jailbreaks"], alpha=0.7)
-    ax.set(xlabel="TuCo", ylabel="prompts", title=f"E4, AUC = {auc:.3f}")
-    ax.legend()
+    fig = histogram({"rest": rest, "successful jailbreaks": success}, f"E4, AUC = {auc:.3f}")
     return out.finish(records, "\n".join(lines) + "\n", {"tuco_by_success": fig})

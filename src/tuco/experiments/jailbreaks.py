@@ -17,7 +17,7 @@ from ..attacks import many_shot
 from ..pair import ModelPair
 from ..refusal import is_refusal
 from ..report import figure
-from .common import Output, as_prompt, mean
+from .common import Output, as_prompt, histogram, mean
 from .gcg import GCGSettings, adversarial_strings, attach
 from .stats import roc_auc
 
@@ -173,10 +173,7 @@ def gcg(
         "",
         f"ROC-AUC of TuCo, plain vs attacked: **{auc:.3f}** (paper: up to 1.0, Llama-2 7B).",
     ]
-    fig, ax = figure()
-    ax.hist([plain, attacked], bins=15, label=["plain", "GCG"], alpha=0.7)
-    ax.set(xlabel="TuCo", ylabel="requests", title=f"GCG, AUC = {auc:.3f}")
-    ax.legend()
+    fig = histogram({"plain": plain, "GCG": attacked}, f"GCG, AUC = {auc:.3f}", ylabel="requests")
     return records, lines, fig
 
 

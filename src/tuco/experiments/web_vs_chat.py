@@ -11,8 +11,7 @@ from __future__ import annotations
 import random
 
 from ..pair import ModelPair
-from ..report import figure
-from .common import Output, as_prompt, mean
+from .common import Output, as_prompt, histogram, mean
 from .stats import roc_auc
 
 
@@ -92,8 +91,5 @@ def web_vs_chat(
             "",
         ]
     )
-    fig, ax = figure()
-    ax.hist([t_web, t_chat], bins=20, label=["web", "chat"], alpha=0.7)
-    ax.set(xlabel="TuCo", ylabel="prompts", title=f"E2, AUC = {auc:.3f}")
-    ax.legend()
+    fig = histogram({"web": t_web, "chat": t_chat}, f"E2, AUC = {auc:.3f}", bins=20)
     return out.finish(records, table, {"tuco_histogram": fig})
