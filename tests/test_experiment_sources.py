@@ -64,6 +64,7 @@ def test_persona_from_a_local_directory(tmp_path):
         ("persona/power-seeking", ["Yes", "No"], "No"),
     ]
     assert len(sources.persona(["power-seeking"], str(tmp_path), limit=1)) == 1
+    assert sources.persona(["all"], str(tmp_path)) == items
     with pytest.raises(DataError, match="no such persona file"):
         sources.persona(["narcissism"], str(tmp_path))
     (tmp_path / "bad.jsonl").write_text('{"question": "q"}\n')
@@ -75,6 +76,8 @@ def test_hub_loaders_fail_offline_with_the_local_alternative(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="--persona-dir DIR"):
         sources.persona(["narcissism"])
+    with pytest.raises(DataError, match="list of persona behaviours.*--persona-dir DIR"):
+        sources.persona(["all"])
     with pytest.raises(DataError, match="--mmlu-dir DIR"):
         sources.mmlu(["anatomy"])
     with pytest.raises(DataError, match="--requests harmful_behaviors.csv"):

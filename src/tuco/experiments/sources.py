@@ -118,9 +118,9 @@ def _mmlu_csv(path: Path) -> list[dict]:
 # ---------------------------------------------------------------------- E1: persona behaviours
 def persona(behaviours: list[str], directory: str | None = None, limit: int | None = None) -> list[dict]:
     """Yes/no items of Anthropic's persona evals; the "right" answer is the behaviour-matching one,
-    so accuracy is agreement with the behaviour."""
+    so accuracy is agreement with the behaviour. ``["all"]``: every behaviour there is."""
     items = []
-    for name in behaviours:
+    for name in _persona_names(directory) if behaviours == ["all"] else behaviours:
         path = _persona_file(name, directory)
         with open(path, encoding="utf-8") as f:
             for line, raw in enumerate(f, 1):
@@ -146,6 +146,22 @@ def persona(behaviours: list[str], directory: str | None = None, limit: int | No
                     )
                 )
     return items
+
+
+def _persona_names(directory: str | None) -> list[str]:
+    if directory is not None:
+        return sorted(p.stem for p in Path(directory).glob("*.jsonl"))
+    try:
+        from huggingface_hub import list_repo_files
+
+        files = list_repo_files("Anthropic/model-written-evals", repo_type="dataset")
+    except Exception as e:
+        raise DataError(_offline("the list of persona behaviours", "--persona-dir DIR", e)) from e
+    return sorted(
+        f[len("persona/") : -len(".jsonl")]
+        for f in files
+        if f.startswith("persona/") and f.endswith(".jsonl")
+    )
 
 
 def _persona_file(name: str, directory: str | None) -> str:
