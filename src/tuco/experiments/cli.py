@@ -42,9 +42,9 @@ def add_parser(sub, model_options) -> None:
     g.add_argument("--mmlu", nargs="+", metavar="SUBJECT", help="MMLU subjects, or 'all' (5-shot)")
     g.add_argument("--mmlu-dir", help="local MMLU copy (the original data/ layout) instead of the hub")
     g.add_argument(
-        "--persona", nargs="+", metavar="BEHAVIOUR", help="Anthropic persona evals, e.g. narcissism"
+        "--persona", nargs="+", metavar="BEHAVIOUR", help="Anthropic persona evals (e.g. narcissism) or all"
     )
-    g.add_argument("--persona-dir", help="local directory of persona/<behaviour>.jsonl files")
+    g.add_argument("--persona-dir", help="local directory of <behaviour>.jsonl persona files")
     g.add_argument(
         "--mc-file", nargs="+", default=[], help="local multiple-choice files (prompt, choices, answer)"
     )
