@@ -185,3 +185,10 @@ def test_jailbreak_success(pair_dirs, tmp_path):
             assert len(r["completions"]) == 3 and r["success"] == (r["refused"].count(False) >= 2)
     table = (out / "table.md").read_text()
     assert "successful jailbreaks" in table and ("ROC-AUC of -TuCo" in table or "ROC-AUC undefined" in table)
+
+
+def test_shot_grid_doubles_up_to_the_maximum():
+    from tuco.experiments.jailbreaks import shot_grid
+
+    assert shot_grid(128) == [0, 1, 2, 4, 8, 16, 32, 64, 128]
+    assert shot_grid(5) == [0, 1, 2, 4, 5] and shot_grid(0) == [0]
