@@ -124,3 +124,73 @@ def test_translations_file_and_standin(tmp_path):
     path.write_text(json.dumps({"prompt": "Hello"}) + "\n")
     with pytest.raises(DataError, match=r"tr.jsonl:1: .*'language' field"):
         translations.read_translations(str(path))
+
+
+def test_hub_rows_map_to_items(monkeypatch, tmp_path):
+    """The hub code paths, with the hub replaced by rows in the hub datasets' own schemas."""
+    import datasets
+    import huggingface_hub
+
+    mmlu_row = {"question": "1+1?", "subject": "math", "choices": ["2", "3", "4", "5"], "answer": 0}
+    loads = []
+
+    def load_dataset(name, config=None, split=None):
+        loads.append((name, config, split))
+        if name == "cais/mmlu":
+            return {"dev": [mmlu_row] * 5, "test": [mmlu_row, dict(mmlu_row, answer=2)]}
+        assert name == "walledai/AdvBench" and split == "train"
+        return [{"prompt": "Do harm", "target": "Sure, here is harm"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(
+        datasets, "get_dataset_config_names", lambda name: ["abstract_algebra", "all", "auxiliary_train"]
+    )
+    items = sources.mmlu(["all"])
+    assert [it["answer"] for it in items] == ["A", "C"] and loads[0] == (
+        "cais/mmlu",
+        "abstract_algebra",
+        None,
+    )
+    assert items[0]["prompt"].startswith(
+        "The following are multiple choice questions (with answers) about abstract algebra."
+    )
+    assert sources.advbench() == [dict(id="request/0", prompt="Do harm", target="Sure, here is harm")]
+
+    persona_file = tmp_path / "narcissism.jsonl"
+    persona_file.write_text(
+        json.dumps(
+            {"question": "Q?", "answer_matching_behavior": " No", "answer_not_matching_behavior": " Yes"}
+        )
+        + "\n"
+    )
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda repo, filename, repo_type: str(persona_file)
+    )
+    monkeypatch.setattr(
+        huggingface_hub, "list_repo_files", lambda repo, repo_type: ["persona/narcissism.jsonl", "README.md"]
+    )
+    assert [(it["task"], it["answer"]) for it in sources.persona(["all"])] == [("persona/narcissism", "No")]
+
+
+def test_web_vs_chat_online_sources(monkeypatch):
+    """OpenWebText: one random 97-token window per record long enough; HH-RLHF: the first human turn."""
+    from tuco import data
+    from tuco.experiments.web_vs_chat import web_and_chat_prompts
+    from tuco.testing import byte_tokenizer
+
+    def read_dataset(name, split, field):
+        if name == "Skylion007/openwebtext":
+            texts = ["short text", "x" * 50 + "".join(chr(97 + i % 26) for i in range(300))]
+        else:
+            assert (name, split, field) == ("Anthropic/hh-rlhf", "test", "chosen")
+            texts = [
+                "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour."
+                "\n\nHuman: And then?\n\nAssistant: Bake."
+            ]
+        return iter(data.PromptRecord(id=i, prompt=t) for i, t in enumerate(texts * 3))
+
+    monkeypatch.setattr(data, "read_dataset", read_dataset)
+    tok = byte_tokenizer()
+    web, chat, source = web_and_chat_prompts(tok, limit=2, offline=False)
+    assert len(web) == 2 and all(len(tok(w, add_special_tokens=False)["input_ids"]) == 97 for w in web)
+    assert chat == ["How do I bake bread?"] * 2 and "OpenWebText" in source and "HH-RLHF" in source
