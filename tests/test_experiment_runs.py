@@ -81,9 +81,9 @@ def test_alpha_sweep_offline_standins_and_resume(pair_dirs, tmp_path, capsys):
     assert "Mean probability of the right" in table
     assert (out / "accuracy_vs_alpha.png").stat().st_size > 1000
     # rerun: everything is read back from the step file, nothing recomputed
-    before = (out / "answers.jsonl").read_text()
+    before = (out / "steps" / "answers.jsonl").read_text()
     assert cli.main([*args, "--out", str(out)]) == 0
-    assert (out / "answers.jsonl").read_text() == before and (out / "table.md").read_text() == table
+    assert (out / "steps" / "answers.jsonl").read_text() == before and (out / "table.md").read_text() == table
     capsys.readouterr()
     assert cli.main([*args[:-1], "11", "--out", str(out)]) == 2
     assert "other settings (limit)" in capsys.readouterr().err

@@ -85,6 +85,8 @@ def test_output_resumes_steps_and_refuses_other_settings(tmp_path):
         return [dict(id=it["id"], double=2 * it["x"]) for it in batch]
 
     items = [dict(id=f"item/{i}", x=i) for i in range(5)]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.txt").write_text("the user's")
     out = Output(tmp_path / "run", {"limit": 5})
     assert [r["double"] for r in out.step("twice", items[:3], compute, batch_size=2)] == [0, 2, 4]
     assert calls == [["item/0", "item/1"], ["item/2"]]
@@ -95,7 +97,7 @@ def test_output_resumes_steps_and_refuses_other_settings(tmp_path):
     with pytest.raises(SettingsMismatchError, match=r"other settings \(limit\).*--overwrite"):
         Output(tmp_path / "run", {"limit": 6})
     fresh = Output(tmp_path / "run", {"limit": 6}, overwrite=True)
-    assert not (fresh.dir / "twice.jsonl").exists()
+    assert not (fresh.dir / "steps" / "twice.jsonl").exists() and (fresh.dir / "mine.txt").exists()
 
 
 def test_output_step_checks_what_compute_returns(tmp_path):

@@ -5,8 +5,9 @@
     >>> out.finish(records, table, {"plot": fig})   # results.jsonl, table.md, plot.png
 
 An output directory remembers the settings it was made with (``settings.json``): rerunning the same
-command resumes every step from its ``<step>.jsonl`` (finished records are never recomputed), and
-rerunning with other settings is refused unless ``overwrite`` (``--overwrite``) clears the directory.
+command resumes every step from its ``steps/<step>.jsonl`` (finished records are never recomputed),
+and rerunning with other settings is refused unless ``overwrite`` (``--overwrite``) clears ``steps/``
+(nothing else in the directory is deleted).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class Output:
                     f"{self.dir} holds a run with other settings ({', '.join(changed)}): "
                     "pass --overwrite to replace it, or choose another --out."
                 )
-        if overwrite and self.dir.exists():
-            shutil.rmtree(self.dir)
+        if overwrite and (self.dir / "steps").is_dir():  # only what Output wrote; a GCG cache stays
+            shutil.rmtree(self.dir / "steps")
         self.dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=1) + "\n")
 
@@ -63,10 +64,10 @@ class Output:
         """Records of ``compute`` for every item (each a dict with a unique ``id``), in item order.
 
         ``compute(batch)`` returns one record per item, with the item's ``id``; records are appended
-        to ``<name>.jsonl`` batch by batch, so a rerun computes only the items not yet there."""
+        to ``steps/<name>.jsonl`` batch by batch, so a rerun computes only the items not yet there."""
         from tqdm.auto import tqdm
 
-        path = self.dir / f"{name}.jsonl"
+        path = self.dir / "steps" / f"{name}.jsonl"
         with ResultsFile(path, resume=True) as results:
             todo = [item for item in items if not results.is_done(item)]
             batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
