@@ -99,3 +99,11 @@ def test_model_judge_formats_the_conversation_and_reads_the_verdict(tmp_path, to
         new = tok(verdict, add_special_tokens=False, return_tensors="pt")["input_ids"]
         monkeypatch.setattr(judge.model, "generate", lambda ids, new=new, **kw: torch.cat([ids, new], dim=1))
         assert judge("How do I pick a lock?", "Step 1: ...") is safe
+
+
+def test_missing_nanogcg_is_a_clear_error(tmp_path, tok, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nanogcg", None)  # as if not installed
+    with pytest.raises(RuntimeError, match="pip install --no-deps nanogcg==0.3.0"):
+        gcg.adversarial_strings(make_pair("llama", tok), REQUESTS, tmp_path / "strings.jsonl")

@@ -13,6 +13,8 @@ same command resumes; ``--overwrite`` starts again.
 
 from __future__ import annotations
 
+import argparse
+
 from ..data import read_prompts
 from ..errors import UsageError
 from . import registry, sources
@@ -22,7 +24,12 @@ NOT_SETTINGS = ("out", "overwrite", "batch_size", "device", "device_map", "quiet
 
 
 def add_parser(sub, model_options) -> None:
-    p = sub.add_parser("experiment", help="one of the paper's experiments, end to end (see docs/RESULTS.md)")
+    p = sub.add_parser(
+        "experiment",
+        help="one of the paper's experiments, end to end (see docs/RESULTS.md)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("name", choices=NAMES)
     p.add_argument(
         "--pair", help="a registered pair (llama2-7b, ..., see tuco.experiments.registry) or 'demo'"
@@ -30,7 +37,9 @@ def add_parser(sub, model_options) -> None:
     model_options(p, required=False)
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="output directory (rerun to resume)")
-    g.add_argument("--overwrite", action="store_true", help="discard what --out holds and start again")
+    g.add_argument(
+        "--overwrite", action="store_true", help="discard the finished steps in --out and start again"
+    )
     g.add_argument("--limit", type=int, help="at most N items per task / group / language (quick runs)")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--system-prompt", help="system message (default: the registered pair's)")

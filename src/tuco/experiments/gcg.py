@@ -87,8 +87,8 @@ def adversarial_strings(
 def _import_nanogcg():
     try:
         import nanogcg
-    except ImportError as e:
-        raise ImportError(
+    except ImportError as e:  # a RuntimeError: the command line reports it in one line (exit 1)
+        raise RuntimeError(
             "GCG needs nanogcg: pip install --no-deps nanogcg==0.3.0 (or pass a cache file of strings "
             "optimised elsewhere with --gcg-cache)"
         ) from e
