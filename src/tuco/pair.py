@@ -130,9 +130,7 @@ class ModelPair:
             for name, which in ((pretrained, "pretrained"), (finetuned, "finetuned"))
         ]
         compat.check_configs(*configs)
-        if dtype == "auto" and getattr(configs[1], "dtype", None) is not None:
-            # both in the fine-tuned checkpoint's dtype: a pair saved as fp32 base + bf16 fine-tune works
-            saved = configs[1].dtype
+        if dtype == "auto" and (saved := getattr(configs[1], "dtype", None)) is not None:  # both as the FT's
             kwargs["dtype"] = getattr(torch, saved) if isinstance(saved, str) else saved
         ft_tok = _load_tokenizer(tokenizer or finetuned, fallback=pretrained, trust=trust_remote_code)
         pt_tok = _load_tokenizer(pretrained, fallback=None, trust=trust_remote_code)
@@ -394,9 +392,7 @@ def _load_model(name: str, which: str, **kwargs) -> nn.Module:
 def _load_tokenizer(name: str, fallback: str | None, trust: bool):
     from transformers import AutoTokenizer
 
-    for candidate in (name, fallback):
-        if candidate is None:
-            continue
+    for candidate in filter(None, (name, fallback)):
         try:
             return AutoTokenizer.from_pretrained(candidate, trust_remote_code=trust)
         except (OSError, ValueError, TypeError):
