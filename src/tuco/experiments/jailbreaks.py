@@ -112,8 +112,14 @@ def msj(
             "TuCo 0.285 -> 0.220, harmful answers 5% -> 95%.",
         ]
     fig, ax = figure()
-    ax.plot(grid, [mean([r["tuco"] for r in rs]) for _, rs in rows], marker="o")
-    ax.set(xscale="symlog", xlabel="shots k", ylabel="mean TuCo", title="Many-shot jailbreaking")
+    ax.plot(grid, [mean([r["tuco"] for r in rs]) for _, rs in rows], marker="o", label="mean TuCo")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set(xticks=grid, xticklabels=[str(k) for k in grid], xlabel="shots k", ylabel="mean TuCo")
+    ax.set_title("Many-shot jailbreaking")
+    if answer_tokens:
+        rates = ax.twinx()
+        rates.plot(grid, [mean([r["harmful_answer"] for r in rs]) for _, rs in rows], "s--", color="tab:red")
+        rates.set(ylabel="harmful-answer rate (red)", ylim=(-0.05, 1.05))
     return records, lines, fig
 
 
