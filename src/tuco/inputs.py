@@ -119,3 +119,8 @@ def candidate_ids(tokenizer, choice: str) -> list[int]:
     space both count for the choice "Yes" (their probabilities are summed)."""
     firsts = {tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (choice, " " + choice)}
     return sorted(firsts)
+
+
+def choice_probs(tokenizer, probs: torch.Tensor, choices: list[str]) -> list[float]:
+    """Probability of each choice from next-token probabilities ``probs`` [vocab] (``candidate_ids``)."""
+    return [float(probs[candidate_ids(tokenizer, c)].sum()) for c in choices]

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DataError, PromptRecord
-from .inputs import candidate_ids
+from .inputs import choice_probs
 from .pair import ModelPair
 from .store import ResultsFile
 
@@ -169,7 +169,7 @@ def sweep(job: Job, records: Iterable[PromptRecord], alphas: list[float], choice
         for alpha in alphas:
             probs = job.pair.next_token_probs(ids, alpha=alpha, batch_size=len(ids), progress=False)
             for record, options, row in zip(batch, item_choices, probs, strict=True):
-                p = [float(row[candidate_ids(job.pair.tokenizer, c)].sum()) for c in options]
+                p = choice_probs(job.pair.tokenizer, row, options)
                 pred = options[max(range(len(p)), key=p.__getitem__)]
                 answer = record_answer(record, options)
                 values = dict(alpha=alpha, choices=options, probs=p, pred=pred)

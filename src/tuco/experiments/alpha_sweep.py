@@ -11,7 +11,7 @@ accuracy - accuracy at alpha = 1, once maximising and once minimising accuracy.
 
 from __future__ import annotations
 
-from ..inputs import candidate_ids
+from ..inputs import choice_probs
 from ..pair import ModelPair
 from ..report import figure
 from .common import Output, as_prompt, mean
@@ -24,11 +24,7 @@ def answer_items(
     pair: ModelPair, items: list[dict], alphas: tuple[float, ...], system: str | None = None
 ) -> list[dict]:
     """One record per item: the probability of each choice and the prediction under every alpha."""
-    tokenizer = pair.tokenizer
-    prompts = [as_prompt(tokenizer, item["prompt"], system) for item in items]
-    ids = {c: candidate_ids(tokenizer, c) for item in items for c in item["choices"]}
-    vocab = sorted({i for token_ids in ids.values() for i in token_ids})
-    column = {token: j for j, token in enumerate(vocab)}
+    prompts = [as_prompt(pair.tokenizer, item["prompt"], system) for item in items]
     records = [
         dict(id=it["id"], task=it["task"], choices=it["choices"], answer=it["answer"], alphas=list(alphas))
         for it in items
@@ -36,11 +32,9 @@ def answer_items(
     for record in records:
         record |= dict(probs=[], pred=[], correct=[])
     for alpha in alphas:
-        probs = pair.next_token_probs(
-            prompts, alpha, token_ids=vocab, batch_size=len(prompts), progress=False
-        )
+        probs = pair.next_token_probs(prompts, alpha, batch_size=len(prompts), progress=False)
         for record, row in zip(records, probs, strict=True):
-            p = [float(sum(row[column[t]] for t in ids[c])) for c in record["choices"]]
+            p = choice_probs(pair.tokenizer, row, record["choices"])
             pred = record["choices"][max(range(len(p)), key=p.__getitem__)]
             record["probs"].append(p)
             record["pred"].append(pred)

@@ -25,9 +25,14 @@ class SettingsMismatchError(ValueError):
     pass
 
 
+def with_system(messages: list[dict], system: str | None) -> list[dict]:
+    """The chat ``messages`` after a system message, when there is one."""
+    return ([{"role": "system", "content": system}] if system else []) + messages
+
+
 def chat(prompt: str, system: str | None = None) -> list[dict]:
     """One user turn, after the system message when there is one."""
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return with_system([{"role": "user", "content": prompt}], system)
 
 
 def as_prompt(tokenizer, text: str, system: str | None = None) -> str | list[dict]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..pair import ModelPair
 from ..store import ResultsFile, record_key
+from .common import chat
 
 log = logging.getLogger("tuco")
 PLACEMENTS = ("before", "after")
@@ -64,10 +65,7 @@ def adversarial_strings(
             nanogcg = _import_nanogcg()
         for n, request in enumerate(todo, 1):
             log.info("GCG %d/%d: %s", n, len(todo), request["prompt"])
-            message = attach(request["prompt"], "{optim_str}", placement)
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": message}
-            ]
+            messages = chat(attach(request["prompt"], "{optim_str}", placement), system)
             config = nanogcg.GCGConfig(
                 num_steps=settings.steps,
                 search_width=settings.search_width,

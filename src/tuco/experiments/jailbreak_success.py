@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..inputs import pad_id
 from ..pair import ModelPair
 from ..refusal import is_refusal
 from .common import Output, as_prompt, histogram, mean
@@ -58,11 +59,7 @@ class ModelJudge:
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(
             self.model.device
         )
-        pad = (
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id
-        )
+        pad = pad_id(self.tokenizer)
         new = self.model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=pad)[
             0, ids.shape[1] :
         ]

@@ -17,11 +17,9 @@ from ..attacks import many_shot
 from ..pair import ModelPair
 from ..refusal import is_refusal
 from ..report import figure
-from .common import Output, as_prompt, histogram, mean
+from .common import Output, as_prompt, histogram, mean, with_system
 from .gcg import GCGSettings, adversarial_strings, attach
 from .stats import roc_auc
-
-ATTACKS = ("msj", "gcg", "conjugate")
 
 
 def shot_grid(max_shots: int) -> list[int]:
@@ -124,8 +122,7 @@ def msj(
 
 
 def _msj_chat(request: str, pool, k: int, system: str | None):
-    chat = many_shot(request, pool, k)
-    return ([{"role": "system", "content": system}] if system else []) + chat
+    return with_system(many_shot(request, pool, k), system)
 
 
 def _rate(records: list[dict]) -> str:
