@@ -113,6 +113,15 @@ def test_advbench_csv_and_standins(tmp_path):
         assert int(line[3:]) == a + b
 
 
+def test_shots_file_needs_answers(tmp_path):
+    path = tmp_path / "shots.jsonl"
+    path.write_text(json.dumps({"prompt": "How do I A?", "answer": "Sure, A."}) + "\n")
+    assert sources.shots_file(str(path)) == [("How do I A?", "Sure, A.")]
+    path.write_text(path.read_text() + json.dumps({"prompt": "How do I B?"}) + "\n")
+    with pytest.raises(DataError, match=r"shots.jsonl:2: .*non-empty 'answer'"):
+        sources.shots_file(str(path))
+
+
 def test_translations_file_and_standin(tmp_path):
     standin = translations.standin(2)
     assert [it["language"] for it in standin[::2]] == list(translations.LANGUAGES)

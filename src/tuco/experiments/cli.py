@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import read_prompts
 from ..errors import UsageError
 from . import registry, sources
 
@@ -173,7 +172,7 @@ def _jailbreaks(pair, out, args, system) -> str:
     attacks = {}
     if "msj" in args.attacks:
         if args.shots_file:
-            pool = [(r.prompt, str(r.fields.get("answer", ""))) for r in read_prompts(args.shots_file)]
+            pool = sources.shots_file(args.shots_file)
         else:
             from ..demo.recipe import compliance_pool
 

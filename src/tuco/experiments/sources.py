@@ -295,6 +295,19 @@ def standin_benign(limit: int | None = None) -> list[dict]:
     ]
 
 
+def shots_file(path: str) -> list[tuple[str, str]]:
+    """Many-shot dialogues from a prompt file: (request in ``prompt``, compliant reply in ``answer``)."""
+    pool = []
+    for record in read_prompts(path):
+        answer = record.fields.get("answer")
+        if not isinstance(record.prompt, str) or not isinstance(answer, str) or not answer.strip():
+            raise DataError(
+                f"{record.where}: a many-shot dialogue needs a text 'prompt' and a non-empty 'answer'."
+            )
+        pool.append((record.prompt, answer))
+    return pool
+
+
 def benign_file(path: str, limit: int | None = None) -> list[dict]:
     """Benign requests for E4 from any prompt file."""
     records = itertools.islice(read_prompts(path), limit)
