@@ -14,7 +14,7 @@ import argparse
 import time
 
 import torch
-from common import build_pair, random_prompts
+from common import DTYPES, build_pair, choose_dtype, machine, random_prompts
 
 from tuco import ModelPair
 
@@ -53,10 +53,12 @@ def main() -> None:
     parser.add_argument("--min-len", type=int, default=16)
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: from the hardware")
     args = parser.parse_args()
 
-    pair = build_pair(args.model, args.finetuned, getattr(torch, args.dtype))
+    device = getattr(args, "device", "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = choose_dtype(args.dtype, device)
+    pair = build_pair(args.model, args.finetuned, dtype)
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(args.min_len, args.max_len + 1, (args.prompts,), generator=gen).tolist()
     prompts = random_prompts(pair, lengths)
@@ -72,8 +74,8 @@ def main() -> None:
     worst = max(abs(a - b) for a, b in zip(naive, fast, strict=True))
 
     print(
-        f"model={args.model} prompts={args.prompts} lengths {args.min_len}-{args.max_len} dtype={args.dtype} "
-        f"threads={torch.get_num_threads()}"
+        f"model={args.model} prompts={args.prompts} lengths {args.min_len}-{args.max_len} "
+        f"dtype={str(dtype).removeprefix('torch.')} {machine(device)}"
     )
     print(f"max |TuCo naive - TuCo tuco| = {worst:.2e}  (same result: {worst < 1e-2})")
     naive_rate = args.prompts / t_naive

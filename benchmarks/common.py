@@ -8,7 +8,22 @@ import time
 import torch
 
 from tuco import ModelPair
+from tuco.hardware import cpu_capability, resolve_dtype
 from tuco.testing import perturbed_copy, tiny_model
+
+DTYPES = ["auto", "bfloat16", "float16", "float32"]
+
+
+def choose_dtype(name: str, device: str = "cpu") -> torch.dtype:
+    """--dtype: "auto" follows tuco's hardware rule (bf16 on CPU only where it is native)."""
+    dtype, _ = resolve_dtype(name, device, torch.bfloat16)
+    return dtype
+
+
+def machine(device: str = "cpu") -> str:
+    """The line every benchmark prints beside its figures: numbers from different machines differ."""
+    gpu = f" gpu={torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    return f"cpu={cpu_capability()} threads={torch.get_num_threads()} torch={torch.__version__}{gpu}"
 
 
 def build_pair(name: str, finetuned: str | None = None, dtype: torch.dtype = torch.bfloat16) -> ModelPair:

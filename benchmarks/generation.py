@@ -13,7 +13,7 @@ import argparse
 import time
 
 import torch
-from common import IdsOnlyTokenizer, build_pair, random_prompts
+from common import DTYPES, IdsOnlyTokenizer, build_pair, choose_dtype, machine, random_prompts
 
 
 def main() -> None:
@@ -26,10 +26,12 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: from the hardware")
     args = parser.parse_args()
 
-    pair = build_pair(args.model, args.finetuned, getattr(torch, args.dtype))
+    device = getattr(args, "device", "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = choose_dtype(args.dtype, device)
+    pair = build_pair(args.model, args.finetuned, dtype)
     prompts = random_prompts(pair, [args.prompt_len] * args.batch)
     # eos_token_id=None: exactly --new-tokens tokens each, whatever the model says
     kw = dict(
@@ -53,7 +55,7 @@ def main() -> None:
     tokens = args.batch * args.new_tokens
     print(
         f"model={args.model} alpha={args.alpha} batch={args.batch} prompt={args.prompt_len} "
-        f"new={args.new_tokens} dtype={args.dtype} threads={torch.get_num_threads()}"
+        f"new={args.new_tokens} dtype={str(dtype).removeprefix('torch.')} {machine(device)}"
     )
     same = sum(a == b for a, b in zip(outputs["with PT cache"], outputs["no cache"], strict=True))
     same_plain = sum(a == b for a, b in zip(*plain, strict=True))

@@ -19,6 +19,7 @@ import threading
 import time
 
 import torch
+from common import DTYPES, choose_dtype, machine
 
 
 def _peak_during(fn) -> tuple[int, int]:
@@ -128,7 +129,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="smollm2", help="smollm2 or a model path (both sides load it)")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: from the hardware")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--seqs", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--plot", help="write a PNG of extra peak memory vs batch x seq")
@@ -139,8 +140,10 @@ def main() -> None:
         return
 
     mib = 2**20
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.dtype = str(choose_dtype(args.dtype, device)).removeprefix("torch.")
     base = {"model": args.model, "dtype": args.dtype, "mode": "two-model"}
-    print(f"model={args.model} dtype={args.dtype} device={'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(f"model={args.model} dtype={args.dtype} device={device} {machine(device)}")
     print(f"{'batch':>5} {'seq':>5} {'extra peak MiB':>15} {'extra / (b*s*d*4)':>18}")
     rows = []
     for b in args.batches:

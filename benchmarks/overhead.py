@@ -1,6 +1,6 @@
 """Overhead of TuCo scoring over a plain fine-tuned forward pass (not a test: prints numbers).
 
-    python benchmarks/overhead.py --model smollm2 --batch 8 --seq 128 --dtype bfloat16
+    python benchmarks/overhead.py --model smollm2 --batch 8 --seq 128 --dtype auto
     python benchmarks/overhead.py --model tiny-llama
     python benchmarks/overhead.py --model PT_DIR --finetuned FT_DIR
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import build_pair, median_time, random_batch
+from common import DTYPES, build_pair, choose_dtype, machine, median_time, random_batch
 
 
 def main() -> None:
@@ -25,13 +25,15 @@ def main() -> None:
     parser.add_argument("--finetuned", default=None, help="FT model path/id (default: perturbed copy of PT)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: from the hardware")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
 
-    pair = build_pair(args.model, args.finetuned, getattr(torch, args.dtype))
+    device = getattr(args, "device", "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = choose_dtype(args.dtype, device)
+    pair = build_pair(args.model, args.finetuned, dtype)
     pair.pretrained.to(args.device)
     pair.finetuned.to(args.device)
     batch = random_batch(pair, args.batch, args.seq)
@@ -46,8 +48,8 @@ def main() -> None:
     t_plain = median_time(plain, args.runs, args.warmup)
     t_score = median_time(score, args.runs, args.warmup)
     print(
-        f"model={args.model} layers={pair.num_layers} batch={args.batch} seq={args.seq} dtype={args.dtype} "
-        f"device={args.device} threads={torch.get_num_threads()}"
+        f"model={args.model} layers={pair.num_layers} batch={args.batch} seq={args.seq} "
+        f"dtype={str(dtype).removeprefix('torch.')} device={args.device} {machine(device)}"
     )
     print(f"plain FT forward (logits_to_keep=1): {t_plain * 1000:8.1f} ms")
     print(f"pair.score:                          {t_score * 1000:8.1f} ms")

@@ -5,10 +5,8 @@ import copy
 import pytest
 import torch
 from conftest import PROMPTS, make_pair
-from transformers import AutoModelForCausalLM
 
 from tuco import ModelPair, inputs
-from tuco.compat import IncompatiblePairError
 from tuco.testing import ARCHITECTURES, tiny_model
 
 FIELDS_LIST = ("ptc_layers", "ftc_layers", "beta")
@@ -223,18 +221,6 @@ def test_from_pretrained_local_dirs_and_adapter(tmp_path, tok):
     from_dirs = ModelPair.from_pretrained(str(base_dir), adapter=str(tmp_path / "adapter"))
     assert from_dirs.adapter_mode
     assert_results_close(from_dirs.score(PROMPTS), adapter_pair.score(PROMPTS), tol=1e-4)
-
-
-def test_dtype_auto_loads_both_in_the_finetuned_checkpoints_dtype(tmp_path, tok):
-    pair = make_pair("llama", tok)
-    pair.pretrained.save_pretrained(tmp_path / "pt")  # float32
-    pair.finetuned.to(torch.bfloat16).save_pretrained(tmp_path / "ft")
-    for name in ("pt", "ft"):
-        tok.save_pretrained(tmp_path / name)
-    loaded = ModelPair.from_pretrained(str(tmp_path / "pt"), str(tmp_path / "ft"), dtype="auto")
-    assert loaded.pretrained.dtype == loaded.finetuned.dtype == torch.bfloat16
-    with pytest.raises(IncompatiblePairError, match="differ in `dtype`"):  # without "auto": the clear error
-        ModelPair(AutoModelForCausalLM.from_pretrained(tmp_path / "pt"), loaded.finetuned, tok)
 
 
 def test_bf16_accumulates_in_float32(tok):

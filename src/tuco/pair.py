@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 from . import compat, inputs, metrics
 from .blocks import find_blocks, unwrap
 from .decompose import Decomposition, adapters_off
+from .hardware import resolve_dtype
 from .inputs import Prompts, Side
+from .loading import checkpoint_dtype, joint_device_map, load, load_model, load_tokenizer
 from .results import OutputContribution, TucoResult, from_record
 
 log = logging.getLogger("tuco")
@@ -70,6 +72,7 @@ class ModelPair:
         self.notes += compat.check_tokenizers(pretrained_tokenizer, tokenizer, use_finetuned_tokenizer)
         for note in self.notes:
             log.info("tuco: %s", note)
+        self.dtype_reason = "as given"  # from_pretrained says how it chose the dtype
         ft_lm = unwrap(finetuned)
         self._body = ft_lm.base_model  # the blocks without the unembedding: all TuCo needs
         self._body_takes_positions = "position_ids" in inspect.signature(self._body.forward).parameters
@@ -94,8 +97,10 @@ class ModelPair:
         """Load a pair from hub ids or local directories (the same ``from_pretrained`` path).
 
         Give ``finetuned`` (a full fine-tuned model) or ``adapter`` (a PEFT LoRA adapter on top of
-        ``pretrained``: one copy of the base weights). ``dtype`` ("auto": the fine-tuned checkpoint's
-        dtype, for both models) and ``model_kwargs`` (e.g. ``offload_folder``) go to
+        ``pretrained``: one copy of the base weights). ``dtype="auto"`` chooses from the hardware
+        (``tuco.hardware``: the checkpoint's dtype on a GPU; on CPU bf16 only where it is native, else
+        float32), the same for both models; the choice and why are logged and kept in
+        ``pair.dtype_reason``. ``dtype`` and ``model_kwargs`` (e.g. ``offload_folder``) go to
         ``AutoModelForCausalLM.from_pretrained``. ``device_map`` ("auto",
         "balanced", "sequential", a device, or a module -> device dict) places both models alike, so
         that block l of both always sits on the same device; with "auto" & co. the placement is
@@ -108,13 +113,21 @@ class ModelPair:
         if (finetuned is None) == (adapter is None):
             raise ValueError("Pass exactly one of finetuned= (a full model) or adapter= (a PEFT adapter).")
         kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code)
-        if dtype is not None:
-            kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        configs = [
+            load(AutoConfig.from_pretrained, name, which, trust_remote_code=trust_remote_code)
+            for name, which in ((pretrained, "pretrained"), (finetuned, "finetuned"))
+            if name is not None
+        ]
+        config = configs[-1]  # the fine-tuned checkpoint's (the base's for an adapter)
+        kwargs["dtype"], why = resolve_dtype(dtype, device_map, checkpoint_dtype(config))
+        if kwargs["dtype"] is None:
+            del kwargs["dtype"]
+        log.info("dtype %s (%s)", str(kwargs.get("dtype", "default")).removeprefix("torch."), why)
         if adapter is not None:
-            tok = _load_tokenizer(tokenizer or adapter, fallback=pretrained, trust=trust_remote_code)
+            tok = load_tokenizer(tokenizer or adapter, fallback=pretrained, trust=trust_remote_code)
             if max_memory is not None:
                 kwargs["max_memory"] = max_memory
-            base = _load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
+            base = load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
             from peft import PeftModel
 
             try:
@@ -123,31 +136,27 @@ class ModelPair:
                 ft = PeftModel.from_pretrained(base, adapter, autocast_adapter_dtype=False)
             except (OSError, ValueError) as e:
                 raise OSError(f"Could not load the adapter {adapter!r}: {e}") from e
-            return cls(None, ft.eval(), tok, block_path=block_path)
-
-        configs = [
-            _load(AutoConfig.from_pretrained, name, which, trust_remote_code=trust_remote_code)
-            for name, which in ((pretrained, "pretrained"), (finetuned, "finetuned"))
-        ]
-        compat.check_configs(*configs)
-        if dtype == "auto" and (saved := getattr(configs[1], "dtype", None)) is not None:  # both as the FT's
-            kwargs["dtype"] = getattr(torch, saved) if isinstance(saved, str) else saved
-        ft_tok = _load_tokenizer(tokenizer or finetuned, fallback=pretrained, trust=trust_remote_code)
-        pt_tok = _load_tokenizer(pretrained, fallback=None, trust=trust_remote_code)
-        compat.check_tokenizers(pt_tok, ft_tok, use_finetuned_tokenizer)
-        if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
-            device_map = joint_device_map(configs[1], device_map, max_memory, kwargs.get("dtype"))
-        # The same placement for both: module names agree (same architecture).
-        ft = _load_model(finetuned, "finetuned", device_map=device_map, **kwargs)
-        pt = _load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
-        return cls(
-            pt,
-            ft,
-            ft_tok,
-            pretrained_tokenizer=pt_tok,
-            use_finetuned_tokenizer=use_finetuned_tokenizer,
-            block_path=block_path,
-        )
+            pair = cls(None, ft.eval(), tok, block_path=block_path)
+        else:
+            compat.check_configs(*configs)
+            ft_tok = load_tokenizer(tokenizer or finetuned, fallback=pretrained, trust=trust_remote_code)
+            pt_tok = load_tokenizer(pretrained, fallback=None, trust=trust_remote_code)
+            compat.check_tokenizers(pt_tok, ft_tok, use_finetuned_tokenizer)
+            if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+                device_map = joint_device_map(config, device_map, max_memory, kwargs.get("dtype"))
+            # The same placement for both: module names agree (same architecture).
+            ft = load_model(finetuned, "finetuned", device_map=device_map, **kwargs)
+            pt = load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
+            pair = cls(
+                pt,
+                ft,
+                ft_tok,
+                pretrained_tokenizer=pt_tok,
+                use_finetuned_tokenizer=use_finetuned_tokenizer,
+                block_path=block_path,
+            )
+        pair.dtype_reason = why
+        return pair
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -353,48 +362,3 @@ def _last_stream(model: nn.Module, blocks: nn.ModuleList, batch: dict) -> tuple[
     finally:
         handle.remove()
     return seen["x"].float(), logits[:, -1].float()
-
-
-def joint_device_map(config, strategy: str, max_memory: dict | None, dtype) -> dict:
-    """A module -> device map for ONE of two same-shaped models that share the devices: each gets
-    half of every device's budget, so that the same map holds both (block l of both together)."""
-    from accelerate import infer_auto_device_map, init_empty_weights
-    from accelerate.utils import get_balanced_memory, get_max_memory
-    from transformers import AutoModelForCausalLM
-
-    dtype = dtype if isinstance(dtype, torch.dtype) else getattr(config, "dtype", None) or torch.float32
-    with init_empty_weights():
-        empty = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    no_split = list(getattr(empty, "_no_split_modules", None) or [])
-    budget = {device: size // 2 for device, size in get_max_memory(max_memory).items() if device != "disk"}
-    gpus = [d for d in budget if d != "cpu"]
-    if strategy != "sequential" and len(gpus) > 1:
-        budget = get_balanced_memory(empty, budget, no_split, dtype, low_zero=strategy == "balanced_low_0")
-    return infer_auto_device_map(empty, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
-
-
-def _load(loader, name: str, which: str, **kwargs):
-    try:
-        return loader(name, **kwargs)
-    except (OSError, ValueError) as e:
-        raise OSError(
-            f"Could not load the {which} model {name!r}: it is not a local directory with a config.json "
-            f"and could not be fetched from the hub (offline, or the id is wrong). Cause: {e}"
-        ) from e
-
-
-def _load_model(name: str, which: str, **kwargs) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return _load(AutoModelForCausalLM.from_pretrained, name, which, **kwargs).eval()
-
-
-def _load_tokenizer(name: str, fallback: str | None, trust: bool):
-    from transformers import AutoTokenizer
-
-    for candidate in filter(None, (name, fallback)):
-        try:
-            return AutoTokenizer.from_pretrained(candidate, trust_remote_code=trust)
-        except (OSError, ValueError, TypeError):
-            continue
-    return None

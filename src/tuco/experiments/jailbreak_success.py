@@ -36,13 +36,18 @@ class ModelJudge:
     def __init__(
         self, name: str, dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False
     ):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        from ..hardware import resolve_dtype
+        from ..loading import checkpoint_dtype
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         self.tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
             name,
-            dtype=dtype,
-            device_map=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            dtype=resolve_dtype(dtype, device, checkpoint_dtype(config))[0],
+            device_map=device,
             trust_remote_code=trust_remote_code,
         )
         if getattr(self.tokenizer, "chat_template", None) is None:

@@ -1,0 +1,78 @@
+"""The dtype a pair runs in, chosen from the hardware (``dtype="auto"``).
+
+    >>> dtype, why = auto_dtype("cpu", torch.bfloat16)
+    >>> dtype, why          # on an AVX2-only CPU:
+    (torch.float32, 'auto: this CPU (AVX2) has no native bf16; bf16 would be emulated, 7-40x slower')
+
+- CUDA (and other accelerators): the checkpoint's own dtype (float32 when it names none); a bf16
+  checkpoint on a GPU without bf16 runs in float16.
+- CPU: bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), float32 elsewhere,
+  whatever the checkpoint says: bf16 on a CPU without it is an emulation, 7x slower forward and
+  40x slower backward than float32 (measured on an AVX2-only EPYC).
+
+Components are accumulated in float32 whatever the dtype (``decompose``). An explicit dtype always
+wins over this rule. ``cpu_capability()`` is what benchmarks print beside every figure.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def cpu_capability() -> str:
+    """The CPU's vector capability as torch sees it: "AVX2", "AVX512", "DEFAULT", ... (+ "+bf16")."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability + ("+bf16" if cpu_has_native_bf16() else "")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX tiles)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def is_cpu(device_map) -> bool:
+    """Whether a ``device_map`` (None, a device, a strategy like "auto", or a module -> device dict)
+    puts the model on the CPU (None: transformers' default, the CPU)."""
+    if device_map is None:
+        return True
+    if isinstance(device_map, dict):
+        return all(str(d) in ("cpu", "disk") for d in device_map.values())
+    if str(device_map) in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return not (torch.cuda.is_available() or _mps_available())
+    return torch.device(device_map).type == "cpu"
+
+
+def auto_dtype(device_map, checkpoint: torch.dtype | str | None) -> tuple[torch.dtype, str]:
+    """(dtype, reason) for ``dtype="auto"`` on the device that ``device_map`` names."""
+    if isinstance(checkpoint, str):
+        checkpoint = getattr(torch, checkpoint)
+    if is_cpu(device_map):
+        if cpu_has_native_bf16():
+            return torch.bfloat16, f"auto: this CPU ({cpu_capability()}) has native bf16"
+        return torch.float32, (
+            f"auto: this CPU ({cpu_capability()}) has no native bf16; bf16 would be emulated, 7-40x slower"
+        )
+    if checkpoint is None:
+        return torch.float32, "auto: float32 on an accelerator (the checkpoint names no dtype)"
+    if checkpoint == torch.bfloat16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return torch.float16, "auto: the checkpoint's bfloat16 as float16 (this GPU has no bf16)"
+    return checkpoint, f"auto: the checkpoint's {str(checkpoint).removeprefix('torch.')} on an accelerator"
+
+
+def resolve_dtype(dtype, device_map, checkpoint) -> tuple[torch.dtype | None, str]:
+    """The dtype to load with, and why: "auto" follows ``auto_dtype``; a name or a torch.dtype is
+    taken as given; None keeps transformers' default (the checkpoint's dtype in 5.x)."""
+    if dtype == "auto":
+        return auto_dtype(device_map, checkpoint)
+    if dtype is None:
+        return None, "transformers' default"
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype={dtype!r} is not a torch dtype: use auto, bfloat16, float16 or float32.")
+        dtype = getattr(torch, dtype)
+    return dtype, "explicit"
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
