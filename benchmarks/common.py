@@ -26,11 +26,27 @@ def machine(device: str = "cpu") -> str:
     return f"cpu={cpu_capability()} threads={torch.get_num_threads()} torch={torch.__version__}{gpu}"
 
 
+def llama_512():
+    return tiny_model(
+        "llama",
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+    )
+
+
 def build_pair(name: str, finetuned: str | None = None, dtype: torch.dtype = torch.bfloat16) -> ModelPair:
-    """tiny-llama (random, 8 blocks, d=256), smollm2 (real, vs a copy with perturbed blocks), or paths."""
+    """tiny-llama (random, 8 blocks, d=256), llama-512 (random, 8 blocks, d=512, GQA 8/4 heads, MLP
+    1376, vocabulary 32000), smollm2 (real, vs a copy with perturbed blocks), or paths."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name == "tiny-llama":
+    if name == "llama-512":
+        pt, tok = llama_512(), None
+    elif name == "tiny-llama":
         pt, tok = (
             tiny_model("llama", hidden_size=256, intermediate_size=768, num_hidden_layers=8, head_dim=64),
             None,

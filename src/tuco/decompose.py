@@ -34,6 +34,8 @@ from contextlib import AbstractContextManager
 import torch
 import torch.nn as nn
 
+from .lastpos import last_position_output
+
 
 class Record:
     """What one forward pass leaves behind, float32, for the token at ``last_index`` of each row.
@@ -58,10 +60,12 @@ class Record:
         self._norms: list[tuple[torch.Tensor, ...]] = []
 
     def add(self, x: torch.Tensor, pt_out: torch.Tensor, ft_out: torch.Tensor) -> None:
-        """Account for one block: x, pt_out, ft_out are [batch, seq, d] on the block's device."""
+        """Account for one block: x, pt_out, ft_out are [batch, seq, d] on the block's device
+        (pt_out may be [batch, 1, d]: the last position only, of a left-padded batch)."""
         rows = torch.arange(x.shape[0], device=x.device)
         idx = self.last_index.to(x.device)
-        x_last, pt_last, ft_last = (t[rows, idx].float() for t in (x, pt_out, ft_out))
+        x_last, ft_last = x[rows, idx].float(), ft_out[rows, idx].float()
+        pt_last = (pt_out[rows, idx] if pt_out.shape[1] == x.shape[1] else pt_out[:, -1]).float()
         ptc, ftc = pt_last - x_last, ft_last - pt_last  # [batch, d]
         if self.ptc_sum is None:
             self.ptc_sum, self.ftc_sum = ptc, ftc
@@ -118,6 +122,8 @@ class Decomposition:
 
     ``ft_blocks[l]`` and ``pt_blocks[l]`` are the l-th decoder blocks of the two models (the same
     modules in PEFT mode). ``pt_context(l)`` is entered around every PT call (PEFT mode: LoRA off).
+    ``last_only=True`` (alpha = 1, left-padded batches) runs the PT blocks at the last position only
+    (``tuco.lastpos``): what last-token TuCo reads, at a fraction of the cost.
     """
 
     def __init__(
@@ -126,9 +132,13 @@ class Decomposition:
         pt_blocks: Sequence[nn.Module],
         alpha: float = 1.0,
         pt_context: Callable[[int], AbstractContextManager] | None = None,
+        last_only: bool = False,
     ):
         if len(ft_blocks) != len(pt_blocks):
             raise ValueError(f"{len(ft_blocks)} FT blocks but {len(pt_blocks)} PT blocks")
+        if last_only and alpha != 1.0:
+            raise ValueError("last_only=True needs alpha = 1: at other alphas the PT blocks feed the stream")
+        self.last_only = last_only
         self.ft_blocks, self.pt_blocks = list(ft_blocks), list(pt_blocks)
         self.alpha = float(alpha)
         self.pt_context = pt_context or (lambda layer: contextlib.nullcontext())
@@ -140,6 +150,8 @@ class Decomposition:
 
     def record(self, last_index: torch.Tensor, per_token: bool = False, p: float = 1) -> Record:
         """Keep the components of the next forward pass at token ``last_index[b]`` of row b."""
+        if self.last_only and per_token:
+            raise ValueError("per_token=True needs every position of the PT blocks: use last_only=False")
         self.recording = Record(last_index, per_token, p)
         return self.recording
 
@@ -165,7 +177,10 @@ class Decomposition:
             self._inside_pt = True
             try:
                 with self.pt_context(layer):
-                    self._pt_out = _hidden(self.pt_blocks[layer](*pt_args, **pt_kwargs))
+                    if self.last_only:
+                        self._pt_out = last_position_output(self.pt_blocks[layer], pt_args, pt_kwargs, layer)
+                    else:
+                        self._pt_out = _hidden(self.pt_blocks[layer](*pt_args, **pt_kwargs))
             finally:
                 self._inside_pt = False
             return None

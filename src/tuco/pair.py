@@ -171,10 +171,11 @@ class ModelPair:
         """Token ids of each prompt (strings, chats, or a dict / BatchEncoding with input_ids)."""
         return inputs.encode(self.tokenizer, prompts)
 
-    def steer(self, alpha: float = 1.0) -> Decomposition:
-        """Context manager: inside it, ``self.finetuned`` computes x + PTC + alpha * FTC at every block."""
+    def steer(self, alpha: float = 1.0, *, last_only: bool = False) -> Decomposition:
+        """Context manager: inside it, ``self.finetuned`` computes x + PTC + alpha * FTC at every block.
+        ``last_only``: the PT blocks run at the last position only (alpha = 1, left-padded batches)."""
         pt_context = (lambda layer: adapters_off(self.ft_blocks[layer])) if self.adapter_mode else None
-        return Decomposition(self.ft_blocks, self.pt_blocks, alpha, pt_context)
+        return Decomposition(self.ft_blocks, self.pt_blocks, alpha, pt_context, last_only=last_only)
 
     def _batches(
         self, ids: list[list[int]], batch_size: int, side: Side, desc: str, progress: bool | None
@@ -224,10 +225,14 @@ class ModelPair:
         norm: Literal["l1", "l2"] = "l1",
         padding_side: Side | None = None,
         progress: bool | None = None,
+        fast: bool = True,
     ) -> list[TucoResult]:
         """TuCo of every prompt at its last real token, one ``TucoResult`` each, in input order.
 
-        Cost: one FT forward without the unembedding, plus every PT block on the same inputs.
+        Cost: one FT forward without the unembedding, plus the PT blocks on the same inputs: at
+        alpha = 1 without ``per_token`` (and ``fast``), each PT block runs at the last position only,
+        with its keys and values over every position (``tuco.lastpos``: about 1.1-1.3x one forward);
+        otherwise every PT block runs on every position (about 2x).
         ``per_token=True`` also gives TuCo at every position (keeps [batch, seq, d] sums).
         ``norm="l2"`` uses L2 norms throughout instead of the paper's L1.
         ``alpha != 1`` measures along the FTC-alpha model's stream (x_{l+1} = x_l + PTC_l + alpha * FTC_l);
@@ -237,10 +242,12 @@ class ModelPair:
             raise ValueError(f"norm must be 'l1' or 'l2', not {norm!r}")
         ids = self.encode(prompts)
         results: list[TucoResult | None] = [None] * len(ids)
-        for chunk, batch in self._batches(ids, batch_size, self._side(padding_side), "TuCo", progress):
+        last_only = fast and alpha == 1.0 and not per_token
+        side = "left" if last_only else self._side(padding_side)  # fast path: last tokens at -1
+        for chunk, batch in self._batches(ids, batch_size, side, "TuCo", progress):
             if not self._body_takes_positions:
                 batch.pop("position_ids")
-            with self.steer(alpha) as dec:
+            with self.steer(alpha, last_only=last_only) as dec:
                 rec = dec.record(inputs.last_index(batch["attention_mask"]), per_token, p=int(norm[1]))
                 self._body(**batch, use_cache=False)
             for i, result in zip(chunk, from_record(rec, batch["attention_mask"]), strict=True):

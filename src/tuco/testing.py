@@ -40,7 +40,33 @@ TINY_CONFIGS: dict[str, dict] = {
         hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4, word_embed_proj_dim=64
     ),
 }
-ARCHITECTURES = tuple(TINY_CONFIGS)
+ARCHITECTURES = tuple(TINY_CONFIGS)  # dense families: every test of the core runs on each
+# Families beyond dense decoders: mixture of experts, hybrid convolution + attention, a multimodal
+# wrapper (Gemma-3 with a vision tower, given text only).
+_TEXT = dict(_COMMON, num_key_value_heads=2, head_dim=16)
+TINY_CONFIGS |= {
+    "mixtral": dict(_TEXT, num_local_experts=4, num_experts_per_tok=2),
+    "qwen3_moe": dict(_TEXT, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
+    "lfm2": dict(
+        _COMMON, num_key_value_heads=2, layer_types=["conv", "full_attention", "conv"], block_ff_dim=128
+    ),
+    "gemma3": dict(
+        text_config=dict(
+            _TEXT,
+            num_hidden_layers=4,
+            sliding_window=5,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28
+        ),
+        mm_tokens_per_image=4,
+        boi_token_index=3,
+        eoi_token_index=4,
+        image_token_index=5,
+    ),
+}
+MORE_ARCHITECTURES = ("mixtral", "qwen3_moe", "lfm2", "gemma3")
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 CHAT_TEMPLATE = (
@@ -71,14 +97,11 @@ def tiny_model(model_type: str = "llama", seed: int = 0, vocab_size: int = 272, 
 
     if model_type not in TINY_CONFIGS:
         raise ValueError(f"no tiny config for {model_type!r}; known: {', '.join(ARCHITECTURES)}")
-    kwargs = dict(
-        TINY_CONFIGS[model_type],
-        vocab_size=vocab_size,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        **overrides,
-    )
+    kwargs = dict(TINY_CONFIGS[model_type], pad_token_id=0, bos_token_id=1, eos_token_id=2, **overrides)
+    if "text_config" in kwargs:  # multimodal wrapper: the vocabulary is the text model's
+        kwargs["text_config"] = dict(kwargs["text_config"], vocab_size=vocab_size, pad_token_id=0)
+    else:
+        kwargs["vocab_size"] = vocab_size
     config = AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()

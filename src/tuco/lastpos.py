@@ -1,0 +1,175 @@
+"""A pre-trained block at the last position only: the fast path of last-token TuCo.
+
+TuCo reads PTC_l at the last prompt token alone, and at alpha = 1 the PT blocks never feed the
+stream. A block's output at position n depends on the other positions only through attention's
+keys and values over its input x_l, so each PT block runs twice, cheaply::
+
+    1. capture: block(x_l)          [b, s, d]  attention keeps the keys/values it is given
+                                               [b, kv_heads, s, hd] and stops the block there
+                                               (no output projection, no MLP over s positions)
+    2. query:   block(x_l[:, -1:])  [b, 1, d]  every position-shaped argument cut to the last
+                                               position; attention uses the captured keys/values
+
+Both runs go through transformers' own block code (norms, rotary embeddings, qk-norms, sliding
+window masks, MoE routers, parallel residuals all apply as usual); the only thing swapped is the
+attention function, through transformers' ``AttentionInterface``. Batches must be left-padded, so
+that the last real token of every row sits at index -1.
+
+A block falls back to the general path (the PT block on every position) when it holds another
+sequence mixer than attention (recurrent, state-space, convolution layers), when it calls no
+attention at all, or when it gets a position-shaped argument this module does not know how to cut;
+each such block is logged once.
+
+    >>> pt_last = last_position_output(pt_block, args, kwargs)     # [b, 1, d]
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+import threading
+import weakref
+
+import torch
+import torch.nn as nn
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+log = logging.getLogger("tuco")
+ATTENTION = "tuco_last_position"
+_OTHER_MIXERS = ("mamba", "ssm", "recurrent", "linearattention", "deltanet", "shortconv", "rwkv")
+
+
+class _Captured(Exception):
+    """Raised by the capture run once attention has its keys and values: the rest of the block is skipped."""
+
+
+class _Unsupported(Exception):
+    """The block cannot run at the last position alone: use the general path."""
+
+
+class _State(threading.local):
+    mode: str | None = None  # "capture" or "query"
+    kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    originals: dict = {}  # id(config) -> the attention implementation it had
+
+
+_state = _State()
+_logged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # block -> reasons logged
+
+
+def _attention(module, query, key, value, attention_mask, **kwargs):
+    if _state.mode == "capture":
+        _state.kv = (key, value)
+        raise _Captured
+    if _state.mode != "query" or _state.kv is None:  # a second attention call in one block
+        raise _Unsupported("more than one attention call in the block")
+    (key, value), _state.kv = _state.kv, None
+    name = _state.originals[id(module.config)]
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if name == "eager" and eager is None:
+        raise _Unsupported(f"no eager attention function in {type(module).__module__}")
+    return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager)(
+        module, query, key, value, attention_mask, **kwargs
+    )
+
+
+AttentionInterface.register(ATTENTION, _attention)
+
+
+def other_mixer(block: nn.Module) -> str | None:
+    """The class name of a sequence mixer in ``block`` that is not attention, or None."""
+    for m in block.modules():
+        name = type(m).__name__
+        if isinstance(m, nn.Conv1d) or any(k in name.lower() for k in _OTHER_MIXERS):
+            return name
+    return None
+
+
+def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int = -1) -> torch.Tensor:
+    """The block's output at the last position, [b, 1, d], from its arguments over all positions."""
+    x = args[0] if args else kwargs["hidden_states"]
+    mixer = other_mixer(block)
+    if mixer is not None:
+        return _general(block, args, kwargs, layer, f"it holds {mixer}, a sequence mixer besides attention")
+    configs = {id(m.config): m.config for m in block.modules() if hasattr(m, "config")}
+    configs = {k: c for k, c in configs.items() if hasattr(c, "_attn_implementation_internal")}
+    try:
+        last_args, last_kwargs = _cut_to_last(args, kwargs, x.shape[1], _positional_names(block))
+    except _Unsupported as e:
+        return _general(block, args, kwargs, layer, str(e))
+    _state.originals = {k: c._attn_implementation or "eager" for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation_internal = ATTENTION
+        _state.mode, _state.kv = "capture", None
+        try:
+            output = block(*args, **kwargs)
+        except _Captured:
+            pass
+        else:  # no attention was called: the block has run on every position already
+            _log_once(block, layer, "it calls no attention")
+            return _hidden(output)[:, -1:]
+        _state.mode = "query"
+        try:
+            return _hidden(block(*last_args, **last_kwargs))
+        except _Unsupported as e:
+            reason = str(e)
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation_internal = _state.originals[k]
+        _state.mode, _state.kv = None, None
+    return _general(block, args, kwargs, layer, reason)
+
+
+def _general(block, args, kwargs, layer, reason) -> torch.Tensor:
+    _log_once(block, layer, reason)
+    return _hidden(block(*args, **kwargs))[:, -1:]
+
+
+def _log_once(block: nn.Module, layer: int, reason: str) -> None:
+    if reason not in _logged.setdefault(block, set()):
+        _logged[block].add(reason)
+        log.info("last-token fast path: block %d runs on every position (%s)", layer, reason)
+
+
+def _positional_names(block: nn.Module) -> list[str]:
+    names = [
+        n for n, p in inspect.signature(block.forward).parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD
+    ]
+    return ["hidden_states", *names[1:]]
+
+
+def _hidden(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _cut_to_last(args: tuple, kwargs: dict, seq: int, names: list[str]) -> tuple[tuple, dict]:
+    """The block's arguments at the last position: hidden states [b, 1, d], position ids, cache
+    positions, rotary tables and 4-d attention masks cut to their last query row. ``names``: the
+    names of the positional arguments (the first is the hidden states)."""
+
+    def cut(name: str, value):
+        if isinstance(value, torch.Tensor):
+            if name == "hidden_states":
+                return value[:, -1:]
+            if name == "attention_mask" and value.dim() == 4 and value.shape[-2] == seq:
+                return value[..., -1:, :]
+            if name in ("position_ids", "cache_position") and value.shape[-1] == seq:
+                return value[..., -1:]
+            if seq in value.shape and seq > 1:
+                raise _Unsupported(f"argument {name!r} of shape {tuple(value.shape)} is position-shaped")
+            return value
+        if isinstance(value, (tuple, list)) and value and all(isinstance(t, torch.Tensor) for t in value):
+            if all(t.dim() >= 2 and t.shape[-2] == seq for t in value):  # rotary cos/sin [..., s, hd]
+                return type(value)(t[..., -1:, :] for t in value)
+            return type(value)(cut(name, t) for t in value)
+        if isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):
+            raise _Unsupported(f"argument {name!r} is a dict of tensors")
+        return value
+
+    names = [*names, *(f"argument {i}" for i in range(len(names), len(args)))]
+    return tuple(cut(n, a) for n, a in zip(names, args, strict=False)), {
+        k: cut(k, v) for k, v in kwargs.items()
+    }
