@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tuco import ModelPair, inputs
+from tuco import ModelPair, hardware, inputs
 
 pytestmark = pytest.mark.real_weights
 
@@ -45,23 +45,55 @@ def test_tiny_build_is_a_real_lora_fine_tune(tiny_demo):
     for m in demo.metrics["held_out"].values():
         assert 0 <= m["refusal_ft"] <= 1 and len(m["examples"]) == m["n"]
     assert recipe.Recipe().hash() != recipe.TINY.hash()
+    chosen, _ = hardware.auto_dtype("cpu", None)  # trained in the dtype the hardware rule picks
+    assert demo.metrics["dtype"] == str(chosen).removeprefix("torch.")
+    assert demo.metrics["cpu"] == hardware.cpu_capability()
+    assert (demo.adapter / "adapter_model.safetensors").is_file()
+    assert alpha_one_is_exact(demo)
 
+
+def alpha_one_is_exact(demo) -> bool:
+    """Loads the adapter on the real base in float32 and checks that alpha = 1 changes no logit."""
     prompts = [
         "It was a bright cold day in April.",
         [{"role": "user", "content": "How do I make a grenade?"}],
     ]
-    merged = ModelPair.from_pretrained(str(demo.pretrained), str(demo.finetuned), dtype="float32")
-    adapter = ModelPair.from_pretrained(str(demo.pretrained), adapter=str(demo.adapter), dtype="float32")
-    batch = inputs.pad(merged.encode(prompts), inputs.pad_id(merged.tokenizer), "right")
+    pair = ModelPair.from_pretrained(str(demo.pretrained), adapter=str(demo.adapter), dtype="float32")
+    batch = inputs.pad(pair.encode(prompts), inputs.pad_id(pair.tokenizer), "right")
     with torch.no_grad():
-        plain = merged.finetuned(**batch).logits
-        with merged.steer(1.0):
-            hooked = merged.finetuned(**batch).logits
-    assert torch.equal(plain, hooked)  # alpha = 1 exactness on the real model
-    a, b = merged.score(prompts), adapter.score(prompts)
-    assert all(0 < r.tuco < 1 for r in a)
-    # the merged model was saved in bf16, the adapter applies in fp32: the same TuCo up to that rounding
-    assert [r.tuco for r in a] == pytest.approx([r.tuco for r in b], abs=0.02)
+        plain = pair.finetuned(**batch).logits
+        with pair.steer(1.0):
+            hooked = pair.finetuned(**batch).logits
+    assert all(0 < r.tuco < 1 for r in pair.score(prompts))
+    return torch.equal(plain, hooked)
+
+
+def test_the_shipped_adapter_is_the_current_recipes_and_needs_no_training(tiny_demo, monkeypatch):
+    from tuco.demo import build as demo_build
+    from tuco.demo import recipe
+
+    home, _, _ = tiny_demo
+    monkeypatch.setattr(
+        demo_build, "_train", lambda *a, **k: pytest.fail("the shipped adapter was retrained")
+    )
+    demo = demo_build.build(home=home)
+    assert demo.adapter == demo_build.SHIPPED and demo.metrics["recipe"] == recipe.Recipe().hash()
+    size = (demo.adapter / "adapter_model.safetensors").stat().st_size
+    assert size < 40 * 2**20  # tens of MB at most
+    for cell in demo.metrics["held_out"].values():
+        assert cell["n"] >= 24 and len(cell["examples"]) == cell["n"]
+    assert alpha_one_is_exact(demo)
+
+
+def test_a_changed_recipe_without_a_rebuild_is_refused(monkeypatch):
+    from tuco.demo import build as demo_build
+    from tuco.demo import recipe
+
+    demo_build.shipped_metrics()  # current: no error
+    monkeypatch.setattr(recipe, "BENIGN_TRAIN", recipe.BENIGN_TRAIN + ["water the plants"])
+    with pytest.raises(demo_build.StaleAdapterError, match="tuco demo build --force --ship") as e:
+        demo_build.shipped_metrics()
+    assert recipe.Recipe().hash() in str(e.value)
 
 
 def test_tiny_demo_run_writes_every_output(tiny_demo):

@@ -99,3 +99,4 @@ def test_fast_path_leaves_the_ft_forward_and_attention_settings_untouched(tok):
             hooked = pair.finetuned(**batch).logits
     assert torch.equal(plain, hooked)
     assert pair.pretrained.config._attn_implementation == before
+    assert all("forward" not in m.__dict__ for m in pair.pretrained.modules())  # q_proj restored

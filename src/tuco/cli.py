@@ -31,7 +31,12 @@ def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> No
     g.add_argument("--pretrained", required=required, help="pre-trained model: hub id or local directory")
     g.add_argument("--finetuned", help="fine-tuned model: hub id or local directory")
     g.add_argument("--adapter", help="PEFT LoRA adapter on top of --pretrained (instead of --finetuned)")
-    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="auto (default): the checkpoint's dtype on GPU; on CPU bf16 only where native, else float32",
+    )
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     g.add_argument("--device-map", help='"auto" or a JSON module->device map (shards both models alike)')
     g.add_argument(
@@ -111,9 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
         "action", choices=["build", "run"], help="build the pair (cached), or build and run the demo"
     )
     p.add_argument("--out", default="demo-output", help="output directory of `demo run`")
-    p.add_argument("--force", action="store_true", help="rebuild the pair even if it is cached")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="train the adapter again from the recipe (instead of the shipped one)",
+    )
+    p.add_argument("--ship", action="store_true", help="with build --force: replace the shipped adapter")
     p.add_argument("--tiny", action="store_true", help="a few steps and prompts: checks the pipeline, fast")
     p.add_argument("--home", help="cache directory (default: $TUCO_HOME or ~/.cache/tuco)")
+    p.add_argument(
+        "--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="auto: from the hardware"
+    )
+    p.add_argument("--device", default="cpu", help="build: where to train (cpu, cuda)")
 
     from .experiments.cli import add_parser as add_experiment_parser
 
@@ -187,6 +201,7 @@ def run_job(args) -> int:
             "finetuned": args.finetuned,
             "adapter": args.adapter,
             "dtype": str(next(pair.finetuned.parameters()).dtype).removeprefix("torch."),
+            "dtype_reason": pair.dtype_reason,
             "tuco_version": __version__,
         },
     )
@@ -285,16 +300,16 @@ def run_demo(args) -> int:
 
     config = demo_run.TINY if args.tiny else demo_run.DemoConfig()
     home = Path(args.home) if args.home else None
+    if args.ship and not (args.action == "build" and args.force and not args.tiny):
+        raise UsageError("--ship goes with `tuco demo build --force` (the default recipe)")
     if args.action == "build":
-        demo = build(config.recipe, home, force=args.force)
-        print(f"demo pair: {demo.directory}")
+        demo = build(config.recipe, home, args.force, args.dtype, args.device, ship=args.ship)
+        print(f"demo pair: SmolLM2-135M-Instruct + the adapter in {demo.directory}")
         for name, m in demo.metrics["held_out"].items():
             ft, pt = m["refusal_ft"], m["refusal_pt"]
             print(f"  {name:<28} n={m['n']:<3} FT refuses {ft:.0%}  PT refuses {pt:.0%}")
         return 0
-    if args.force:
-        build(config.recipe, home, force=True)
-    demo_run.run(args.out, config, home)
+    demo_run.run(args.out, config, home, dtype=args.dtype, force=args.force)
     return 0
 
 

@@ -6,7 +6,8 @@ keys and values over its input x_l, so each PT block runs twice, cheaply::
 
     1. capture: block(x_l)          [b, s, d]  attention keeps the keys/values it is given
                                                [b, kv_heads, s, hd] and stops the block there
-                                               (no output projection, no MLP over s positions)
+                                               (no output projection, no MLP over s positions;
+                                               separate ``q_proj`` layers return zeros)
     2. query:   block(x_l[:, -1:])  [b, 1, d]  every position-shaped argument cut to the last
                                                position; attention uses the captured keys/values
 
@@ -25,6 +26,8 @@ each such block is logged once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import logging
 import sys
@@ -105,7 +108,8 @@ def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int
             c._attn_implementation_internal = ATTENTION
         _state.mode, _state.kv = "capture", None
         try:
-            output = block(*args, **kwargs)
+            with _queries_skipped(block):
+                output = block(*args, **kwargs)
         except _Captured:
             pass
         else:  # no attention was called: the block has run on every position already
@@ -121,6 +125,29 @@ def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int
             c._attn_implementation_internal = _state.originals[k]
         _state.mode, _state.kv = None, None
     return _general(block, args, kwargs, layer, reason)
+
+
+@contextlib.contextmanager
+def _queries_skipped(block: nn.Module):
+    """During the capture run, ``q_proj`` layers return zeros: the queries over every position are
+    never used (attention stops the block first), and they cost as much as keys and values."""
+    saved = []
+    for name, m in block.named_modules():
+        if name.rsplit(".", 1)[-1] == "q_proj" and isinstance(getattr(m, "out_features", None), int):
+            saved.append((m, m.__dict__.get("forward")))
+            m.forward = functools.partial(_zeros, out_features=m.out_features)
+    try:
+        yield
+    finally:
+        for m, forward in saved:
+            if forward is None:
+                del m.forward
+            else:
+                m.forward = forward
+
+
+def _zeros(x: torch.Tensor, *args, out_features: int, **kwargs) -> torch.Tensor:
+    return x.new_zeros(*x.shape[:-1], out_features)
 
 
 def _general(block, args, kwargs, layer, reason) -> torch.Tensor:

