@@ -15,6 +15,7 @@ The general path's floor is 2.0; the fast path's is 1 + the PT blocks' key/value
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 from common import DTYPES, build_pair, choose_dtype, machine, median_time, random_batch
@@ -23,19 +24,27 @@ SCALING_SEQS = (64, 128, 256, 512, 1024, 2048)
 
 
 def ratios(pair, batch: dict, runs: int, warmup: int) -> tuple[float, float, float]:
-    """(plain ms, fast / plain, general / plain) on one batch."""
+    """(plain ms, fast / plain, general / plain) on one batch. The three are timed in turn within
+    every run (interleaved), so that a slow spell of a shared machine hits all three alike."""
     size = batch["input_ids"].shape[0]
 
     @torch.inference_mode()
     def plain():
         pair.finetuned(**batch, use_cache=False, logits_to_keep=1)
 
-    t_plain = median_time(plain, runs, warmup)
-    t_fast = median_time(lambda: pair.score(batch, batch_size=size, progress=False), runs, warmup)
-    t_general = median_time(
-        lambda: pair.score(batch, batch_size=size, progress=False, fast=False), runs, warmup
-    )
-    return t_plain * 1000, t_fast / t_plain, t_general / t_plain
+    calls = {
+        "plain": plain,
+        "fast": lambda: pair.score(batch, batch_size=size, progress=False),
+        "general": lambda: pair.score(batch, batch_size=size, progress=False, fast=False),
+    }
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for run in range(warmup + runs):
+        for name, call in calls.items():
+            seconds = median_time(call, runs=1, warmup=0)
+            if run >= warmup:
+                times[name].append(seconds)
+    t = {name: statistics.median(values) for name, values in times.items()}
+    return t["plain"] * 1000, t["fast"] / t["plain"], t["general"] / t["plain"]
 
 
 def main() -> None:
@@ -53,7 +62,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=DTYPES)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--scaling", action="store_true", help="also ratio vs sequence length and batch")
     args = parser.parse_args()

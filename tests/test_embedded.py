@@ -28,7 +28,8 @@ def test_conversion_is_a_faithful_hf_model(smol):
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     chat = [{"role": "user", "content": "What is the capital of France?"}]
     pair = ModelPair(model, model, tok)  # identical pair: FTC is exactly zero
-    assert pair.score([chat])[0].tuco == 0.0
+    assert pair.score([chat], fast=False)[0].tuco == 0.0
+    assert pair.score([chat])[0].tuco < 1e-6  # the last-token fast path: float32 rounding only
     (answer,) = pair.generate([chat], max_new_tokens=12, do_sample=False)
     assert "Paris" in answer
 
