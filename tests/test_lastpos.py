@@ -100,3 +100,25 @@ def test_fast_path_leaves_the_ft_forward_and_attention_settings_untouched(tok):
     assert torch.equal(plain, hooked)
     assert pair.pretrained.config._attn_implementation == before
     assert all("forward" not in m.__dict__ for m in pair.pretrained.modules())  # q_proj restored
+
+
+def test_attention_outside_the_interface_falls_back_to_the_full_block(tok, caplog):
+    pair = _pair("llama", tok)
+    general = pair.score(UNEVEN, fast=False)
+    for block in pair.pt_blocks:  # attention that ignores the config's implementation (as custom code may)
+        attn, forward = block.self_attn, block.self_attn.forward
+
+        def direct(*args, attn=attn, forward=forward, **kwargs):
+            saved, attn.config._attn_implementation_internal = (
+                attn.config._attn_implementation_internal,
+                "sdpa",
+            )
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                attn.config._attn_implementation_internal = saved
+
+        attn.forward = direct
+    with caplog.at_level(logging.INFO, logger="tuco"):
+        assert_same(pair.score(UNEVEN), general)  # not the capture run's output (its queries were zeros)
+    assert "calls no attention through transformers' AttentionInterface" in caplog.text

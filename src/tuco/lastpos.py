@@ -16,10 +16,12 @@ window masks, MoE routers, parallel residuals all apply as usual); the only thin
 attention function, through transformers' ``AttentionInterface``. Batches must be left-padded, so
 that the last real token of every row sits at index -1.
 
-A block falls back to the general path (the PT block on every position) when it holds another
-sequence mixer than attention (recurrent, state-space, convolution layers), when it calls no
-attention at all, or when it gets a position-shaped argument this module does not know how to cut;
-each such block is logged once.
+A block falls back to the general path (the PT block on every position, run again from scratch)
+when it holds another sequence mixer than attention (recurrent, state-space, convolution layers),
+when it calls no attention through the interface or calls it more than once, or when it gets a
+position-shaped argument this module does not know how to cut; each such block is logged once.
+The attention setting lives on the model's config while a PT block runs: do not score with one
+model from two threads at once.
 
     >>> pt_last = last_position_output(pt_block, args, kwargs)     # [b, 1, d]
 """
@@ -109,17 +111,14 @@ def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int
         _state.mode, _state.kv = "capture", None
         try:
             with _queries_skipped(block):
-                output = block(*args, **kwargs)
+                block(*args, **kwargs)
+            reason = "it calls no attention through transformers' AttentionInterface"
         except _Captured:
-            pass
-        else:  # no attention was called: the block has run on every position already
-            _log_once(block, layer, "it calls no attention")
-            return _hidden(output)[:, -1:]
-        _state.mode = "query"
-        try:
-            return _hidden(block(*last_args, **last_kwargs))
-        except _Unsupported as e:
-            reason = str(e)
+            _state.mode = "query"
+            try:
+                return _hidden(block(*last_args, **last_kwargs))
+            except _Unsupported as e:
+                reason = str(e)
     finally:
         for k, c in configs.items():
             c._attn_implementation_internal = _state.originals[k]
