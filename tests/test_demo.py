@@ -34,7 +34,7 @@ def test_tiny_build_is_a_real_lora_fine_tune(tiny_demo):
 
     home, _, _ = tiny_demo
     demo = build(recipe.TINY, home)  # cached: no second training
-    assert demo.directory.name == f"demo-{recipe.TINY.hash()}"
+    assert demo.adapter.name == f"demo-{recipe.TINY.hash()}"
     assert len(demo.metrics["losses"]) == recipe.TINY.steps
     assert set(demo.metrics["held_out"]) == {
         "harmful, seen template",

@@ -304,7 +304,7 @@ def run_demo(args) -> int:
         raise UsageError("--ship goes with `tuco demo build --force` (the default recipe)")
     if args.action == "build":
         demo = build(config.recipe, home, args.force, args.dtype, args.device, ship=args.ship)
-        print(f"demo pair: SmolLM2-135M-Instruct + the adapter in {demo.directory}")
+        print(f"demo pair: SmolLM2-135M-Instruct + the adapter in {demo.adapter}")
         for name, m in demo.metrics["held_out"].items():
             ft, pt = m["refusal_ft"], m["refusal_pt"]
             print(f"  {name:<28} n={m['n']:<3} FT refuses {ft:.0%}  PT refuses {pt:.0%}")

@@ -45,9 +45,8 @@ class StaleAdapterError(RuntimeError):
 
 @dataclass
 class DemoPair:
-    directory: Path
-    pretrained: Path
-    adapter: Path
+    pretrained: Path  # the converted base model directory
+    adapter: Path  # the LoRA adapter directory (with its metrics.json)
     metrics: dict
 
 
@@ -82,7 +81,7 @@ def build(
     out = Path(home or tuco_home()) / f"demo-{recipe.hash()}"
     pt_dir = smollm2_dir()
     if not force and recipe == r.Recipe():
-        return DemoPair(SHIPPED, pt_dir, SHIPPED, shipped_metrics())
+        return DemoPair(pt_dir, SHIPPED, shipped_metrics())
     if not force and (out / "metrics.json").is_file():
         return _load(out, pt_dir)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -127,12 +126,12 @@ def build(
             raise ValueError("Only the default recipe's adapter is shipped.")
         for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json"):
             shutil.copy2(out / name, SHIPPED / name)
-        return DemoPair(SHIPPED, pt_dir, SHIPPED, shipped_metrics())
+        return DemoPair(pt_dir, SHIPPED, shipped_metrics())
     return _load(out, pt_dir)
 
 
 def _load(out: Path, pt_dir: Path) -> DemoPair:
-    return DemoPair(out, pt_dir, out, json.loads((out / "metrics.json").read_text()))
+    return DemoPair(pt_dir, out, json.loads((out / "metrics.json").read_text()))
 
 
 def _generate(model, tok, chats: list, max_new_tokens: int, desc: str) -> list[str]:

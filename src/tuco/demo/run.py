@@ -83,7 +83,7 @@ def run(
     demo = build(config.recipe, home, force=force, dtype=dtype)
     start = time.perf_counter()
     print(
-        f"demo pair: SmolLM2-135M-Instruct + the LoRA adapter in {demo.directory} "
+        f"demo pair: SmolLM2-135M-Instruct + the LoRA adapter in {demo.adapter} "
         f"(recipe {demo.metrics['recipe']})"
     )
     pair = ModelPair.from_pretrained(
