@@ -504,3 +504,28 @@ def test_report_html_renders_in_headless_chromium(results, tmp_path):
     assert pixels.shape == (3000, 1000, 3)
     colored = int(((pixels.max(-1) - pixels.min(-1)) > 60).sum())  # plot bars and curves; text is grey
     assert colored > 10_000, f"only {colored} coloured pixels: the plots did not render"
+
+
+@pytest.mark.parametrize("alpha", ["nan", "inf", "half"])
+def test_non_finite_alpha_is_a_usage_error(alpha, dirs, tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "p.jsonl", ROWS[:1])
+    out = tmp_path / "g.jsonl"
+    for command in (["generate", *models(dirs)], ["experiment", "steering", *models(dirs)]):
+        with pytest.raises(SystemExit) as e:
+            cli.main([*command, "--prompts", str(prompts), "--out", str(out), "--alpha", "1", alpha])
+        assert e.value.code == 2
+        assert (
+            f"alpha must be a {'finite ' if alpha != 'half' else ''}number, not '{alpha}'"
+            in capsys.readouterr().err
+        )
+    assert not out.exists()  # refused before anything was loaded or written
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf")])
+def test_library_refuses_a_non_finite_alpha(alpha, tok):
+    from conftest import make_pair
+
+    pair = make_pair("llama", tok)
+    for call in (pair.score, pair.logits, pair.generate):
+        with pytest.raises(ValueError, match="alpha must be a finite number"):
+            call(["Hello"], alpha=alpha)

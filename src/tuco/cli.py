@@ -21,7 +21,7 @@ import sys
 
 from . import __version__
 from .data import DataError
-from .errors import UsageError
+from .errors import UsageError, finite_alpha
 
 log = logging.getLogger("tuco")
 
@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate with the FTC-alpha model")
     _model_options(p)
     _prompt_options(p)
-    p.add_argument("--alpha", type=float, nargs="+", action="extend", default=None, help="one or more alphas")
+    p.add_argument(
+        "--alpha", type=finite_alpha, nargs="+", action="extend", default=None, help="one or more alphas"
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--do-sample", action="store_true")
     p.add_argument("--temperature", type=float)
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="multiple-choice answers vs alpha")
     _model_options(p)
     _prompt_options(p)
-    p.add_argument("--alpha", type=float, nargs="+", action="extend", default=None)
+    p.add_argument("--alpha", type=finite_alpha, nargs="+", action="extend", default=None)
     p.add_argument("--choices", nargs="+", help="candidate answers (or a 'choices' field per record)")
 
     p = sub.add_parser("check", help="compatibility and alpha=1 exactness of a pair")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
@@ -136,6 +137,8 @@ class Decomposition:
     ):
         if len(ft_blocks) != len(pt_blocks):
             raise ValueError(f"{len(ft_blocks)} FT blocks but {len(pt_blocks)} PT blocks")
+        if not math.isfinite(alpha):
+            raise ValueError(f"alpha must be a finite number, not {alpha!r}")
         if last_only and alpha != 1.0:
             raise ValueError("last_only=True needs alpha = 1: at other alphas the PT blocks feed the stream")
         self.last_only = last_only

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UsageError
+from ..errors import UsageError, finite_alpha
 from . import registry, sources
 
 NAMES = ("alpha-sweep", "web-vs-chat", "jailbreaks", "jailbreak-success", "tuco-vs-outputco", "steering")
@@ -44,7 +44,10 @@ def add_parser(sub, model_options) -> None:
     g.add_argument("--system-prompt", help="system message (default: the registered pair's)")
     g.add_argument("--online", action="store_true", help="the paper's datasets from the Hugging Face hub")
     g.add_argument(
-        "--alpha", type=float, nargs="+", help="alpha grid (alpha-sweep: the paper's; steering: 0..1.5)"
+        "--alpha",
+        type=finite_alpha,
+        nargs="+",
+        help="alpha grid (alpha-sweep: the paper's; steering: 0..1.5)",
     )
     g = p.add_argument_group("alpha-sweep (E1)")
     g.add_argument("--mmlu", nargs="+", metavar="SUBJECT", help="MMLU subjects, or 'all' (5-shot)")
