@@ -17,7 +17,7 @@ def joint_device_map(config, strategy: str, max_memory: dict | None, dtype) -> d
     from accelerate.utils import get_balanced_memory, get_max_memory
     from transformers import AutoModelForCausalLM
 
-    dtype = dtype if isinstance(dtype, torch.dtype) else getattr(config, "dtype", None) or torch.float32
+    dtype = dtype if isinstance(dtype, torch.dtype) else checkpoint_dtype(config) or torch.float32
     with init_empty_weights():
         empty = AutoModelForCausalLM.from_config(config, dtype=dtype)
     no_split = list(getattr(empty, "_no_split_modules", None) or [])

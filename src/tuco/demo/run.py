@@ -89,7 +89,6 @@ def run(
     pair = ModelPair.from_pretrained(
         str(demo.pretrained), adapter=str(demo.adapter), dtype=dtype, device_map="cpu"
     )
-    print(f"dtype: {pair.finetuned.dtype} ({pair.dtype_reason})")
     records = prompt_sets(pair.tokenizer, config)
     prompts = [rec["prompt"] for rec in records]
     scores = pair.score(prompts, batch_size=config.batch_size, progress=True)
