@@ -5,6 +5,7 @@ import json
 import pytest
 
 from tuco import cli
+from tuco.experiments.stats import roc_auc
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,18 @@ def test_web_vs_chat_offline(pair_dirs, tmp_path):
     assert [r["group"] for r in records] == ["web"] * 6 + ["chat"] * 6
     table = (out / "table.md").read_text()
     assert "offline stand-ins" in table and "ROC-AUC" in table
+    models = json.loads((out / "settings.json").read_text())["models"]  # what produced the run
+    assert models == {
+        "pair": None,
+        "pretrained": pair_dirs[1],
+        "finetuned": pair_dirs[3],
+        "adapter": None,
+        "model_type": "llama",
+    }
+    metrics = json.loads((out / "metrics.json").read_text())
+    auc = roc_auc([r["tuco"] for r in records[6:]], [r["tuco"] for r in records[:6]])
+    assert metrics["roc_auc"] == pytest.approx(auc) and metrics["n_web"] == metrics["n_chat"] == 6
+    assert f"**{auc:.3f}**" in table
 
 
 def test_unknown_pair_is_a_usage_error(tmp_path, capsys):
@@ -65,6 +78,9 @@ def test_steering(pair_dirs, tmp_path):
     assert all(by[i, 0.0] != pytest.approx(by[i, 1.0]) for i, _ in by)
     table = (out / "table.md").read_text()
     assert "| 0 |" in table and "| 1 |" in table and "3 harmful, 3 benign" in table
+    metrics = json.loads((out / "metrics.json").read_text())
+    harmful = [r["refused"] for r in records if r["alpha"] == 0.0 and r["group"] == "harmful"]
+    assert metrics["alphas"] == [0.0, 1.0] and metrics["refusal_rate_harmful"][0] == sum(harmful) / 3
 
 
 def test_alpha_sweep_offline_standins_and_resume(pair_dirs, tmp_path, capsys):
@@ -80,6 +96,16 @@ def test_alpha_sweep_offline_standins_and_resume(pair_dirs, tmp_path, capsys):
     assert "Delta max" in table and "Mean Delta over 2 tasks" in table and "offline stand-ins" in table
     assert "Mean probability of the right" in table
     assert (out / "accuracy_vs_alpha.png").stat().st_size > 1000
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tasks"] == 2 and set(metrics["per_task"]) == tasks
+    deltas = [m["delta_max"] for m in metrics["per_task"].values()]
+    assert metrics["delta_max"] == pytest.approx(sum(deltas) / 2) and metrics["accuracy_vs_alpha"][
+        "alphas"
+    ] == [
+        0.5,
+        1,
+        1.5,
+    ]
     # rerun: everything is read back from the step file, nothing recomputed
     before = (out / "steps" / "answers.jsonl").read_text()
     assert cli.main([*args, "--out", str(out)]) == 0
@@ -148,6 +174,18 @@ def test_jailbreaks_all_attacks(pair_dirs, tmp_path):
     for heading in ("Many-shot jailbreaking", "GCG adversarial strings", "Conjugate prompting", "stand-in"):
         assert heading in table
     assert all((out / f"{name}.png").exists() for name in ("msj", "gcg", "conjugate"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["msj"]["shots"] == [0, 1, 2, 4] and len(metrics["msj"]["mean_tuco"]) == 4
+    plain = [r["tuco"] for r in gcg if not r["attacked"]]
+    assert metrics["gcg"]["roc_auc"] == pytest.approx(
+        roc_auc(plain, [r["tuco"] for r in gcg if r["attacked"]])
+    )
+    assert set(metrics["conjugate"]["roc_auc_vs_english"]) == {
+        "Japanese",
+        "Hungarian",
+        "Swahili",
+        "Malayalam",
+    }
 
 
 def test_jailbreaks_msj_drops_shots_beyond_the_context(pair_dirs, tmp_path):
@@ -185,6 +223,12 @@ def test_jailbreak_success(pair_dirs, tmp_path):
             assert len(r["completions"]) == 3 and r["success"] == (r["refused"].count(False) >= 2)
     table = (out / "table.md").read_text()
     assert "successful jailbreaks" in table and ("ROC-AUC of -TuCo" in table or "ROC-AUC undefined" in table)
+    metrics = json.loads((out / "metrics.json").read_text())  # strict JSON: an undefined AUC is null
+    assert metrics["n_success"] == sum(r["success"] for r in records)
+    assert {"roc_auc", "tpr_at_5_fpr"} <= set(metrics) and set(metrics["success_rate"]) == {
+        "harmful",
+        "harmful + GCG",
+    }
 
 
 def test_shot_grid_doubles_up_to_the_maximum():

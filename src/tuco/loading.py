@@ -59,3 +59,13 @@ def checkpoint_dtype(config) -> torch.dtype | None:
     """The dtype a checkpoint's config says its weights are saved in (None when it names none)."""
     saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     return getattr(torch, saved) if isinstance(saved, str) else saved
+
+
+def model_type(name_or_path: str, trust_remote_code: bool = False) -> str | None:
+    """The ``model_type`` of a checkpoint's config (None when the config cannot be read)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
+    except (OSError, ValueError):
+        return None

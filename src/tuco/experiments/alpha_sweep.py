@@ -96,7 +96,24 @@ def alpha_sweep(
     ax.set(xlabel="alpha", ylabel="accuracy / behaviour agreement", title="E1: accuracy vs alpha")
     if len(curves) <= 10:
         ax.legend(fontsize=7)
-    return out.finish(records, table, {"accuracy_vs_alpha": fig})
+    scored = [row for row in rows if row["up"] is not None]
+    metrics = {
+        "delta_max": mean([row["up"]["delta"] for row in scored]),
+        "delta_min": mean([row["down"]["delta"] for row in scored]),
+        "tasks_gaining": sum(row["up"]["delta"] > 0 for row in scored),
+        "tasks": len(scored),
+        "per_task": {
+            row["task"]: {
+                "n": row["n"],
+                "accuracy_alpha_1": row["base"],
+                "delta_max": row["up"] and row["up"]["delta"],
+                "delta_min": row["down"] and row["down"]["delta"],
+            }
+            for row in rows
+        },
+        "accuracy_vs_alpha": {"alphas": list(alphas), **curves},
+    }
+    return out.finish(records, table, {"accuracy_vs_alpha": fig}, metrics)
 
 
 def _p_right(record: dict, j: int) -> float:

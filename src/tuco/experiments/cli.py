@@ -7,15 +7,16 @@
     tuco experiment tuco-vs-outputco  --pair llama2-7b --out runs/e5
     tuco experiment steering          --pair demo --out runs/steering
 
-Without data options each runs offline on stand-ins (named as such in its table). Rerunning the
-same command resumes; ``--overwrite`` starts again.
+Without data options each runs offline on stand-ins (named as such in its table); without models, on
+``--pair demo``. ``settings.json`` names the models; ``metrics.json`` holds the headline numbers.
+Rerunning the same command resumes; ``--overwrite`` starts again.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..errors import UsageError, finite_alpha
+from ..errors import finite_alpha
 from . import registry, sources
 
 NAMES = ("alpha-sweep", "web-vs-chat", "jailbreaks", "jailbreak-success", "tuco-vs-outputco", "steering")
@@ -30,10 +31,7 @@ def add_parser(sub, model_options) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", choices=NAMES)
-    p.add_argument(
-        "--pair", help="a registered pair (llama2-7b, ..., see tuco.experiments.registry) or 'demo'"
-    )
-    model_options(p, required=False)
+    model_options(p)
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="output directory (rerun to resume)")
     g.add_argument(
@@ -92,20 +90,8 @@ def run(args, load_pair) -> str:
     from .common import Output
 
     system = args.system_prompt
-    if args.pair == "demo":
-        from ..demo.build import build
-
-        demo = build()
-        args.pretrained, args.finetuned, args.adapter = str(demo.pretrained), None, str(demo.adapter)
-    elif args.pair:
-        try:
-            spec = registry.get_pair(args.pair)
-        except KeyError as e:
-            raise UsageError(e.args[0]) from None
-        args.pretrained, args.finetuned = spec.pretrained, spec.finetuned
-        system = system if system is not None else spec.system
-    elif not args.pretrained:
-        raise UsageError("give --pair NAME, or --pretrained with --finetuned or --adapter")
+    if args.pair in registry.PAIRS and system is None:
+        system = registry.PAIRS[args.pair].system
     settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS} | {"system": system}
     out = Output(args.out, settings, overwrite=args.overwrite)
     pair = load_pair(args)

@@ -85,11 +85,16 @@ class Output:
             done = {r["id"]: r for r in map(json.loads, f)}
         return [done[item["id"]] for item in items]
 
-    def finish(self, records: list[dict], table: str, figures: dict | None = None) -> str:
-        """Write ``results.jsonl`` (the per-prompt records), ``table.md`` and ``<name>.png``."""
+    def finish(
+        self, records: list[dict], table: str, figures: dict | None = None, metrics: dict | None = None
+    ) -> str:
+        """Write ``results.jsonl`` (the per-prompt records), ``table.md``, ``<name>.png`` and
+        ``metrics.json`` (the headline numbers under plain keys; NaN is written as null)."""
         with ResultsFile(self.dir / "results.jsonl", overwrite=True) as results:
             results.write(records)
         (self.dir / "table.md").write_text(table)
+        clean = json.loads(json.dumps(metrics or {}, default=str), parse_constant=lambda _: None)
+        (self.dir / "metrics.json").write_text(json.dumps(clean, indent=1, allow_nan=False) + "\n")
         for name, fig in (figures or {}).items():
             (self.dir / f"{name}.png").write_bytes(png(fig))
         return table

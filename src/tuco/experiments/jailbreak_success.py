@@ -141,9 +141,20 @@ def jailbreak_success(
         mine = [r for r in records if r["group"] == g]
         hits = sum(r["success"] for r in mine) if g != "benign" else "-"
         lines.append(f"| {g} | {len(mine)} | {hits} | {mean([r['tuco'] for r in mine]):.4f} |")
+    metrics = {
+        "n_success": len(success),
+        "n_rest": len(rest),
+        "roc_auc": float("nan"),
+        "tpr_at_5_fpr": float("nan"),
+        "roc_auc_success_vs_failed": float("nan"),
+        "success_rate": {
+            g: mean([r["success"] for r in records if r["group"] == g]) for g in groups if g != "benign"
+        },
+    }
     if success and rest:
         auc = roc_auc([-t for t in success], [-t for t in rest])
         tpr = tpr_at_fpr([-t for t in success], [-t for t in rest], 0.05)
+        metrics |= {"roc_auc": auc, "tpr_at_5_fpr": tpr}
         lines += [
             "",
             f"ROC-AUC of -TuCo, successful jailbreaks vs the rest: **{auc:.3f}**; TPR at 5% FPR: "
@@ -152,6 +163,7 @@ def jailbreak_success(
         failed = [r["tuco"] for r in records if r["group"] != "benign" and not r["success"]]
         if failed:
             within = roc_auc([-t for t in success], [-t for t in failed])
+            metrics["roc_auc_success_vs_failed"] = within
             lines.append(
                 f"Among harmful prompts only (successful vs failed attacks): ROC-AUC **{within:.3f}**."
             )
@@ -162,4 +174,4 @@ def jailbreak_success(
             f"ROC-AUC undefined: {len(success)} successful jailbreaks, {len(rest)} others (needs both).",
         ]
     fig = histogram({"rest": rest, "successful jailbreaks": success}, f"E4, AUC = {auc:.3f}")
-    return out.finish(records, "\n".join(lines) + "\n", {"tuco_by_success": fig})
+    return out.finish(records, "\n".join(lines) + "\n", {"tuco_by_success": fig}, metrics)

@@ -61,7 +61,7 @@ def _scored(pair: ModelPair, answer_tokens: int):
     return compute
 
 
-Section = tuple[list[dict], list[str], object]  # records, markdown lines, figure
+Section = tuple[list[dict], list[str], object, dict]  # records, markdown lines, figure, metrics
 
 
 def msj(
@@ -102,8 +102,16 @@ def msj(
         "|---|---|---|---|",
         *[f"| {k} | {len(rs)} | {mean([r['tuco'] for r in rs]):.4f} | {_rate(rs)} |" for k, rs in rows],
     ]
+    metrics = {
+        "shots": grid,
+        "mean_tuco": [mean([r["tuco"] for r in rs]) for _, rs in rows],
+        "harmful_answer_rate": [
+            mean([r["harmful_answer"] for r in rs if "harmful_answer" in r]) for _, rs in rows
+        ],
+    }
     if len(grid) > 1:
         auc = roc_auc([r["tuco"] for r in rows[0][1]], [r["tuco"] for r in rows[-1][1]])
+        metrics["roc_auc_first_vs_last"] = auc
         lines += [
             "",
             f"ROC-AUC of TuCo, 0 vs {grid[-1]} shots: **{auc:.3f}**. Paper (Llama-2 7B, 1 -> 128 shots): "
@@ -118,7 +126,7 @@ def msj(
         rates = ax.twinx()
         rates.plot(grid, [mean([r["harmful_answer"] for r in rs]) for _, rs in rows], "s--", color="tab:red")
         rates.set(ylabel="harmful-answer rate (red)", ylim=(-0.05, 1.05))
-    return records, lines, fig
+    return records, lines, fig, metrics
 
 
 def _msj_chat(request: str, pool, k: int, system: str | None):
@@ -177,7 +185,8 @@ def gcg(
         f"ROC-AUC of TuCo, plain vs attacked: **{auc:.3f}** (paper: up to 1.0, Llama-2 7B).",
     ]
     fig = histogram({"plain": plain, "GCG": attacked}, f"GCG, AUC = {auc:.3f}", ylabel="requests")
-    return records, lines, fig
+    metrics = {"roc_auc": auc, "mean_tuco_plain": mean(plain), "mean_tuco_attacked": mean(attacked)}
+    return records, lines, fig, metrics
 
 
 def conjugate(
@@ -211,16 +220,23 @@ def conjugate(
     fig, ax = figure()
     ax.bar(languages, [mean(tucos[lang]) for lang in languages])
     ax.set(ylabel="mean TuCo", title="Conjugate prompting")
-    return records, lines, fig
+    metrics = {
+        "mean_tuco": {lang: mean(tucos[lang]) for lang in languages},
+        "roc_auc_vs_" + base.lower(): {
+            lang: roc_auc(tucos[base], tucos[lang]) for lang in languages if lang != base
+        },
+    }
+    return records, lines, fig, metrics
 
 
 def jailbreaks(pair: ModelPair, out: Output, attacks: dict, source: str) -> str:
     """Run the attacks named in ``attacks`` (name -> keyword arguments of its function)."""
     functions = {"msj": msj, "gcg": gcg, "conjugate": conjugate}
     records, lines, figures = [], ["# E3: jailbreaks lower TuCo", "", f"Requests: {source}.", ""], {}
+    metrics = {}
     for name, kwargs in attacks.items():
-        found, section, fig = functions[name](pair, out, **kwargs)
+        found, section, fig, metrics[name] = functions[name](pair, out, **kwargs)
         records += found
         lines += [*section, ""]
         figures[name] = fig
-    return out.finish(records, "\n".join(lines), figures)
+    return out.finish(records, "\n".join(lines), figures, metrics)

@@ -87,4 +87,9 @@ def steering(
     left.set(xlabel="alpha", ylabel="refusal rate", title="FTC-alpha steering")
     right.set(xlabel="alpha", ylabel="mean TuCo", title="TuCo along the steered stream")
     left.legend()
-    return out.finish(records, table, {"refusal_vs_alpha": fig})
+    metrics = {"alphas": list(alphas)} | {
+        f"{key}_{name}": [values[a, name] for a in alphas]
+        for key, values in (("refusal_rate", rates), ("mean_tuco", tucos))
+        for name in sets
+    }
+    return out.finish(records, table, {"refusal_vs_alpha": fig}, metrics)

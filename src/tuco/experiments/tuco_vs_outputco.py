@@ -51,4 +51,11 @@ def tuco_vs_outputco(
     ax.plot(shots, [r["outputco"] for r in records], marker="s", label="OutputCo")
     ax.set(xlabel="shots k", ylabel="contribution", title="E5")
     ax.legend()
-    return out.finish(records, table, {"tuco_vs_shots": fig})
+    metrics = {k: [r[k] for r in records] for k in ("shots", "tuco", "outputco", "kl")}
+    metrics |= {
+        "tuco_first": first["tuco"],
+        "tuco_last": last["tuco"],
+        "outputco_first": first["outputco"],
+        "outputco_last": last["outputco"],
+    }
+    return out.finish(records, table, {"tuco_vs_shots": fig}, metrics)

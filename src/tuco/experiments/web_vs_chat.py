@@ -92,4 +92,11 @@ def web_vs_chat(
         ]
     )
     fig = histogram({"web": t_web, "chat": t_chat}, f"E2, AUC = {auc:.3f}", bins=20)
-    return out.finish(records, table, {"tuco_histogram": fig})
+    metrics = {
+        "roc_auc": auc,
+        "mean_tuco_web": mean(t_web),
+        "mean_tuco_chat": mean(t_chat),
+        "n_web": len(t_web),
+        "n_chat": len(t_chat),
+    }
+    return out.finish(records, table, {"tuco_histogram": fig}, metrics)
