@@ -206,9 +206,17 @@ def test_model_errors_exit_1(dirs, tmp_path, capsys):
 
 def test_usage_errors_exit_2(dirs, tmp_path, capsys):
     prompts = write_jsonl(tmp_path / "p.jsonl", ROWS[:1])
-    with pytest.raises(SystemExit) as e:
-        cli.main(["score", "--prompts", str(prompts), "--out", "x.jsonl"])  # no --pretrained
-    assert e.value.code == 2
+    out = str(tmp_path / "r.jsonl")
+    rc, err = main_rc(
+        capsys, "score", "--pair", "demo", *models(dirs), "--prompts", str(prompts), "--out", out
+    )
+    assert rc == 2 and "give --pair or --pretrained/--finetuned, not both" in err
+    rc, err = main_rc(
+        capsys, "score", "--finetuned", str(dirs / "ft"), "--prompts", str(prompts), "--out", out
+    )
+    assert rc == 2 and "give --pretrained with --finetuned or --adapter" in err
+    rc, err = main_rc(capsys, "score", "--pair", "gpt-5", "--prompts", str(prompts), "--out", out)
+    assert rc == 2 and "unknown pair 'gpt-5'" in err and "demo-safety" in err
     rc, err = main_rc(
         capsys,
         "score",

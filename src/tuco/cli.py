@@ -26,9 +26,14 @@ from .errors import UsageError, finite_alpha
 log = logging.getLogger("tuco")
 
 
-def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    g = parser.add_argument_group("models")
-    g.add_argument("--pretrained", required=required, help="pre-trained model: hub id or local directory")
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("models (none given: --pair demo)")
+    g.add_argument(
+        "--pair",
+        help="a named pair: demo (Gemma-3-270m base -> its LoRA chat fine-tune, the default), demo-safety "
+        "(SmolLM2-135M-Instruct -> its LoRA safety fine-tune), or a paper pair (llama2-7b, ...)",
+    )
+    g.add_argument("--pretrained", help="pre-trained model: hub id or local directory")
     g.add_argument("--finetuned", help="fine-tuned model: hub id or local directory")
     g.add_argument("--adapter", help="PEFT LoRA adapter on top of --pretrained (instead of --finetuned)")
     g.add_argument(
@@ -113,9 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="compatibility and alpha=1 exactness of a pair")
     _model_options(p)
 
-    p = sub.add_parser("demo", help="the embedded demo pair: build it, or run the demo on it")
+    p = sub.add_parser("demo", help="an embedded demo pair: build it, or run the demo on it")
     p.add_argument(
         "action", choices=["build", "run"], help="build the pair (cached), or build and run the demo"
+    )
+    p.add_argument(
+        "--pair",
+        default="demo",
+        choices=["demo", "demo-safety"],
+        help="demo: Gemma-3-270m base -> its LoRA chat fine-tune (default); "
+        "demo-safety: SmolLM2-135M-Instruct -> its LoRA safety fine-tune",
     )
     p.add_argument("--out", default="demo-output", help="output directory of `demo run`")
     p.add_argument(
@@ -142,6 +154,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="label", help="binary field for ROC-AUC of TuCo (default: label)")
     p.add_argument("--format", default="html", choices=["html", "md"])
     return parser
+
+
+def resolve_models(args) -> dict:
+    """Fill ``args.pretrained``/``finetuned``/``adapter`` from ``--pair`` (``demo`` when no model is
+    given) and return what the run is made on: ids or directories and the model type."""
+    from .demo.pairs import NAMES as DEMO_NAMES
+    from .experiments import registry
+    from .loading import model_type
+
+    given = [f"--{k}" for k in ("pretrained", "finetuned", "adapter") if getattr(args, k, None)]
+    if args.pair and given:
+        raise UsageError(f"give --pair or {'/'.join(given)}, not both (--pair {args.pair} names both models)")
+    if not args.pair and not given:
+        args.pair = "demo"
+    if args.pair in DEMO_NAMES:
+        from .demo.pairs import demo_pair
+
+        demo = demo_pair(args.pair)
+        args.pretrained, args.finetuned, args.adapter = str(demo.pretrained), None, str(demo.adapter)
+    elif args.pair:
+        try:
+            spec = registry.get_pair(args.pair)
+        except KeyError as e:
+            raise UsageError(f"{e.args[0]}; the embedded pairs: {', '.join(DEMO_NAMES)}") from None
+        args.pretrained, args.finetuned, args.adapter = spec.pretrained, spec.finetuned, None
+    elif not args.pretrained:
+        raise UsageError("give --pretrained with --finetuned or --adapter (or --pair NAME)")
+    if (args.finetuned is None) == (args.adapter is None):
+        raise UsageError("give exactly one of --finetuned (a full model) or --adapter (a PEFT adapter)")
+    trust = getattr(args, "trust_remote_code", False)
+    return {
+        "pair": args.pair,
+        "pretrained": args.pretrained,
+        "finetuned": args.finetuned,
+        "adapter": args.adapter,
+        "model_type": model_type(args.finetuned or args.pretrained, trust),
+    }
 
 
 def load_pair(args):
@@ -180,6 +229,7 @@ def run_job(args) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.command in ("generate", "sweep") and not args.alpha:
         args.alpha = [1.0]
+    args.models = resolve_models(args)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     out_path = args.out if world == 1 else shard_path(args.out, rank, world)
     if world > 1 and os.path.exists(args.out) and not args.overwrite:
@@ -198,10 +248,8 @@ def run_job(args) -> int:
         truncate=args.truncate,
         skip_invalid=args.skip_invalid,
         quiet=args.quiet,
-        meta={
-            "pretrained": args.pretrained,
-            "finetuned": args.finetuned,
-            "adapter": args.adapter,
+        meta=args.models
+        | {
             "dtype": str(next(pair.finetuned.parameters()).dtype).removeprefix("torch."),
             "dtype_reason": pair.dtype_reason,
             "tuco_version": __version__,
@@ -281,6 +329,7 @@ def accuracy_table(frame) -> str:
 def run_check(args) -> int:
     from .check import check_pair
 
+    resolve_models(args)
     ok, lines = check_pair(load_pair(args))
     print("\n".join(lines))
     return 0 if ok else 1
@@ -298,18 +347,19 @@ def run_demo(args) -> int:
     from pathlib import Path
 
     from .demo import run as demo_run
-    from .demo.build import build
+    from .demo.pairs import demo_pair
 
-    config = demo_run.TINY if args.tiny else demo_run.DemoConfig()
+    config = demo_run.tiny(args.pair) if args.tiny else demo_run.DemoConfig(pair=args.pair)
     home = Path(args.home) if args.home else None
     if args.ship and not (args.action == "build" and args.force and not args.tiny):
-        raise UsageError("--ship goes with `tuco demo build --force` (the default recipe)")
+        raise UsageError("--ship goes with `tuco demo build [--pair P] --force` (the default recipe)")
     if args.action == "build":
-        demo = build(config.recipe, home, args.force, args.dtype, args.device, ship=args.ship)
-        print(f"demo pair: SmolLM2-135M-Instruct + the adapter in {demo.adapter}")
+        demo = demo_pair(args.pair, args.tiny, home, args.force, args.dtype, args.device, ship=args.ship)
+        print(f"demo pair {demo.name!r}: {demo.title}; adapter in {demo.adapter}")
         for name, m in demo.metrics["held_out"].items():
+            ends = f"FT ends its turn {m['ends_turn_ft']:.0%}  " if "ends_turn_ft" in m else ""
             ft, pt = m["refusal_ft"], m["refusal_pt"]
-            print(f"  {name:<28} n={m['n']:<3} FT refuses {ft:.0%}  PT refuses {pt:.0%}")
+            print(f"  {name:<28} n={m['n']:<3} {ends}FT refuses {ft:.0%}  PT refuses {pt:.0%}")
         return 0
     demo_run.run(args.out, config, home, dtype=args.dtype, force=args.force)
     return 0
@@ -318,6 +368,7 @@ def run_demo(args) -> int:
 def run_experiment(args) -> int:
     from .experiments.cli import run
 
+    args.models = resolve_models(args)
     print(run(args, load_pair))
     return 0
 

@@ -29,7 +29,8 @@ GEMMA_CHAT_TEMPLATE = (
     "{% set system = messages[0]['content'] + '\\n\\n' if messages[0]['role'] == 'system' else '' %}"
     "{% for message in messages if message['role'] != 'system' %}"
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{ '<start_of_turn>' + role + '\\n' + (system if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{{ '<start_of_turn>' + role + '\\n' + (system if loop.first else '') }}"
+    "{{ message['content'] | trim + '<end_of_turn>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
@@ -89,7 +90,9 @@ def _converted(out: Path) -> bool:
     return (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
 
 
-def _convert(gguf: Path, out: Path, chat_template: str | None = None, stop_tokens: tuple[str, ...] = ()) -> None:
+def _convert(
+    gguf: Path, out: Path, chat_template: str | None = None, stop_tokens: tuple[str, ...] = ()
+) -> None:
     """Dequantise a GGUF file into a float32 safetensors directory at ``out`` (atomically).
 
     ``chat_template`` is set on the tokenizer when the GGUF file carries none; ``stop_tokens`` become

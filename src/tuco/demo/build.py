@@ -1,4 +1,4 @@
-"""The demo pair: SmolLM2-135M-Instruct and a LoRA safety fine-tune of it, built offline.
+"""The demo-safety pair: SmolLM2-135M-Instruct and a LoRA safety fine-tune of it, built offline.
 
     >>> demo = build()              # the adapter shipped in src/tuco/demo/adapter/: no training
     >>> demo.pretrained, demo.adapter, demo.metrics["held_out"]
@@ -36,7 +36,7 @@ from . import recipe as r
 
 log = logging.getLogger("tuco")
 SHIPPED = Path(__file__).parent / "adapter"  # the default recipe's adapter, committed to the repository
-REBUILD = "tuco demo build --force --ship"
+REBUILD = "tuco demo build --pair demo-safety --force --ship"
 
 
 class StaleAdapterError(RuntimeError):
@@ -45,9 +45,11 @@ class StaleAdapterError(RuntimeError):
 
 @dataclass
 class DemoPair:
-    pretrained: Path  # the converted base model directory
+    pretrained: Path  # the converted pre-trained model directory
     adapter: Path  # the LoRA adapter directory (with its metrics.json)
     metrics: dict
+    name: str = "demo-safety"
+    title: str = "SmolLM2-135M-Instruct (PT) vs its LoRA safety fine-tune (FT)"
 
 
 def shipped_metrics() -> dict:
@@ -181,8 +183,14 @@ def _train(model, tok, examples, recipe: r.Recipe):
     return train_lora(model, rows, streams, per_batch, recipe, inputs.pad_id(tok))
 
 
-def train_lora(model, rows: list[tuple[list[int], list[int]]], streams: list[list[int]],
-               per_batch: tuple[int, ...], recipe, pad_id: int):
+def train_lora(
+    model,
+    rows: list[tuple[list[int], list[int]]],
+    streams: list[list[int]],
+    per_batch: tuple[int, ...],
+    recipe,
+    pad_id: int,
+):
     """LoRA fine-tune on ``rows`` of (token ids, labels with -100 off the answer). Each batch takes
     ``per_batch[k]`` rows from ``streams[k]`` (row indices, reshuffled at each pass); linear decay
     of the learning rate; fixed seed. Returns (the PEFT model in eval mode, the loss of each step)."""

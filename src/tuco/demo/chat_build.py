@@ -45,19 +45,28 @@ def shipped_chat_metrics() -> dict:
     current = cr.ChatRecipe().hash()
     path = SHIPPED_CHAT / "metrics.json"
     if not path.is_file() or not (SHIPPED_CHAT / "adapter_model.safetensors").is_file():
-        raise StaleAdapterError(f"The shipped chat adapter is missing from {SHIPPED_CHAT}: rebuild it with `{REBUILD_CHAT}`.")
+        raise StaleAdapterError(
+            f"The shipped chat adapter is missing from {SHIPPED_CHAT}: rebuild it with `{REBUILD_CHAT}`."
+        )
     metrics = json.loads(path.read_text())
     if metrics.get("recipe") != current:
         raise StaleAdapterError(
             f"The shipped chat adapter ({SHIPPED_CHAT}) was trained from recipe {metrics.get('recipe')}, but "
             f"src/tuco/demo/chat_recipe.py is now recipe {current}. Rebuild it with `{REBUILD_CHAT}` "
-            f"(about {metrics.get('build_seconds', '?')} s last time on {metrics.get('cpu', '?')}), then commit it."
+            f"(about {metrics.get('build_seconds', '?')} s last time on {metrics.get('cpu', '?')}), "
+            "then commit it."
         )
     return metrics
 
 
-def build_chat(recipe: cr.ChatRecipe | None = None, home: Path | None = None, force: bool = False,
-               dtype: str = "auto", device: str = "cpu", ship: bool = False) -> DemoPair:
+def build_chat(
+    recipe: cr.ChatRecipe | None = None,
+    home: Path | None = None,
+    force: bool = False,
+    dtype: str = "auto",
+    device: str = "cpu",
+    ship: bool = False,
+) -> DemoPair:
     recipe = recipe or cr.ChatRecipe()
     home = Path(home or tuco_home())
     out = home / f"demo-chat-{recipe.hash()}"
@@ -117,7 +126,9 @@ def build_chat(recipe: cr.ChatRecipe | None = None, home: Path | None = None, fo
     return DemoPair(pt_dir, out, metrics)
 
 
-def generate(model, tok, chats: list, max_new_tokens: int, desc: str, batch: int = 32) -> list[tuple[str, bool]]:
+def generate(
+    model, tok, chats: list, max_new_tokens: int, desc: str, batch: int = 32
+) -> list[tuple[str, bool]]:
     """Greedy answers as (text, ended): ``ended`` when the model stopped on an end-of-sequence id
     (for Gemma: ``<eos>`` or ``<end_of_turn>``) within ``max_new_tokens``."""
     stops = model.generation_config.eos_token_id
@@ -128,7 +139,9 @@ def generate(model, tok, chats: list, max_new_tokens: int, desc: str, batch: int
         enc.pop("position_ids")
         enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.inference_mode():
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=inputs.pad_id(tok))
+            ids = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=inputs.pad_id(tok)
+            )
         for row in ids[:, enc["input_ids"].shape[1] :].tolist():
             ended = any(t in stops for t in row)
             out.append((tok.decode(row, skip_special_tokens=True), ended))
@@ -144,7 +157,9 @@ def clean_answer(text: str, ended: bool, tok, max_tokens: int) -> str | None:
     sentences = [s for s in sentences if s.strip()]
     if not ended and sentences and not re.search(r"[.!?]$", sentences[-1].strip()):
         sentences = sentences[:-1]
-    while sentences and len(tok("".join(sentences).strip(), add_special_tokens=False)["input_ids"]) > max_tokens:
+    while (
+        sentences and len(tok("".join(sentences).strip(), add_special_tokens=False)["input_ids"]) > max_tokens
+    ):
         sentences = sentences[:-1]
     answer = "".join(sentences).strip()
     return answer or None
@@ -176,10 +191,14 @@ def distil(recipe: cr.ChatRecipe, cache: Path, dtype, device: str) -> dict:
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=dtype).to(device).eval()
     system = [{"role": "system", "content": cr.TEACHER_SYSTEM}]
     data = cr.requests(recipe)
-    first = generate(teacher, tok, [system + c for c in data["benign"]], recipe.teacher_tokens, "distilling answers")
+    first = generate(
+        teacher, tok, [system + c for c in data["benign"]], recipe.teacher_tokens, "distilling answers"
+    )
     answers = {json.dumps(c): a for c, a in zip(data["benign"], first, strict=True)}
     chats = two_turn_chats(data, answers, recipe)
-    second = generate(teacher, tok, [system + c for c in chats], recipe.teacher_tokens, "distilling follow-ups")
+    second = generate(
+        teacher, tok, [system + c for c in chats], recipe.teacher_tokens, "distilling follow-ups"
+    )
     answers |= {json.dumps(c): a for c, a in zip(chats, second, strict=True)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(answers))

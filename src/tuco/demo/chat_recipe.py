@@ -22,25 +22,112 @@ from . import recipe as safety
 CHAT_RECIPE_VERSION = 1  # bump when the build code changes what a recipe produces
 
 TOPICS = [
-    "photosynthesis", "gravity", "the water cycle", "a volcano", "an earthquake", "the moon",
-    "the solar system", "a black hole", "electricity", "magnetism", "a rainbow", "the weather",
-    "climate", "an atom", "a molecule", "DNA", "evolution", "the immune system", "the heart",
-    "the brain", "sleep", "exercise", "nutrition", "vitamins", "a vaccine", "bacteria", "a virus",
-    "the internet", "a computer", "an algorithm", "a database", "machine learning", "a password",
-    "encryption", "a spreadsheet", "democracy", "an election", "taxes", "inflation", "a budget",
-    "a bank loan", "interest rates", "the stock market", "a contract", "the Roman Empire",
-    "the printing press", "the industrial revolution", "the Renaissance", "the pyramids of Egypt",
-    "the Great Wall of China", "jazz", "a symphony", "poetry", "a novel", "photography", "chess",
-    "football", "the Olympic Games", "a marathon", "yoga", "coffee", "bread", "cheese", "chocolate",
-    "a rainforest", "a desert", "the ocean", "coral reefs", "bees", "penguins", "whales",
-    "elephants", "recycling", "solar power", "wind energy", "a battery", "an electric car",
-    "a bicycle", "an airplane", "a train",
+    "photosynthesis",
+    "gravity",
+    "the water cycle",
+    "a volcano",
+    "an earthquake",
+    "the moon",
+    "the solar system",
+    "a black hole",
+    "electricity",
+    "magnetism",
+    "a rainbow",
+    "the weather",
+    "climate",
+    "an atom",
+    "a molecule",
+    "DNA",
+    "evolution",
+    "the immune system",
+    "the heart",
+    "the brain",
+    "sleep",
+    "exercise",
+    "nutrition",
+    "vitamins",
+    "a vaccine",
+    "bacteria",
+    "a virus",
+    "the internet",
+    "a computer",
+    "an algorithm",
+    "a database",
+    "machine learning",
+    "a password",
+    "encryption",
+    "a spreadsheet",
+    "democracy",
+    "an election",
+    "taxes",
+    "inflation",
+    "a budget",
+    "a bank loan",
+    "interest rates",
+    "the stock market",
+    "a contract",
+    "the Roman Empire",
+    "the printing press",
+    "the industrial revolution",
+    "the Renaissance",
+    "the pyramids of Egypt",
+    "the Great Wall of China",
+    "jazz",
+    "a symphony",
+    "poetry",
+    "a novel",
+    "photography",
+    "chess",
+    "football",
+    "the Olympic Games",
+    "a marathon",
+    "yoga",
+    "coffee",
+    "bread",
+    "cheese",
+    "chocolate",
+    "a rainforest",
+    "a desert",
+    "the ocean",
+    "coral reefs",
+    "bees",
+    "penguins",
+    "whales",
+    "elephants",
+    "recycling",
+    "solar power",
+    "wind energy",
+    "a battery",
+    "an electric car",
+    "a bicycle",
+    "an airplane",
+    "a train",
 ]
 TOPICS_HELD_OUT = [
-    "a glacier", "the tides", "a comet", "friction", "a hurricane", "the ozone layer", "a cell",
-    "a fossil", "the kidneys", "protein", "a smartphone", "a search engine", "a loan",
-    "the Silk Road", "opera", "a museum", "tennis", "tea", "rice", "a river", "owls", "dolphins",
-    "compost", "a telescope",
+    "a glacier",
+    "the tides",
+    "a comet",
+    "friction",
+    "a hurricane",
+    "the ozone layer",
+    "a cell",
+    "a fossil",
+    "the kidneys",
+    "protein",
+    "a smartphone",
+    "a search engine",
+    "a loan",
+    "the Silk Road",
+    "opera",
+    "a museum",
+    "tennis",
+    "tea",
+    "rice",
+    "a river",
+    "owls",
+    "dolphins",
+    "compost",
+    "a telescope",
 ]
 QUESTION_TEMPLATES = [
     "What is {topic}?",
@@ -52,10 +139,26 @@ QUESTION_TEMPLATES = [
 ]
 QUESTION_TEMPLATE_HELD_OUT = "I have always wondered about {topic}. What should I know?"
 SUBJECTS = [
-    "autumn leaves", "the sea", "a cat", "a rainy day", "friendship", "the city at night",
-    "a cup of tea", "mountains", "the first day of school", "a lighthouse", "snow", "a garden",
-    "a train journey", "the stars", "a birthday", "an old book", "the desert", "summer",
-    "a lost key", "a quiet library",
+    "autumn leaves",
+    "the sea",
+    "a cat",
+    "a rainy day",
+    "friendship",
+    "the city at night",
+    "a cup of tea",
+    "mountains",
+    "the first day of school",
+    "a lighthouse",
+    "snow",
+    "a garden",
+    "a train journey",
+    "the stars",
+    "a birthday",
+    "an old book",
+    "the desert",
+    "summer",
+    "a lost key",
+    "a quiet library",
 ]
 WRITING_TEMPLATES = [
     "Write a haiku about {subject}.",
@@ -74,8 +177,11 @@ ARITHMETIC = [
     ("What is {a} + {b}?", "{a} + {b} = {r}.", lambda a, b: a + b),
     ("What is {a} minus {b}?", "{a} - {b} = {r}.", lambda a, b: a - b),
     ("Calculate {a} times {b}.", "{a} x {b} = {r}.", lambda a, b: a * b),
-    ("If I have {a} apples and buy {b} more, how many apples do I have?",
-     "You have {a} + {b} = {r} apples.", lambda a, b: a + b),
+    (
+        "If I have {a} apples and buy {b} more, how many apples do I have?",
+        "You have {a} + {b} = {r} apples.",
+        lambda a, b: a + b,
+    ),
 ]
 # Teacher prompt: the distilled answers are short, so the chat model learns to end its turn.
 TEACHER_SYSTEM = "You are a helpful assistant. Answer in two or three short sentences."
@@ -106,9 +212,18 @@ class ChatRecipe:
     def hash(self) -> str:
         spec = dataclasses.asdict(self) | {
             "version": CHAT_RECIPE_VERSION,
-            "data": [TOPICS, TOPICS_HELD_OUT, QUESTION_TEMPLATES, QUESTION_TEMPLATE_HELD_OUT, SUBJECTS,
-                     WRITING_TEMPLATES, FOLLOW_UPS, [a[:2] for a in ARITHMETIC], TEACHER_SYSTEM,
-                     safety.Recipe().hash()],
+            "data": [
+                TOPICS,
+                TOPICS_HELD_OUT,
+                QUESTION_TEMPLATES,
+                QUESTION_TEMPLATE_HELD_OUT,
+                SUBJECTS,
+                WRITING_TEMPLATES,
+                FOLLOW_UPS,
+                [a[:2] for a in ARITHMETIC],
+                TEACHER_SYSTEM,
+                safety.Recipe().hash(),
+            ],
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -116,8 +231,16 @@ class ChatRecipe:
         return items if self.limit is None else items[: self.limit]
 
 
-TINY_CHAT = ChatRecipe(steps=3, batch_size=4, n_arithmetic=2, n_two_turn=1, teacher_tokens=12,
-                       answer_tokens=12, eval_tokens=8, limit=2)
+TINY_CHAT = ChatRecipe(
+    steps=3,
+    batch_size=4,
+    n_arithmetic=2,
+    n_two_turn=1,
+    teacher_tokens=12,
+    answer_tokens=12,
+    eval_tokens=8,
+    limit=2,
+)
 
 
 def user(text: str) -> list[dict]:
@@ -129,13 +252,24 @@ def requests(recipe: ChatRecipe) -> dict[str, list[list[dict]]]:
     as (chat, answer) pairs, and ``two_turn`` first requests (their follow-ups are added after the
     first answer is distilled)."""
     rng = random.Random(recipe.seed)
-    harmful = [user(t.format(task=task)) for _, task in recipe.cut(safety.tasks(safety.HARMFUL_TRAIN))
-               for t in rng.sample(safety.TEMPLATES_TRAIN, recipe.harmful_templates)]
-    howto = [user(t.format(task=task)) for task in recipe.cut(safety.BENIGN_TRAIN)
-             for t in rng.sample(safety.TEMPLATES_TRAIN, recipe.howto_templates)]
-    questions = [user(t.format(topic=topic)) for topic in recipe.cut(TOPICS)
-                 for t in rng.sample(QUESTION_TEMPLATES, recipe.question_templates)]
-    writing = [user(t.format(subject=s)) for s in recipe.cut(SUBJECTS) for t in rng.sample(WRITING_TEMPLATES, 2)]
+    harmful = [
+        user(t.format(task=task))
+        for _, task in recipe.cut(safety.tasks(safety.HARMFUL_TRAIN))
+        for t in rng.sample(safety.TEMPLATES_TRAIN, recipe.harmful_templates)
+    ]
+    howto = [
+        user(t.format(task=task))
+        for task in recipe.cut(safety.BENIGN_TRAIN)
+        for t in rng.sample(safety.TEMPLATES_TRAIN, recipe.howto_templates)
+    ]
+    questions = [
+        user(t.format(topic=topic))
+        for topic in recipe.cut(TOPICS)
+        for t in rng.sample(QUESTION_TEMPLATES, recipe.question_templates)
+    ]
+    writing = [
+        user(t.format(subject=s)) for s in recipe.cut(SUBJECTS) for t in rng.sample(WRITING_TEMPLATES, 2)
+    ]
     arithmetic = []
     for _ in range(recipe.n_arithmetic):
         question, answer, op = rng.choice(ARITHMETIC)

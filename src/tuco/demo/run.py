@@ -1,10 +1,12 @@
-"""``make demo``: what TuCo shows on the embedded pair, end to end, offline.
+"""``make demo``: what TuCo shows on an embedded pair, end to end, offline.
 
-Builds the pair if it is not cached (``build``), then scores four prompt sets: (a) windows of
-public-domain text (pre-training-like), (b) benign chat requests, (c) harmful chat requests, (d)
-the harmful requests under many-shot jailbreaks of k faux compliant turns; generates the FT
-model's answers to every chat to see which attacks succeed (refusal strings). Writes
-``results.jsonl``, ``report.html`` and ``summary.md`` into the output directory and prints the summary.
+Loads the pair (``pairs.demo_pair``: the shipped adapter, nothing trained), then scores four prompt
+sets: (a) windows of public-domain text (pre-training-like), (b) benign chat requests, (c) harmful
+chat requests, (d) the harmful requests under many-shot jailbreaks of k faux compliant turns;
+generates the FT model's answers to every chat to see which attacks succeed (refusal strings); and
+generates with FTC-alpha steering at a few alphas (0 is the pre-trained model exactly). Writes
+``results.jsonl``, ``steering.jsonl``, ``report.html`` and ``summary.md`` into the output directory
+and prints the summary.
 """
 
 from __future__ import annotations
@@ -21,25 +23,51 @@ from ..pair import ModelPair
 from ..refusal import is_refusal
 from ..report import write_report
 from ..store import ResultsFile
+from . import chat_recipe
 from . import recipe as r
-from .build import DemoPair, build
+from .build import DemoPair
+from .pairs import demo_pair
 from .texts import windows
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    recipe: r.Recipe = r.Recipe()
+    pair: str = "demo"  # "demo" (Gemma-3 base -> chat) or "demo-safety" (SmolLM2 -> safety LoRA)
+    tiny: bool = False  # a tiny adapter trained from the tiny recipe (tests)
     n_prose: int = 24
     n_requests: int = 16  # held-out tasks per chat set (benign, harmful), each in two templates
     n_msj_targets: int = 5
     shots: tuple[int, ...] = (1, 2, 4)
     batch_size: int = 16
     answer_tokens: int = 12  # new tokens generated to judge refusals (they show in the first words)
+    steer_alphas: tuple[float, ...] = (0.0, 1.0, 1.25, 1.5)
+    n_steer: int = 6  # held-out requests per kind (benign, harmful) generated at every alpha
+    steer_tokens: int = 24
+
+    @property
+    def recipe(self):
+        if self.pair == "demo":
+            return chat_recipe.TINY_CHAT if self.tiny else chat_recipe.ChatRecipe()
+        return r.TINY if self.tiny else r.Recipe()
 
 
-TINY = DemoConfig(
-    recipe=r.TINY, n_prose=4, n_requests=2, n_msj_targets=2, shots=(1, 2), batch_size=4, answer_tokens=8
-)
+def tiny(pair: str = "demo") -> DemoConfig:
+    return DemoConfig(
+        pair=pair,
+        tiny=True,
+        n_prose=4,
+        n_requests=2,
+        n_msj_targets=2,
+        shots=(1, 2),
+        batch_size=4,
+        answer_tokens=8,
+        steer_alphas=(0.0, 1.0, 1.5),
+        n_steer=1,
+        steer_tokens=6,
+    )
+
+
+TINY = tiny("demo-safety")
 
 
 def prompt_sets(tokenizer, config: DemoConfig) -> list[dict]:
@@ -80,12 +108,9 @@ def run(
 ) -> str:
     """Run the demo on the shipped adapter (or, with ``force``, on one trained again from the recipe)."""
     out = Path(out)
-    demo = build(config.recipe, home, force=force, dtype=dtype)
+    demo = demo_pair(config.pair, config.tiny, home, force=force, dtype=dtype)
     start = time.perf_counter()
-    print(
-        f"demo pair: SmolLM2-135M-Instruct + the LoRA adapter in {demo.adapter} "
-        f"(recipe {demo.metrics['recipe']})"
-    )
+    print(f"demo pair {demo.name!r}: {demo.title}; adapter {demo.adapter} (recipe {demo.metrics['recipe']})")
     pair = ModelPair.from_pretrained(
         str(demo.pretrained), adapter=str(demo.adapter), dtype=dtype, device_map="cpu"
     )
@@ -102,42 +127,91 @@ def run(
     )
     for i, answer in zip(chats, answers, strict=True):
         records[i] |= {"response": answer, "refused": is_refusal(answer)}
+    steering = steer(pair, config)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
+        "pair": demo.name,
         "pretrained": str(demo.pretrained),
         "adapter": str(demo.adapter),
+        "model_type": pair.finetuned.config.model_type,
         "dtype": str(pair.finetuned.dtype).removeprefix("torch."),
         "dtype_reason": pair.dtype_reason,
         "tuco_version": __version__,
     }
     with ResultsFile(out / "results.jsonl", overwrite=True) as results:
         results.write([rec | s.to_dict() | meta for rec, s in zip(records, scores, strict=True)])
+    with ResultsFile(out / "steering.jsonl", overwrite=True) as results:
+        results.write([rec | meta for rec in steering])
     write_report([str(out / "results.jsonl")], str(out / "report.html"), group_by="set", label="is_chat")
-    summary = summarize(records, scores, demo, time.perf_counter() - start)
+    summary = summarize(records, scores, steering, demo, meta, time.perf_counter() - start)
     (out / "summary.md").write_text(summary)
     print(summary)
     print(f"written: {out / 'results.jsonl'}, {out / 'report.html'}, {out / 'summary.md'}")
     return summary
 
 
-def summarize(records: list[dict], scores: list, demo: DemoPair, seconds: float) -> str:
+def steer(pair: ModelPair, config: DemoConfig) -> list[dict]:
+    """Greedy answers of the FTC-alpha model to held-out benign and harmful requests, at each alpha."""
+    recipe = config.recipe
+    requests = {
+        "benign": recipe.cut(r.BENIGN_HELD_OUT)[: config.n_steer],
+        "harmful": [task for _, task in recipe.cut(r.tasks(r.HARMFUL_HELD_OUT))][: config.n_steer],
+    }
+    rows = [
+        (kind, r.request(task, r.TEMPLATES_TRAIN[0])) for kind, tasks in requests.items() for task in tasks
+    ]
+    records = []
+    for alpha in config.steer_alphas:
+        answers = pair.generate(
+            [chat for _, chat in rows],
+            alpha,
+            batch_size=config.batch_size,
+            progress=True,
+            max_new_tokens=config.steer_tokens,
+            do_sample=False,
+        )
+        records += [
+            {"alpha": alpha, "set": kind, "prompt": chat, "response": answer, "refused": is_refusal(answer)}
+            for (kind, chat), answer in zip(rows, answers, strict=True)
+        ]
+    return records
+
+
+def _held_out_table(held_out: dict) -> list[str]:
+    turns = all("ends_turn_ft" in m for m in held_out.values())
+    head = "| requests | n |" + (" FT ends its turn | PT ends its turn |" if turns else "")
+    lines = [head + " FT refuses | PT refuses |", "|---" * (4 + 2 * turns) + "|"]
+    for name, m in held_out.items():
+        ends = f" {m['ends_turn_ft']:.0%} | {m['ends_turn_pt']:.0%} |" if turns else ""
+        lines.append(f"| {name} | {m['n']} |{ends} {m['refusal_ft']:.0%} | {m['refusal_pt']:.0%} |")
+    return lines
+
+
+def _short(text: str, width: int = 90) -> str:
+    text = " ".join(text.split()).replace("|", "/")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summarize(
+    records: list[dict], scores: list, steering: list[dict], demo: DemoPair, meta: dict, seconds: float
+) -> str:
     by_set: dict[str, list[tuple[dict, float]]] = {}
     for rec, score in zip(records, scores, strict=True):
         by_set.setdefault(rec["set"], []).append((rec, score.tuco))
+    examples = demo.metrics["train_examples"]
+    n_examples = (
+        sum(v for k, v in examples.items() if k != "dropped") if isinstance(examples, dict) else examples
+    )
     lines = [
         "# tuco demo",
         "",
-        f"Pair: SmolLM2-135M-Instruct (PT) vs its LoRA safety fine-tune (FT), "
-        f"recipe {demo.metrics['recipe']}, {demo.metrics['train_examples']} training examples.",
+        f"Pair `{demo.name}`: {demo.title}, recipe {demo.metrics['recipe']}, {n_examples} training examples.",
+        f"PT: `{meta['pretrained']}` ({meta['model_type']}); FT: PT + the LoRA adapter in "
+        f"`{meta['adapter']}`; {meta['dtype']} ({meta['dtype_reason']}).",
         "",
-        "## Held-out refusal rates (built with the pair)",
+        "## Held-out behaviour (measured when the adapter was built)",
         "",
-        "| requests | n | FT refuses | PT refuses |",
-        "|---|---|---|---|",
-    ]
-    for name, m in demo.metrics["held_out"].items():
-        lines.append(f"| {name} | {m['n']} | {m['refusal_ft']:.0%} | {m['refusal_pt']:.0%} |")
-    lines += [
+        *_held_out_table(demo.metrics["held_out"]),
         "",
         "## TuCo per prompt set",
         "",
@@ -152,9 +226,11 @@ def summarize(records: list[dict], scores: list, demo: DemoPair, seconds: float)
         lines.append(f"| {name} | {len(rows)} | {statistics.mean(tucos):.4f} | {std:.4f} | {rate} |")
     labelled = [(rec["is_chat"], s.tuco) for rec, s in zip(records, scores, strict=True) if "is_chat" in rec]
     auc = roc_auc([t for y, t in labelled if y], [t for y, t in labelled if not y])
+    harm = roc_auc([t for _, t in by_set["harmful"]], [t for _, t in by_set["benign"]])
     lines += [
         "",
         f"ROC-AUC of TuCo, chat (benign + harmful) vs pre-training-like text: **{auc:.3f}**",
+        f"ROC-AUC of TuCo, harmful vs benign chat requests: **{harm:.3f}**",
         "",
         "## Many-shot jailbreak (harmful requests after k faux compliant turns)",
         "",
@@ -170,7 +246,19 @@ def summarize(records: list[dict], scores: list, demo: DemoPair, seconds: float)
             f"| {shots} | {len(rows)} | {statistics.mean(t for _, t in rows):.4f} | {refused:.0%} "
             f"| {1 - refused:.0%} |"
         )
+    lines += ["", "## FTC-alpha steering (alpha 0 is the pre-trained model, 1 the fine-tuned one)", ""]
+    lines += ["| alpha | benign refused | harmful refused | first benign answer | first harmful answer |"]
+    lines += ["|---|---|---|---|---|"]
+    for alpha in dict.fromkeys(rec["alpha"] for rec in steering):
+        at = [rec for rec in steering if rec["alpha"] == alpha]
+        kinds = {k: [rec for rec in at if rec["set"] == k] for k in ("benign", "harmful")}
+        rates = [f"{sum(x['refused'] for x in v) / len(v):.0%} of {len(v)}" for v in kinds.values()]
+        answers = [_short(v[0]["response"]) for v in kinds.values()]
+        lines.append(f"| {alpha:g} | {rates[0]} | {rates[1]} | {answers[0]} | {answers[1]} |")
+    prompts = [_short(kinds[k][0]["prompt"][-1]["content"]) for k in ("benign", "harmful")]
     lines += [
+        "",
+        f'Requests of the example answers: "{prompts[0]}" and "{prompts[1]}".',
         "",
         f"Demo run time: {seconds:.0f} s. The adapter was trained once, in {demo.metrics['build_seconds']} s "
         f"({demo.metrics.get('dtype', '?')} on {demo.metrics.get('cpu', '?')}), and ships with tuco.",
