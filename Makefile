@@ -34,6 +34,7 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports  # layers: imports only point down (pyproject.toml, [tool.importlinter])
 
 bench: venv
 	$(PY) benchmarks/overhead.py --model tiny-llama llama-512 --dtypes auto

@@ -92,7 +92,9 @@ def test_a_changed_recipe_without_a_rebuild_is_refused(monkeypatch):
 
     demo_build.shipped_metrics()  # current: no error
     monkeypatch.setattr(recipe, "BENIGN_TRAIN", recipe.BENIGN_TRAIN + ["water the plants"])
-    with pytest.raises(demo_build.StaleAdapterError, match="tuco demo build --pair demo-safety --force --ship") as e:
+    with pytest.raises(
+        demo_build.StaleAdapterError, match="tuco demo build --pair demo-safety --force --ship"
+    ) as e:
         demo_build.shipped_metrics()
     assert recipe.Recipe().hash() in str(e.value)
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tuco import cli
-from tuco.experiments.stats import roc_auc
+from tuco.stats import roc_auc
 
 
 @pytest.fixture(scope="module")

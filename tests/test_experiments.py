@@ -32,14 +32,6 @@ def test_cross_validated_alpha_needs_the_baseline_and_enough_items():
         stats.cross_validated_alpha({1.0: [True] * 3})
 
 
-def test_auc_and_tpr_at_fpr_hand_computed():
-    positive, negative = [0.9, 0.8, 0.3], [0.1, 0.2, 0.4, 0.5]
-    # pairs (p > n): 0.9, 0.8 beat all 4; 0.3 beats 2 -> 10 of 12
-    assert stats.roc_auc(positive, negative) == pytest.approx(10 / 12)
-    assert stats.tpr_at_fpr(positive, negative, fpr=0.0) == pytest.approx(2 / 3)
-    assert stats.tpr_at_fpr(positive, negative, fpr=0.5) == pytest.approx(1.0)
-
-
 def test_jailbreak_success_rule():
     from tuco.refusal import is_refusal
 

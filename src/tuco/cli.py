@@ -14,13 +14,11 @@ failed check), 2 usage error (bad options, bad prompt data, existing results wit
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 
 from . import __version__
-from .data import DataError
 from .errors import UsageError, finite_alpha
 
 log = logging.getLogger("tuco")
@@ -143,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu", help="build: where to train (cpu, cuda)")
 
-    from .experiments.cli import add_parser as add_experiment_parser
+    from .experiment_cli import add_parser as add_experiment_parser
 
     add_experiment_parser(sub, _model_options)
 
@@ -156,69 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_models(args) -> dict:
-    """Fill ``args.pretrained``/``finetuned``/``adapter`` from ``--pair`` (``demo`` when no model is
-    given) and return what the run is made on: ids or directories and the model type."""
-    from .demo.pairs import NAMES as DEMO_NAMES
-    from .experiments import registry
-    from .loading import model_type
+def resolve_models(args):
+    from . import models
 
-    given = [f"--{k}" for k in ("pretrained", "finetuned", "adapter") if getattr(args, k, None)]
-    if args.pair and given:
-        raise UsageError(f"give --pair or {'/'.join(given)}, not both (--pair {args.pair} names both models)")
-    if not args.pair and not given:
-        args.pair = "demo"
-    if args.pair in DEMO_NAMES:
-        from .demo.pairs import demo_pair
-
-        demo = demo_pair(args.pair)
-        args.pretrained, args.finetuned, args.adapter = str(demo.pretrained), None, str(demo.adapter)
-    elif args.pair:
-        try:
-            spec = registry.get_pair(args.pair)
-        except KeyError as e:
-            raise UsageError(f"{e.args[0]}; the embedded pairs: {', '.join(DEMO_NAMES)}") from None
-        args.pretrained, args.finetuned, args.adapter = spec.pretrained, spec.finetuned, None
-    elif not args.pretrained:
-        raise UsageError("give --pretrained with --finetuned or --adapter (or --pair NAME)")
-    if (args.finetuned is None) == (args.adapter is None):
-        raise UsageError("give exactly one of --finetuned (a full model) or --adapter (a PEFT adapter)")
-    trust = getattr(args, "trust_remote_code", False)
-    return {
-        "pair": args.pair,
-        "pretrained": args.pretrained,
-        "finetuned": args.finetuned,
-        "adapter": args.adapter,
-        "model_type": model_type(args.finetuned or args.pretrained, trust),
-    }
+    return models.resolve(args.pair, args.pretrained, args.finetuned, args.adapter, args.trust_remote_code)
 
 
-def load_pair(args):
-    import torch
+def load_pair(args, chosen):
+    from . import models
 
-    from .pair import ModelPair
-
-    if (args.finetuned is None) == (args.adapter is None):
-        raise UsageError("give exactly one of --finetuned (a full model) or --adapter (a PEFT adapter)")
-    torch.manual_seed(args.seed)
-    device_map = args.device_map
-    if device_map and device_map.strip().startswith("{"):
-        try:
-            device_map = json.loads(device_map)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--device-map is not valid JSON: {e}") from e
-    if device_map is None:
-        device_map = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if device_map == "cuda" and "LOCAL_RANK" in os.environ:  # data-parallel: one GPU per rank
-            device_map = f"cuda:{os.environ['LOCAL_RANK']}"
-    return ModelPair.from_pretrained(
-        args.pretrained,
-        args.finetuned,
-        adapter=args.adapter,
-        dtype=args.dtype,
-        device_map=device_map,
-        trust_remote_code=args.trust_remote_code,
-    )
+    return models.load(chosen, args.dtype, args.device, args.device_map, args.trust_remote_code, args.seed)
 
 
 def run_job(args) -> int:
@@ -229,7 +174,7 @@ def run_job(args) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.command in ("generate", "sweep") and not args.alpha:
         args.alpha = [1.0]
-    args.models = resolve_models(args)
+    chosen = resolve_models(args)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     out_path = args.out if world == 1 else shard_path(args.out, rank, world)
     if world > 1 and os.path.exists(args.out) and not args.overwrite:
@@ -237,7 +182,7 @@ def run_job(args) -> int:
             f"{args.out} already exists: pass --overwrite to replace it (--resume continues shards)"
         )
     out = store.ResultsFile(out_path, resume=args.resume, overwrite=args.overwrite, key=("id", "alpha"))
-    pair = load_pair(args)
+    pair = load_pair(args, chosen)
     job = runs.Job(
         pair=pair,
         out=out,
@@ -248,7 +193,7 @@ def run_job(args) -> int:
         truncate=args.truncate,
         skip_invalid=args.skip_invalid,
         quiet=args.quiet,
-        meta=args.models
+        meta=chosen.to_dict()
         | {
             "dtype": str(next(pair.finetuned.parameters()).dtype).removeprefix("torch."),
             "dtype_reason": pair.dtype_reason,
@@ -329,8 +274,7 @@ def accuracy_table(frame) -> str:
 def run_check(args) -> int:
     from .check import check_pair
 
-    resolve_models(args)
-    ok, lines = check_pair(load_pair(args))
+    ok, lines = check_pair(load_pair(args, resolve_models(args)))
     print("\n".join(lines))
     return 0 if ok else 1
 
@@ -366,10 +310,9 @@ def run_demo(args) -> int:
 
 
 def run_experiment(args) -> int:
-    from .experiments.cli import run
+    from .experiment_cli import run
 
-    args.models = resolve_models(args)
-    print(run(args, load_pair))
+    print(run(args))
     return 0
 
 
@@ -379,8 +322,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="tuco: %(message)s"
     )
     from .compat import IncompatiblePairError
-    from .experiments.common import SettingsMismatchError
-    from .store import ResultsExistError
 
     if getattr(args, "quiet", False):
         from transformers.utils import logging as hf_logging
@@ -397,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except (UsageError, DataError, ResultsExistError, SettingsMismatchError) as e:
+    except UsageError as e:  # the usage-error family (tuco.errors): bad options, data, existing results
         print(f"tuco {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
+
 PROMPT_FIELDS = ("prompt", "messages", "text")
 
 
-class DataError(ValueError):
+class DataError(UsageError, ValueError):
     """A prompt source is malformed; the message names the file and line and says what to fix."""
 
 

@@ -1,4 +1,11 @@
-"""Errors the command line reports as usage errors (exit code 2)."""
+"""The usage-error family: what the command line reports with exit code 2.
+
+Every error a user fixes by changing the command or the input derives from ``UsageError``: bad
+options (``UsageError`` itself), bad prompt data (``data.DataError``), results that exist already
+(``store.ResultsExistError``), an experiment directory made with other settings
+(``experiments.common.SettingsMismatchError``). Runtime failures (loading, incompatible pairs,
+overflow, out of memory) are not in it: exit code 1.
+"""
 
 
 class UsageError(Exception):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 
 import numpy as np
 
+from .plots import figure, png
+from .stats import roc_auc
 from .store import load_results
 
 
@@ -71,7 +72,7 @@ def _sections(frame, label: str) -> list[dict]:
 
 
 def _roc(scores, label: str) -> dict:
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_curve
 
     data = scores[scores[label].notna()]
     values = [v.item() if hasattr(v, "item") else v for v in data[label].unique()]
@@ -83,7 +84,7 @@ def _roc(scores, label: str) -> dict:
         }
     positive = values[1]
     y = (data[label] == positive).to_numpy()
-    auc = roc_auc_score(y, data["tuco"])
+    auc = roc_auc(data["tuco"][y].tolist(), data["tuco"][~y].tolist())
     fpr, tpr, _ = roc_curve(y, data["tuco"])
     fig, ax = figure()
     ax.plot(fpr, tpr, label=f"TuCo, AUC = {auc:.3f}")
@@ -100,30 +101,10 @@ def _roc(scores, label: str) -> dict:
     return {"title": f"ROC-AUC by {label}", "text": text, "figure": png(fig)}
 
 
-def figure(ncols: int = 1):
-    """A matplotlib (figure, axes) pair, 7 x 4 inches per panel, for ``png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(ncols=ncols, figsize=(7 * ncols, 4), dpi=100)
-
-
 def _layer_axis(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def _histograms(scores) -> bytes:

@@ -16,10 +16,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import UsageError
+
 log = logging.getLogger("tuco")
 
 
-class ResultsExistError(FileExistsError):
+class ResultsExistError(UsageError, FileExistsError):
     pass
 
 

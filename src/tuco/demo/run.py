@@ -18,10 +18,10 @@ from pathlib import Path
 
 from .. import __version__
 from ..attacks import many_shot
-from ..experiments.stats import roc_auc
 from ..pair import ModelPair
 from ..refusal import is_refusal
 from ..report import write_report
+from ..stats import roc_auc
 from ..store import ResultsFile
 from . import chat_recipe
 from . import recipe as r

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..inputs import choice_probs
 from ..pair import ModelPair
-from ..report import figure
+from ..plots import figure
 from .common import Output, as_prompt, mean
 from .stats import cross_validated_alpha
 

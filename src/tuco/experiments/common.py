@@ -17,11 +17,12 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..report import figure, png
+from ..errors import UsageError
+from ..plots import png
 from ..store import ResultsFile
 
 
-class SettingsMismatchError(ValueError):
+class SettingsMismatchError(UsageError, ValueError):
     pass
 
 
@@ -98,15 +99,6 @@ class Output:
         for name, fig in (figures or {}).items():
             (self.dir / f"{name}.png").write_bytes(png(fig))
         return table
-
-
-def histogram(groups: dict[str, list[float]], title: str, ylabel: str = "prompts", bins: int = 15):
-    """Overlaid TuCo histograms of named groups, as a matplotlib figure for ``Output.finish``."""
-    fig, ax = figure()
-    ax.hist(list(groups.values()), bins=bins, label=list(groups), alpha=0.7)
-    ax.set(xlabel="TuCo", ylabel=ylabel, title=title)
-    ax.legend()
-    return fig
 
 
 def mean(values: Sequence[float]) -> float:

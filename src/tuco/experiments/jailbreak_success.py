@@ -18,10 +18,12 @@ import torch
 
 from ..inputs import pad_id
 from ..pair import ModelPair
+from ..plots import histogram
 from ..refusal import is_refusal
-from .common import Output, as_prompt, histogram, mean
+from ..stats import roc_auc, tpr_at_fpr
+from .common import Output, as_prompt, mean
 from .gcg import GCGSettings, adversarial_strings, attach
-from .stats import jailbreak_succeeded, roc_auc, tpr_at_fpr
+from .stats import jailbreak_succeeded
 
 Judge = Callable[[str, str], bool]
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from ..attacks import many_shot
 from ..pair import ModelPair
+from ..plots import figure, histogram
 from ..refusal import is_refusal
-from ..report import figure
-from .common import Output, as_prompt, histogram, mean, with_system
+from ..stats import roc_auc
+from .common import Output, as_prompt, mean, with_system
 from .gcg import GCGSettings, adversarial_strings, attach
-from .stats import roc_auc
 
 
 def shot_grid(max_shots: int) -> list[int]:

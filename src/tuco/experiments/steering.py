@@ -5,8 +5,8 @@ rate and TuCo vs alpha in 0..1.5."""
 from __future__ import annotations
 
 from ..pair import ModelPair
+from ..plots import figure
 from ..refusal import is_refusal
-from ..report import figure
 from .common import Output, as_prompt, mean
 
 

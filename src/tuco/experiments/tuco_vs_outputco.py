@@ -4,7 +4,7 @@ TuCo, OutputCo, KL(p_FT || p_PT), FTC norm and final-state distance vs k (TUCO-S
 from __future__ import annotations
 
 from ..pair import ModelPair
-from ..report import figure
+from ..plots import figure
 from .common import Output, as_prompt
 from .prompts import refusal_many_shot
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import random
 
 from ..pair import ModelPair
-from .common import Output, as_prompt, histogram, mean
-from .stats import roc_auc
+from ..plots import histogram
+from ..stats import roc_auc
+from .common import Output, as_prompt, mean
 
 
 def web_and_chat_prompts(

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import finite_alpha
-from . import registry, sources
+from .errors import finite_alpha
+from .experiments import sources
 
 NAMES = ("alpha-sweep", "web-vs-chat", "jailbreaks", "jailbreak-success", "tuco-vs-outputco", "steering")
 NOT_SETTINGS = ("out", "overwrite", "batch_size", "device", "device_map", "quiet", "command")
@@ -86,20 +86,23 @@ def add_parser(sub, model_options) -> None:
     )
 
 
-def run(args, load_pair) -> str:
-    from .common import Output
+def run(args) -> str:
+    """Run experiment ``args.name``: resolve the models, check the output directory's settings, then
+    load the pair and run."""
+    from . import models
+    from .experiments.common import Output
 
-    system = args.system_prompt
-    if args.pair in registry.PAIRS and system is None:
-        system = registry.PAIRS[args.pair].system
-    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS} | {"system": system}
+    chosen = models.resolve(args.pair, args.pretrained, args.finetuned, args.adapter, args.trust_remote_code)
+    system = args.system_prompt if args.system_prompt is not None else chosen.system
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    settings |= {"system": system, "models": chosen.to_dict()}
     out = Output(args.out, settings, overwrite=args.overwrite)
-    pair = load_pair(args)
+    pair = models.load(chosen, args.dtype, args.device, args.device_map, args.trust_remote_code, args.seed)
     return EXPERIMENTS[args.name](pair, out, args, system)
 
 
 def _alpha_sweep(pair, out, args, system) -> str:
-    from .alpha_sweep import PAPER_ALPHAS, alpha_sweep
+    from .experiments.alpha_sweep import PAPER_ALPHAS, alpha_sweep
 
     items, names = [], []
     if args.mmlu:
@@ -128,7 +131,7 @@ def _alpha_sweep(pair, out, args, system) -> str:
 
 
 def _web_vs_chat(pair, out, args, system) -> str:
-    from .web_vs_chat import web_vs_chat
+    from .experiments.web_vs_chat import web_vs_chat
 
     limit = args.limit or (1000 if args.online else 100)
     return web_vs_chat(
@@ -147,14 +150,14 @@ def _requests(args) -> tuple[list[dict], str]:
 
 
 def _gcg_settings(args):
-    from .gcg import GCGSettings
+    from .experiments.gcg import GCGSettings
 
     return GCGSettings(args.gcg_steps, args.gcg_width, args.gcg_topk, args.gcg_tokens, args.seed)
 
 
 def _jailbreaks(pair, out, args, system) -> str:
-    from . import translations
-    from .jailbreaks import jailbreaks
+    from .experiments import translations
+    from .experiments.jailbreaks import jailbreaks
 
     requests, source = _requests(args)
     common = dict(system=system, answer_tokens=args.answer_tokens, batch_size=args.batch_size)
@@ -163,7 +166,7 @@ def _jailbreaks(pair, out, args, system) -> str:
         if args.shots_file:
             pool = sources.shots_file(args.shots_file)
         else:
-            from ..demo.recipe import compliance_pool
+            from .demo.recipe import compliance_pool
 
             pool = compliance_pool()
             source += "; many-shot dialogues: project-written faux compliance"
@@ -184,7 +187,7 @@ def _jailbreaks(pair, out, args, system) -> str:
 
 
 def _jailbreak_success(pair, out, args, system) -> str:
-    from .jailbreak_success import ModelJudge, jailbreak_success, string_judge
+    from .experiments.jailbreak_success import ModelJudge, jailbreak_success, string_judge
 
     requests, source = _requests(args)
     benign = (
@@ -211,13 +214,13 @@ def _jailbreak_success(pair, out, args, system) -> str:
 
 
 def _tuco_vs_outputco(pair, out, args, system) -> str:
-    from .tuco_vs_outputco import tuco_vs_outputco
+    from .experiments.tuco_vs_outputco import tuco_vs_outputco
 
     return tuco_vs_outputco(pair, out, args.max_shots or 32, system, batch_size=args.batch_size)
 
 
 def _steering(pair, out, args, system) -> str:
-    from .steering import steering
+    from .experiments.steering import steering
 
     alphas = args.alpha or [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5]
     return steering(pair, out, alphas, args.limit, system, batch_size=args.batch_size)

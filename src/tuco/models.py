@@ -1,0 +1,113 @@
+"""Which two models a command runs on, and loading them: named pairs or explicit checkpoints.
+
+    >>> models = resolve(pair="demo")                      # the default when nothing is given
+    >>> models = resolve(pretrained="meta-llama/Llama-2-7b-hf", finetuned="meta-llama/Llama-2-7b-chat-hf")
+    >>> pair = load(models, dtype="auto", device="cuda")   # a ModelPair
+
+A name is one of the embedded demo pairs (``demo``: Gemma-3-270m base -> its chat LoRA;
+``demo-safety``: SmolLM2-135M-Instruct -> its safety LoRA) or one of the paper's pairs
+(``tuco.experiments.registry``). ``Models.to_dict()`` is what results files and experiment
+settings record: ids or directories and the model type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Models:
+    pair: str | None  # the name it was given by, if any
+    pretrained: str
+    finetuned: str | None  # a full fine-tuned model, or
+    adapter: str | None  # a PEFT adapter on top of ``pretrained``
+    model_type: str | None
+    system: str | None = None  # the named pair's system prompt (paper pairs)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "system"}
+
+
+def resolve(
+    pair: str | None = None,
+    pretrained: str | None = None,
+    finetuned: str | None = None,
+    adapter: str | None = None,
+    trust_remote_code: bool = False,
+) -> Models:
+    """The models of a named ``pair`` (``demo`` when nothing is given), or the checkpoints given."""
+    from .demo.pairs import NAMES as DEMO_NAMES
+    from .experiments import registry
+    from .loading import model_type
+
+    options = (("pretrained", pretrained), ("finetuned", finetuned), ("adapter", adapter))
+    given = [f"--{k}" for k, v in options if v]
+    if pair and given:
+        raise UsageError(f"give --pair or {'/'.join(given)}, not both (--pair {pair} names both models)")
+    system = None
+    if not pair and not given:
+        pair = "demo"
+    if pair in DEMO_NAMES:
+        from .demo.pairs import demo_pair
+
+        demo = demo_pair(pair)
+        pretrained, finetuned, adapter = str(demo.pretrained), None, str(demo.adapter)
+    elif pair:
+        try:
+            spec = registry.get_pair(pair)
+        except KeyError as e:
+            raise UsageError(f"{e.args[0]}; the embedded pairs: {', '.join(DEMO_NAMES)}") from None
+        pretrained, finetuned, adapter, system = spec.pretrained, spec.finetuned, None, spec.system
+    elif not pretrained:
+        raise UsageError("give --pretrained with --finetuned or --adapter (or --pair NAME)")
+    if (finetuned is None) == (adapter is None):
+        raise UsageError("give exactly one of --finetuned (a full model) or --adapter (a PEFT adapter)")
+    kind = model_type(finetuned or pretrained, trust_remote_code)
+    return Models(pair, pretrained, finetuned, adapter, kind, system)
+
+
+def placement(device: str | None, device_map: str | None):
+    """``--device``/``--device-map`` as ``from_pretrained`` takes them: a JSON map becomes a dict;
+    with neither, cuda when available (one GPU per rank under torchrun), else cpu."""
+    import torch
+
+    if device_map and device_map.strip().startswith("{"):
+        try:
+            return json.loads(device_map)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--device-map is not valid JSON: {e}") from e
+    if device_map:
+        return device_map
+    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if chosen == "cuda" and "LOCAL_RANK" in os.environ:  # data-parallel: one GPU per rank
+        chosen = f"cuda:{os.environ['LOCAL_RANK']}"
+    return chosen
+
+
+def load(
+    models: Models,
+    dtype: str = "auto",
+    device: str | None = None,
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+):
+    """The ``ModelPair`` of ``models``."""
+    import torch
+
+    from .pair import ModelPair
+
+    torch.manual_seed(seed)
+    return ModelPair.from_pretrained(
+        models.pretrained,
+        models.finetuned,
+        adapter=models.adapter,
+        dtype=dtype,
+        device_map=placement(device, device_map),
+        trust_remote_code=trust_remote_code,
+    )
