@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tuco import ModelPair
-from tuco.pair import joint_device_map
+from tuco.loading import joint_device_map
 from tuco.testing import byte_tokenizer, perturbed_copy, tiny_model
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")

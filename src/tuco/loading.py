@@ -6,8 +6,15 @@ alike; a failure names which model (pretrained or finetuned) and what to check.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
+
+from . import compat
+from .hardware import resolve_dtype
+
+log = logging.getLogger("tuco")
 
 
 def joint_device_map(config, strategy: str, max_memory: dict | None, dtype) -> dict:
@@ -59,6 +66,72 @@ def checkpoint_dtype(config) -> torch.dtype | None:
     """The dtype a checkpoint's config says its weights are saved in (None when it names none)."""
     saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     return getattr(torch, saved) if isinstance(saved, str) else saved
+
+
+def load_models(
+    pretrained: str,
+    finetuned: str | None = None,
+    *,
+    adapter: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    tokenizer: str | None = None,
+    use_finetuned_tokenizer: bool = False,
+    trust_remote_code: bool = False,
+    **model_kwargs,
+):
+    """(pretrained model or None in adapter mode, fine-tuned model or PEFT model, tokenizer,
+    pretrained tokenizer or None, why this dtype): what ``ModelPair.from_pretrained`` pairs.
+
+    ``dtype="auto"`` chooses from the hardware (``tuco.hardware``: the checkpoint's dtype on a GPU;
+    on CPU bf16 only where it is native, else float32), the same for both models, and logs why.
+    ``dtype`` and ``model_kwargs`` (e.g. ``offload_folder``) go to
+    ``AutoModelForCausalLM.from_pretrained``. ``device_map`` ("auto", "balanced", "sequential", a
+    device, or a module -> device dict) places both models alike, so that block l of both always
+    sits on the same device; with "auto" & co. the placement is computed for the two models
+    together within ``max_memory`` (half of each device's budget per model), with CPU and disk
+    offload as accelerate's fallbacks. Configs and tokenizers are checked before any weight loads.
+    """
+    from transformers import AutoConfig
+
+    if (finetuned is None) == (adapter is None):
+        raise ValueError("Pass exactly one of finetuned= (a full model) or adapter= (a PEFT adapter).")
+    kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code)
+    configs = [
+        load(AutoConfig.from_pretrained, name, which, trust_remote_code=trust_remote_code)
+        for name, which in ((pretrained, "pretrained"), (finetuned, "finetuned"))
+        if name is not None
+    ]
+    config = configs[-1]  # the fine-tuned checkpoint's (the base's for an adapter)
+    kwargs["dtype"], why = resolve_dtype(dtype, device_map, checkpoint_dtype(config))
+    if kwargs["dtype"] is None:
+        del kwargs["dtype"]
+    log.info("dtype %s (%s)", str(kwargs.get("dtype", "default")).removeprefix("torch."), why)
+    if adapter is not None:
+        tok = load_tokenizer(tokenizer or adapter, fallback=pretrained, trust=trust_remote_code)
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
+        base = load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
+        from peft import PeftModel
+
+        try:
+            # the adapter computes in the model's dtype, as a merged model would: fp32 adapters on a
+            # bf16 base upcast every LoRA input, which costs more activation memory than the base
+            ft = PeftModel.from_pretrained(base, adapter, autocast_adapter_dtype=False)
+        except (OSError, ValueError) as e:
+            raise OSError(f"Could not load the adapter {adapter!r}: {e}") from e
+        return None, ft.eval(), tok, None, why
+    compat.check_configs(*configs)
+    ft_tok = load_tokenizer(tokenizer or finetuned, fallback=pretrained, trust=trust_remote_code)
+    pt_tok = load_tokenizer(pretrained, fallback=None, trust=trust_remote_code)
+    compat.check_tokenizers(pt_tok, ft_tok, use_finetuned_tokenizer)
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        device_map = joint_device_map(config, device_map, max_memory, kwargs.get("dtype"))
+    # The same placement for both: module names agree (same architecture).
+    ft = load_model(finetuned, "finetuned", device_map=device_map, **kwargs)
+    pt = load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
+    return pt, ft, ft_tok, pt_tok, why
 
 
 def model_type(name_or_path: str, trust_remote_code: bool = False) -> str | None:

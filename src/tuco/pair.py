@@ -14,22 +14,22 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import compat, inputs, metrics
+from . import baselines, compat, inputs
 from .blocks import find_blocks, unwrap
 from .decompose import Decomposition, adapters_off
-from .hardware import resolve_dtype
 from .inputs import Prompts, Side
-from .loading import checkpoint_dtype, joint_device_map, load, load_model, load_tokenizer
+from .loading import load_models
 from .results import OutputContribution, TucoResult, from_record
 
 log = logging.getLogger("tuco")
+T = TypeVar("T")
 
 
 class ModelPair:
@@ -94,67 +94,30 @@ class ModelPair:
         block_path: str | None = None,
         **model_kwargs,
     ) -> ModelPair:
-        """Load a pair from hub ids or local directories (the same ``from_pretrained`` path).
-
-        Give ``finetuned`` (a full fine-tuned model) or ``adapter`` (a PEFT LoRA adapter on top of
-        ``pretrained``: one copy of the base weights). ``dtype="auto"`` chooses from the hardware
-        (``tuco.hardware``: the checkpoint's dtype on a GPU; on CPU bf16 only where it is native, else
-        float32), the same for both models; the choice and why are logged and kept in
-        ``pair.dtype_reason``. ``dtype`` and ``model_kwargs`` (e.g. ``offload_folder``) go to
-        ``AutoModelForCausalLM.from_pretrained``. ``device_map`` ("auto",
-        "balanced", "sequential", a device, or a module -> device dict) places both models alike, so
-        that block l of both always sits on the same device; with "auto" & co. the placement is
-        computed for the two models together within ``max_memory`` (half of each device's budget
-        per model), with CPU and disk offload as accelerate's fallbacks. Configs and tokenizers are
-        checked before any weight is loaded.
-        """
-        from transformers import AutoConfig
-
-        if (finetuned is None) == (adapter is None):
-            raise ValueError("Pass exactly one of finetuned= (a full model) or adapter= (a PEFT adapter).")
-        kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code)
-        configs = [
-            load(AutoConfig.from_pretrained, name, which, trust_remote_code=trust_remote_code)
-            for name, which in ((pretrained, "pretrained"), (finetuned, "finetuned"))
-            if name is not None
-        ]
-        config = configs[-1]  # the fine-tuned checkpoint's (the base's for an adapter)
-        kwargs["dtype"], why = resolve_dtype(dtype, device_map, checkpoint_dtype(config))
-        if kwargs["dtype"] is None:
-            del kwargs["dtype"]
-        log.info("dtype %s (%s)", str(kwargs.get("dtype", "default")).removeprefix("torch."), why)
-        if adapter is not None:
-            tok = load_tokenizer(tokenizer or adapter, fallback=pretrained, trust=trust_remote_code)
-            if max_memory is not None:
-                kwargs["max_memory"] = max_memory
-            base = load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
-            from peft import PeftModel
-
-            try:
-                # the adapter computes in the model's dtype, as a merged model would: fp32 adapters on a
-                # bf16 base upcast every LoRA input, which costs more activation memory than the base
-                ft = PeftModel.from_pretrained(base, adapter, autocast_adapter_dtype=False)
-            except (OSError, ValueError) as e:
-                raise OSError(f"Could not load the adapter {adapter!r}: {e}") from e
-            pair = cls(None, ft.eval(), tok, block_path=block_path)
-        else:
-            compat.check_configs(*configs)
-            ft_tok = load_tokenizer(tokenizer or finetuned, fallback=pretrained, trust=trust_remote_code)
-            pt_tok = load_tokenizer(pretrained, fallback=None, trust=trust_remote_code)
-            compat.check_tokenizers(pt_tok, ft_tok, use_finetuned_tokenizer)
-            if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
-                device_map = joint_device_map(config, device_map, max_memory, kwargs.get("dtype"))
-            # The same placement for both: module names agree (same architecture).
-            ft = load_model(finetuned, "finetuned", device_map=device_map, **kwargs)
-            pt = load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
-            pair = cls(
-                pt,
-                ft,
-                ft_tok,
-                pretrained_tokenizer=pt_tok,
-                use_finetuned_tokenizer=use_finetuned_tokenizer,
-                block_path=block_path,
-            )
+        """Load a pair from hub ids or local directories (the same ``from_pretrained`` path): give
+        ``finetuned`` (a full model) or ``adapter`` (a PEFT LoRA adapter on ``pretrained``). How
+        ``dtype="auto"`` and ``device_map`` place both models alike: ``tuco.loading.load_models``.
+        The dtype chosen, and why, is logged and kept in ``pair.dtype_reason``."""
+        pt, ft, tok, pt_tok, why = load_models(
+            pretrained,
+            finetuned,
+            adapter=adapter,
+            dtype=dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            tokenizer=tokenizer,
+            use_finetuned_tokenizer=use_finetuned_tokenizer,
+            trust_remote_code=trust_remote_code,
+            **model_kwargs,
+        )
+        pair = cls(
+            pt,
+            ft,
+            tok,
+            pretrained_tokenizer=pt_tok,
+            use_finetuned_tokenizer=use_finetuned_tokenizer,
+            block_path=block_path,
+        )
         pair.dtype_reason = why
         return pair
 
@@ -177,38 +140,36 @@ class ModelPair:
         pt_context = (lambda layer: adapters_off(self.ft_blocks[layer])) if self.adapter_mode else None
         return Decomposition(self.ft_blocks, self.pt_blocks, alpha, pt_context, last_only=last_only)
 
-    def _batches(
-        self, ids: list[list[int]], batch_size: int, side: Side, desc: str, progress: bool | None
-    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-        """Length-sorted padded batches (longest first) of token ids, with their prompt indices.
-        The padding this saves is logged and kept in ``self.padding`` (token counts)."""
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    def _steered(self, alpha: float):
+        """``steer(alpha)``, or nothing at all at alpha = 1 (the FT model itself, no PT blocks)."""
+        return self.steer(alpha) if alpha != 1.0 else contextlib.nullcontext()
 
-        def padded(sequence: list[int]) -> int:
-            chunks = [sequence[s : s + batch_size] for s in range(0, len(sequence), batch_size)]
-            return sum(len(c) * max(len(ids[i]) for i in c) for c in chunks)
-
-        self.padding = {
-            "tokens": sum(map(len, ids)),
-            "sorted": padded(order),
-            "input_order": padded(range(len(ids))),
-        }
-        if self.padding["input_order"] > self.padding["sorted"]:
-            log.info(
-                "length-sorted batches: %d padded tokens instead of %d in input order (%d real)",
-                self.padding["sorted"],
-                self.padding["input_order"],
-                self.padding["tokens"],
-            )
+    def _each_batch(
+        self,
+        ids: list[list[int]],
+        batch_size: int,
+        side: Side,
+        desc: str,
+        progress: bool | None,
+        compute: Callable[[dict[str, torch.Tensor]], Sequence[T]],
+    ) -> list[T]:
+        """``compute(batch)`` (one result per row) over length-sorted padded batches of ``ids``
+        (longest first, on the pair's device); the results in input order. The padding the sorting
+        saves is logged and kept in ``self.padding`` (token counts)."""
+        chunks, self.padding = inputs.length_sorted(ids, batch_size)
         pad_id = inputs.pad_id(self.tokenizer) if self.tokenizer is not None else 0
+        out: list = [None] * len(ids)
         with tqdm(
             total=len(ids), desc=desc, unit="prompt", disable=None if progress is None else not progress
         ) as bar:
-            for start in range(0, len(ids), batch_size):
-                chunk = order[start : start + batch_size]
+            for chunk in chunks:
                 batch = inputs.pad([ids[i] for i in chunk], pad_id, side)
-                yield chunk, {k: v.to(self.device) for k, v in batch.items()}
+                for i, result in zip(
+                    chunk, compute({k: v.to(self.device) for k, v in batch.items()}), strict=True
+                ):
+                    out[i] = result
                 bar.update(len(chunk))
+        return out
 
     def _side(self, padding_side: Side | None) -> Side:
         return padding_side or getattr(self.tokenizer, "padding_side", None) or "right"
@@ -240,19 +201,18 @@ class ModelPair:
         """
         if norm not in ("l1", "l2"):
             raise ValueError(f"norm must be 'l1' or 'l2', not {norm!r}")
-        ids = self.encode(prompts)
-        results: list[TucoResult | None] = [None] * len(ids)
         last_only = fast and alpha == 1.0 and not per_token
         side = "left" if last_only else self._side(padding_side)  # fast path: last tokens at -1
-        for chunk, batch in self._batches(ids, batch_size, side, "TuCo", progress):
+
+        def compute(batch: dict[str, torch.Tensor]) -> list[TucoResult]:
             if not self._body_takes_positions:
                 batch.pop("position_ids")
             with self.steer(alpha, last_only=last_only) as dec:
                 rec = dec.record(inputs.last_index(batch["attention_mask"]), per_token, p=int(norm[1]))
                 self._body(**batch, use_cache=False)
-            for i, result in zip(chunk, from_record(rec, batch["attention_mask"]), strict=True):
-                results[i] = result
-        return results
+            return from_record(rec, batch["attention_mask"])
+
+        return self._each_batch(self.encode(prompts), batch_size, side, "TuCo", progress, compute)
 
     # ------------------------------------------------------------------ FTC-alpha model
     @torch.inference_mode()
@@ -266,7 +226,7 @@ class ModelPair:
             ids, inputs.pad_id(self.tokenizer) if self.tokenizer else 0, self._side(padding_side)
         )
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        with self.steer(alpha) if alpha != 1.0 else contextlib.nullcontext():
+        with self._steered(alpha):
             return self.finetuned(**batch, use_cache=False).logits.float()
 
     @torch.inference_mode()
@@ -281,16 +241,16 @@ class ModelPair:
     ) -> torch.Tensor:
         """Float32 next-token probabilities after each prompt under the FTC-alpha model, in input order:
         [n_prompts, vocab], or [n_prompts, len(token_ids)] for the given candidate tokens only."""
-        ids = self.encode(prompts)
-        rows: list[torch.Tensor | None] = [None] * len(ids)
-        for chunk, batch in self._batches(ids, batch_size, "left", f"next token a={alpha:g}", progress):
-            with self.steer(alpha) if alpha != 1.0 else contextlib.nullcontext():
+
+        def compute(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            with self._steered(alpha):
                 logits = self.finetuned(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
             probs = torch.softmax(logits.float(), dim=-1)
-            if token_ids is not None:
-                probs = probs[:, token_ids]
-            for i, row in zip(chunk, probs.cpu(), strict=True):
-                rows[i] = row
+            return (probs if token_ids is None else probs[:, token_ids]).cpu()
+
+        rows = self._each_batch(
+            self.encode(prompts), batch_size, "left", f"next token a={alpha:g}", progress, compute
+        )
         return torch.stack(rows) if rows else torch.empty(0)
 
     @torch.inference_mode()
@@ -305,19 +265,19 @@ class ModelPair:
     ) -> list[str]:
         """Generated text (new tokens only) of the FTC-alpha model for every prompt, with KV caches
         for both the FT and the PT blocks. ``generate_kwargs`` go to ``model.generate``."""
-        ids = self.encode(prompts)
-        out: list[str | None] = [None] * len(ids)
         generate_kwargs.setdefault("pad_token_id", inputs.pad_id(self.tokenizer))
-        for chunk, batch in self._batches(ids, batch_size, "left", f"generate a={alpha:g}", progress):
+
+        def compute(batch: dict[str, torch.Tensor]) -> list[str]:
             batch.pop("position_ids")  # generate derives them from the attention mask
-            with self.steer(alpha) if alpha != 1.0 else contextlib.nullcontext():
+            with self._steered(alpha):
                 tokens = self.finetuned.generate(**batch, **generate_kwargs)
-            new = tokens[:, batch["input_ids"].shape[1] :]
-            for i, text in zip(
-                chunk, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True
-            ):
-                out[i] = text
-        return out
+            return self.tokenizer.batch_decode(
+                tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+
+        return self._each_batch(
+            self.encode(prompts), batch_size, "left", f"generate a={alpha:g}", progress, compute
+        )
 
     # ------------------------------------------------------------------ output-only baselines
     @torch.inference_mode()
@@ -328,44 +288,5 @@ class ModelPair:
 
         KL is taken over the vocabulary both models share (the first min(V_PT, V_FT) ids).
         """
-        ids = self.encode(prompts)
-        out: list[OutputContribution | None] = [None] * len(ids)
-        pt_model = self.finetuned if self.adapter_mode else self.pretrained
-        pt_vocab = unwrap(pt_model).get_input_embeddings().weight.shape[0]
-        for chunk, batch in self._batches(ids, batch_size, "left", "OutputCo", progress):
-            if int(batch["input_ids"].max()) >= pt_vocab:
-                raise ValueError(
-                    f"A prompt holds token ids >= {pt_vocab}, the pretrained vocabulary size (tokens added "
-                    "by fine-tuning): the pretrained model cannot run on it for OutputCo."
-                )
-            x_ft, logits_ft = _last_stream(self.finetuned, self.ft_blocks, batch)
-            pt_off = adapters_off(self.finetuned) if self.adapter_mode else contextlib.nullcontext()
-            with pt_off:
-                x_pt, logits_pt = _last_stream(pt_model, self.pt_blocks, batch)
-            vocab = min(logits_ft.shape[-1], logits_pt.shape[-1])
-            x_pt = x_pt.to(x_ft.device)
-            outputco = metrics.output_contribution(x_pt, x_ft).cpu().tolist()
-            distance = (x_ft - x_pt).abs().sum(-1).cpu().tolist()
-            kl = metrics.kl_divergence(logits_ft[..., :vocab], logits_pt[..., :vocab].to(logits_ft.device))
-            for i, o, k, dist in zip(chunk, outputco, kl.cpu().tolist(), distance, strict=True):
-                out[i] = OutputContribution(outputco=o, kl=k, distance=dist)
-        return out
-
-
-def _last_stream(model: nn.Module, blocks: nn.ModuleList, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw final residual stream [batch, d] (last block output, before the final norm) and logits
-    [batch, vocab] at the last position of a left-padded batch, from the model's own forward."""
-    seen = {}
-
-    def grab(module, args, output):
-        seen["x"] = (output[0] if isinstance(output, tuple) else output)[:, -1]
-
-    handle = blocks[-1].register_forward_hook(grab)
-    try:
-        device = unwrap(model).get_input_embeddings().weight.device
-        logits = model(
-            **{k: v.to(device) for k, v in batch.items()}, use_cache=False, logits_to_keep=1
-        ).logits
-    finally:
-        handle.remove()
-    return seen["x"].float(), logits[:, -1].float()
+        compute = baselines.output_contribution_of(self)
+        return self._each_batch(self.encode(prompts), batch_size, "left", "OutputCo", progress, compute)
