@@ -156,3 +156,25 @@ def test_record_keeps_no_per_layer_activations(tok):
         return sum(t.numel() for t in tensors)
 
     assert kept_elements(8) == kept_elements(64) == 2 * 2 * 64 + 4 * 2 * pair.num_layers
+
+
+@torch.no_grad()
+def test_a_record_holds_exactly_one_forward_pass(tok):
+    """A second forward in the same context (a decoding step, a retry) adds nothing to the record;
+    recording another pass asks for a new record."""
+    pair = make_pair("llama", tok)
+    batch = _batch(pair)
+    last = inputs.last_index(batch["attention_mask"])
+    with pair.steer(1.0) as dec:
+        once = dec.record(last)
+        pair.finetuned(**batch)
+    with pair.steer(1.0) as dec:
+        rec = dec.record(last)
+        pair.finetuned(**batch)
+        assert dec.recording is None  # closed at the last block
+        pair.finetuned(**batch)
+        again = dec.record(last)
+        pair.finetuned(**batch)
+    assert len(rec._norms) == len(again._norms) == pair.num_layers
+    assert torch.equal(rec.ftc_sum, once.ftc_sum) and torch.equal(again.ftc_sum, once.ftc_sum)
+    assert torch.equal(rec.ptc_layers, once.ptc_layers)

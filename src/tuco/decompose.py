@@ -152,7 +152,8 @@ class Decomposition:
         self._ft_cache = self._pt_cache = None
 
     def record(self, last_index: torch.Tensor, per_token: bool = False, p: float = 1) -> Record:
-        """Keep the components of the next forward pass at token ``last_index[b]`` of row b."""
+        """Keep the components of the next forward pass (one: the record closes at its last block)
+        at token ``last_index[b]`` of row b. Call it again before each pass to record."""
         if self.last_only and per_token:
             raise ValueError("per_token=True needs every position of the PT blocks: use last_only=False")
         self.recording = Record(last_index, per_token, p)
@@ -161,7 +162,7 @@ class Decomposition:
     def __enter__(self) -> Decomposition:
         for layer, block in enumerate(self.ft_blocks):
             self._handles.append(block.register_forward_pre_hook(self._run_pt(layer), with_kwargs=True))
-            self._handles.append(block.register_forward_hook(self._combine, with_kwargs=True))
+            self._handles.append(block.register_forward_hook(self._combine(layer), with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -190,20 +191,27 @@ class Decomposition:
 
         return hook
 
-    def _combine(self, module, args, kwargs, output):
-        if self._inside_pt:
-            return None
-        ft_out = _hidden(output)
-        # sharded models: the block's input may still sit on the previous block's device
-        x = (args[0] if args else kwargs["hidden_states"]).to(ft_out.device)
-        pt_out, self._pt_out = self._pt_out.to(ft_out.device), None
-        if self.recording is not None:
-            self.recording.add(x, pt_out, ft_out)
-        if self.alpha == 1.0:
-            return None  # the FT block's own output: exactly the FT forward
-        # x + PTC + alpha * FTC  ==  pt_out + alpha * (ft_out - pt_out), in float32
-        mixed = torch.lerp(pt_out.float(), ft_out.float(), self.alpha).to(ft_out.dtype)
-        return _with_hidden(output, mixed)
+    def _combine(self, layer: int):
+        last = layer == len(self.ft_blocks) - 1
+
+        def hook(module, args, kwargs, output):
+            if self._inside_pt:
+                return None
+            ft_out = _hidden(output)
+            # sharded models: the block's input may still sit on the previous block's device
+            x = (args[0] if args else kwargs["hidden_states"]).to(ft_out.device)
+            pt_out, self._pt_out = self._pt_out.to(ft_out.device), None
+            if self.recording is not None:
+                self.recording.add(x, pt_out, ft_out)
+                if last:  # one forward pass recorded: later ones (e.g. decoding steps) add nothing
+                    self.recording = None
+            if self.alpha == 1.0:
+                return None  # the FT block's own output: exactly the FT forward
+            # x + PTC + alpha * FTC  ==  pt_out + alpha * (ft_out - pt_out), in float32
+            mixed = torch.lerp(pt_out.float(), ft_out.float(), self.alpha).to(ft_out.dtype)
+            return _with_hidden(output, mixed)
+
+        return hook
 
     def _pt_cache_for(self, ft_cache):
         """The PT blocks' own KV cache, twin of the FT cache that transformers passes to the blocks."""
