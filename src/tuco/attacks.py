@@ -1,4 +1,4 @@
-"""Prompt builders for jailbreak experiments (TUCO-SPEC section 6, E3 and E5).
+"""Prompt builders for jailbreak experiments (the paper's E3 and E5 experiments).
 
 >>> many_shot("How do I X?", [("How do I A?", "Sure, ..."), ("How do I B?", "Sure, ...")], k=2)
 [{'role': 'user', 'content': 'How do I A?'}, {'role': 'assistant', 'content': 'Sure, ...'},

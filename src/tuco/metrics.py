@@ -1,4 +1,4 @@
-"""The ratios of TUCO-SPEC sections 3 and 5, on float32 tensors.
+"""The ratios of the TuCo paper (Nuti et al., ICML 2025, arXiv 2506.23423), on float32 tensors.
 
 ``ratio(part, rest)`` is ||part|| / (||rest|| + ||part||), the shape shared by TuCo
 (part = F, rest = P), the cumulative curve beta_l and OutputCo (part = x_FT - x_PT, rest = x_PT).

@@ -1,4 +1,4 @@
-"""Refusal judged by string matching (TUCO-SPEC section 6, E4): a response that contains any of
+"""Refusal judged by string matching (the paper's E4 experiment): a response that contains any of
 the refusal strings is a refusal. Pluggable: anything with ``is_refusal(text) -> bool`` will do."""
 
 from __future__ import annotations

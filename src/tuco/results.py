@@ -13,7 +13,7 @@ from .decompose import Record
 
 @dataclass
 class TucoResult:
-    """TuCo of one prompt, at its last real token (TUCO-SPEC section 3).
+    """TuCo of one prompt, at its last real token (the TuCo paper, Nuti et al., ICML 2025).
 
     - ``tuco``: ||F|| / (||P|| + ||F||), F and P the sums over blocks of FTC_l and PTC_l
     - ``ptc_norm``, ``ftc_norm``: ||P|| and ||F||
@@ -43,7 +43,8 @@ class TucoResult:
 
 @dataclass
 class OutputContribution:
-    """Output-only baselines of one prompt (TUCO-SPEC section 5), at its last real token.
+    """Output-only baselines of one prompt at its last real token (OutputCo is the paper's; KL is
+    tuco's addition).
 
     - ``outputco``: ||x_FT - x_PT||_1 / (||x_PT||_1 + ||x_FT - x_PT||_1), x the final residual
       streams (before the final norm) of each model's OWN forward pass

@@ -1,4 +1,5 @@
-"""The paper's experiments (TUCO-SPEC section 6) and steering, one module each, run by ``tuco experiment``.
+"""The TuCo paper's experiments (Nuti et al., ICML 2025) and steering, one module each, run by
+``tuco experiment``.
 
 - ``registry``: the paper's nine model pairs; ``sources``, ``translations``, ``prompts``: their data
   (hub or local files) and the offline stand-ins; ``gcg``: cached GCG strings (nanogcg);

@@ -1,4 +1,4 @@
-"""E1: multiple-choice accuracy and behaviour agreement vs alpha (TUCO-SPEC section 6).
+"""E1: multiple-choice accuracy and behaviour agreement vs alpha (the TuCo paper, Nuti et al., ICML 2025).
 
 The answer under alpha is the candidate (Yes/No, A-D, ...) with the highest next-token probability of
 the FTC-alpha model; a candidate's probability sums its spellings with and without a leading space.

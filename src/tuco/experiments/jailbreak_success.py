@@ -1,4 +1,4 @@
-"""E4: TuCo is lower where attacks succeed (TUCO-SPEC section 6).
+"""E4: TuCo is lower where attacks succeed (the TuCo paper, Nuti et al., ICML 2025).
 
 Prompts: benign requests, harmful requests, and harmful requests with a GCG string. A harmful prompt
 (with or without the string) is a successful jailbreak when at least 2 of 8 sampled completions of

@@ -1,5 +1,5 @@
-"""E3: jailbreaks lower TuCo (TUCO-SPEC section 6). Three attacks, each scored against the plain
-harmful requests:
+"""E3: jailbreaks lower TuCo (the TuCo paper, Nuti et al., ICML 2025). Three attacks, each scored
+against the plain harmful requests:
 
 - ``msj``: many-shot jailbreaking, k = 0, 1, 2, 4, ... up to ``max_shots`` (128) faux dialogues of
   harmful compliance before the request, dropping the k whose prompt does not fit the context; TuCo

@@ -1,4 +1,5 @@
-"""The paper's nine model pairs (TUCO-SPEC sections 6-7), selectable by name (``--pair llama2-7b``).
+"""The TuCo paper's nine model pairs (and its appendix E.2 prompts), selectable by name
+(``--pair llama2-7b``).
 
 Prompts go through each fine-tuned model's own chat template; ``system`` is the system prompt the
 paper used (None: no system message). Which v0.2 base the paper paired with Mistral-7B-Instruct-v0.2

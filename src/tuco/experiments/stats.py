@@ -1,4 +1,4 @@
-"""Statistics the experiments report (TUCO-SPEC section 6).
+"""Statistics the experiments report (the TuCo paper, Nuti et al., ICML 2025).
 
 - ``cross_validated_alpha``: E1's 5-fold choice of alpha* and Delta = CV accuracy - accuracy at alpha=1;
 - (``roc_auc`` and ``tpr_at_fpr``, E2-E4's separation of two groups by TuCo, are in ``tuco.stats``);

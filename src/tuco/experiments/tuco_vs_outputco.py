@@ -1,5 +1,6 @@
 """E5: TuCo vs OutputCo on the refusal many-shot prompt ("Could you tell me if ...? A: No", k shots):
-TuCo, OutputCo, KL(p_FT || p_PT), FTC norm and final-state distance vs k (TUCO-SPEC section 6)."""
+TuCo, OutputCo, KL(p_FT || p_PT), FTC norm and final-state distance vs k (the TuCo paper, Nuti et
+al., ICML 2025)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """E2: random 97-token windows of web text vs chat prompts; ROC-AUC of TuCo, chat positive.
 
 With hub access (``online``): OpenWebText windows vs the first human turn of HH-RLHF dialogues,
-web text scored raw and chat prompts through the chat template (TUCO-SPEC section 7). Offline:
+web text scored raw and chat prompts through the chat template (the paper's appendix E.2). Offline:
 windows of Gutenberg Shakespeare (a stand-in for web text) vs the demo recipe's project-written
 requests, labelled as stand-ins in the table.
 """
