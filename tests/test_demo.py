@@ -25,7 +25,7 @@ def tiny_demo(tmp_path_factory):
     out = home / "demo-output"
     args = ["demo", "run", "--pair", "demo-safety", "--tiny", "--home", str(home), "--out", str(out)]
     assert cli.main(args) == 0
-    assert demo_run.TINY.recipe.limit == 2
+    assert demo_run.tiny("demo-safety").recipe.limit == 2
     return home, out, (out / "summary.md").read_text()
 
 

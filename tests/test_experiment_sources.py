@@ -196,7 +196,7 @@ def test_web_vs_chat_online_sources(monkeypatch):
                 "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour."
                 "\n\nHuman: And then?\n\nAssistant: Bake."
             ]
-        return iter(data.PromptRecord(id=i, prompt=t) for i, t in enumerate(texts * 3))
+        return iter(data.PromptItem(id=i, prompt=t) for i, t in enumerate(texts * 3))
 
     monkeypatch.setattr(data, "read_dataset", read_dataset)
     tok = byte_tokenizer()

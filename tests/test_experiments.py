@@ -68,7 +68,7 @@ def test_registry_has_the_papers_nine_pairs():
 
 
 def test_output_resumes_steps_and_refuses_other_settings(tmp_path):
-    from tuco.experiments.common import Output, SettingsMismatchError
+    from tuco.experiments.common import RunDirectory, SettingsMismatchError
 
     calls = []
 
@@ -79,22 +79,22 @@ def test_output_resumes_steps_and_refuses_other_settings(tmp_path):
     items = [dict(id=f"item/{i}", x=i) for i in range(5)]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "mine.txt").write_text("the user's")
-    out = Output(tmp_path / "run", {"limit": 5})
+    out = RunDirectory(tmp_path / "run", {"limit": 5})
     assert [r["double"] for r in out.step("twice", items[:3], compute, batch_size=2)] == [0, 2, 4]
     assert calls == [["item/0", "item/1"], ["item/2"]]
     # same settings: finished items are read back, only the new ones computed
-    again = Output(tmp_path / "run", {"limit": 5})
+    again = RunDirectory(tmp_path / "run", {"limit": 5})
     assert [r["double"] for r in again.step("twice", items, compute, batch_size=2)] == [0, 2, 4, 6, 8]
     assert calls[2:] == [["item/3", "item/4"]]
     with pytest.raises(SettingsMismatchError, match=r"other settings \(limit\).*--overwrite"):
-        Output(tmp_path / "run", {"limit": 6})
-    fresh = Output(tmp_path / "run", {"limit": 6}, overwrite=True)
+        RunDirectory(tmp_path / "run", {"limit": 6})
+    fresh = RunDirectory(tmp_path / "run", {"limit": 6}, overwrite=True)
     assert not (fresh.dir / "steps" / "twice.jsonl").exists() and (fresh.dir / "mine.txt").exists()
 
 
 def test_output_step_checks_what_compute_returns(tmp_path):
-    from tuco.experiments.common import Output
+    from tuco.experiments.common import RunDirectory
 
-    out = Output(tmp_path, {})
+    out = RunDirectory(tmp_path, {})
     with pytest.raises(RuntimeError, match="other items"):
         out.step("bad", [dict(id=1)], lambda batch: [dict(id=2)])

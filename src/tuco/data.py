@@ -1,4 +1,4 @@
-"""Prompt files in, one ``PromptRecord`` at a time (read lazily: a file need not fit in memory).
+"""Prompt files in, one ``PromptItem`` at a time (read lazily: a file need not fit in memory).
 
 Formats, by extension or ``fmt``: JSONL (``.jsonl``, ``.json``), CSV (``.csv``), Parquet
 (``.parquet``), plain text (anything else: one prompt per non-empty line), ``-`` for stdin (JSONL
@@ -30,7 +30,7 @@ class DataError(UsageError, ValueError):
 
 
 @dataclass
-class PromptRecord:
+class PromptItem:
     id: Any
     prompt: str | list[dict]
     fields: dict = field(default_factory=dict)
@@ -43,7 +43,7 @@ def read_prompts(
     field: str | None = None,
     fmt: str | None = None,
     on_error: Callable[[DataError], None] | None = None,
-) -> Iterator[PromptRecord]:
+) -> Iterator[PromptItem]:
     """Records of a prompt file (or ``-`` for stdin), in file order, validated one by one.
 
     A bad record raises ``DataError``, or, with ``on_error``, is passed to it and skipped.
@@ -80,7 +80,7 @@ def count_records(source: str) -> int | None:
     return lines - 1 if path.suffix.lower() == ".csv" else lines
 
 
-def read_dataset(name: str, split: str, field: str | None = None) -> Iterator[PromptRecord]:
+def read_dataset(name: str, split: str, field: str | None = None) -> Iterator[PromptItem]:
     """Records of a Hugging Face dataset (hub id, or a directory saved with ``save_to_disk``)."""
     try:
         import datasets
@@ -180,7 +180,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
             index += 1
 
 
-def _record(row: dict, index: int, where: str, field: str | None) -> PromptRecord:
+def _record(row: dict, index: int, where: str, field: str | None) -> PromptItem:
     names = (field,) if field else PROMPT_FIELDS
     name = next((n for n in names if n in row), None)
     if name is None:
@@ -209,4 +209,4 @@ def _record(row: dict, index: int, where: str, field: str | None) -> PromptRecor
     if empty:
         raise DataError(f"{where}: empty prompt; remove it, or pass --skip-invalid to skip such records.")
     fields = {k: v for k, v in row.items() if k not in (name, "id")}
-    return PromptRecord(id=row.get("id", index), prompt=prompt, fields=fields, where=where)
+    return PromptItem(id=row.get("id", index), prompt=prompt, fields=fields, where=where)

@@ -90,13 +90,13 @@ def run(args) -> str:
     """Run experiment ``args.name``: resolve the models, check the output directory's settings, then
     load the pair and run."""
     from . import models
-    from .experiments.common import Output
+    from .experiments.common import RunDirectory
 
     chosen = models.resolve(args.pair, args.pretrained, args.finetuned, args.adapter, args.trust_remote_code)
     system = args.system_prompt if args.system_prompt is not None else chosen.system
     settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
     settings |= {"system": system, "models": chosen.to_dict()}
-    out = Output(args.out, settings, overwrite=args.overwrite)
+    out = RunDirectory(args.out, settings, overwrite=args.overwrite)
     pair = models.load(chosen, args.dtype, args.device, args.device_map, args.trust_remote_code, args.seed)
     return EXPERIMENTS[args.name](pair, out, args, system)
 

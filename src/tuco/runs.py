@@ -1,6 +1,6 @@
 """Long runs over prompt records: score, generate, sweep. Resumable, streamed, OOM-tolerant.
 
-Each job reads ``PromptRecord``s lazily in batches, skips those the results file already holds,
+Each job reads ``PromptItem``s lazily in batches, skips those the results file already holds,
 turns prompts into token ids (chat template, system prompt, length limit), computes, checks that
 every number is finite, and appends the batch to the results file before reading on: a crash or a
 Ctrl-C loses at most the batch in flight.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .data import DataError, PromptRecord
+from .data import DataError, PromptItem
 from .inputs import choice_probs
 from .pair import ModelPair
 from .store import ResultsFile
@@ -50,7 +50,7 @@ class Job:
     written: int = 0
 
     # ------------------------------------------------------------------ prompts to token ids
-    def token_ids(self, record: PromptRecord) -> list[int]:
+    def token_ids(self, record: PromptItem) -> list[int]:
         tokenizer = self.pair.tokenizer
         use_template = self.chat_template
         if use_template is None:
@@ -90,7 +90,7 @@ class Job:
         return ids
 
     # ------------------------------------------------------------------ the loop
-    def run(self, records: Iterable[PromptRecord], compute: Callable, keys: Callable, desc: str) -> None:
+    def run(self, records: Iterable[PromptItem], compute: Callable, keys: Callable, desc: str) -> None:
         """For each batch of new records: ``compute(records, token_ids) -> list[dict]`` and write.
 
         ``keys(record)`` lists the result keys one record produces (to tell what is done on resume).
@@ -124,13 +124,13 @@ class Job:
         self.skipped += 1
         log.warning("skipped: %s", error)
 
-    def record(self, record: PromptRecord, **values) -> dict:
+    def row(self, record: PromptItem, **values) -> dict:
         return {"id": record.id, **record.fields, **values, **self.meta}
 
 
 # ---------------------------------------------------------------------- the three jobs
-def score(job: Job, records: Iterable[PromptRecord], *, per_token=False, norm="l1", baselines=False) -> None:
-    def compute(batch: list[PromptRecord], ids: list[list[int]]) -> list[dict]:
+def score(job: Job, records: Iterable[PromptItem], *, per_token=False, norm="l1", baselines=False) -> None:
+    def compute(batch: list[PromptItem], ids: list[list[int]]) -> list[dict]:
         results = job.pair.score(ids, batch_size=len(ids), per_token=per_token, norm=norm, progress=False)
         extra = job.pair.output_contribution(ids, batch_size=len(ids), progress=False) if baselines else None
         out = []
@@ -140,30 +140,30 @@ def score(job: Job, records: Iterable[PromptRecord], *, per_token=False, norm="l
                 values.pop("tuco_tokens")
             if extra is not None:
                 values |= extra[i].to_dict()
-            out.append(job.record(record, **values, alpha=1.0))
+            out.append(job.row(record, **values, alpha=1.0))
         return out
 
     job.run(records, compute, lambda r: [{"id": r.id, "alpha": 1.0}], "TuCo")
 
 
-def generate(job: Job, records: Iterable[PromptRecord], alphas: list[float], **generate_kwargs) -> None:
-    def compute(batch: list[PromptRecord], ids: list[list[int]]) -> list[dict]:
+def generate(job: Job, records: Iterable[PromptItem], alphas: list[float], **generate_kwargs) -> None:
+    def compute(batch: list[PromptItem], ids: list[list[int]]) -> list[dict]:
         out = []
         for alpha in alphas:
             texts = job.pair.generate(
                 ids, alpha=alpha, batch_size=len(ids), progress=False, **generate_kwargs
             )
             for record, text, prompt_ids in zip(batch, texts, ids, strict=True):
-                out.append(job.record(record, alpha=alpha, text=text, n_tokens=len(prompt_ids)))
+                out.append(job.row(record, alpha=alpha, text=text, n_tokens=len(prompt_ids)))
         return out
 
     job.run(records, compute, lambda r: [{"id": r.id, "alpha": a} for a in alphas], "generate")
 
 
-def sweep(job: Job, records: Iterable[PromptRecord], alphas: list[float], choices: list[str] | None) -> None:
+def sweep(job: Job, records: Iterable[PromptItem], alphas: list[float], choices: list[str] | None) -> None:
     """Next-token probabilities of candidate answers under each alpha (multiple-choice items)."""
 
-    def compute(batch: list[PromptRecord], ids: list[list[int]]) -> list[dict]:
+    def compute(batch: list[PromptItem], ids: list[list[int]]) -> list[dict]:
         item_choices = [record_choices(r, choices) for r in batch]
         out = []
         for alpha in alphas:
@@ -175,13 +175,13 @@ def sweep(job: Job, records: Iterable[PromptRecord], alphas: list[float], choice
                 values = dict(alpha=alpha, choices=options, probs=p, pred=pred)
                 if answer is not None:
                     values |= dict(answer=answer, correct=pred == answer)
-                out.append(job.record(record, **values))
+                out.append(job.row(record, **values))
         return out
 
     job.run(records, compute, lambda r: [{"id": r.id, "alpha": a} for a in alphas], "sweep")
 
 
-def record_choices(record: PromptRecord, default: list[str] | None) -> list[str]:
+def record_choices(record: PromptItem, default: list[str] | None) -> list[str]:
     options = record.fields.get("choices", default)
     if isinstance(options, str):
         options = [c.strip() for c in options.split("|")]
@@ -190,7 +190,7 @@ def record_choices(record: PromptRecord, default: list[str] | None) -> list[str]
     return [str(c) for c in options]
 
 
-def record_answer(record: PromptRecord, options: list[str]) -> str | None:
+def record_answer(record: PromptItem, options: list[str]) -> str | None:
     answer = record.fields.get("answer")
     if answer is None or answer == "":
         return None
@@ -202,7 +202,7 @@ def record_answer(record: PromptRecord, options: list[str]) -> str | None:
 
 
 # ---------------------------------------------------------------------- helpers
-def merge_shards(out, shards: list, records: Iterable[PromptRecord], batch_size: int) -> None:
+def merge_shards(out, shards: list, records: Iterable[PromptItem], batch_size: int) -> None:
     """Write the shards of a data-parallel run into ``out`` in the order one process would have:
     batch j came from shard j % world, its records contiguous there (every output of a record
     carries its id)."""

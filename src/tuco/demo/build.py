@@ -32,7 +32,7 @@ from ..decompose import adapters_off
 from ..embedded import smollm2_dir, tuco_home
 from ..hardware import cpu_capability, resolve_dtype
 from ..refusal import is_refusal
-from . import recipe as r
+from . import recipe as safety
 
 log = logging.getLogger("tuco")
 SHIPPED = Path(__file__).parent / "adapter"  # the default recipe's adapter, committed to the repository
@@ -54,7 +54,7 @@ class DemoPair:
 
 def shipped_metrics() -> dict:
     """The metrics saved with the shipped adapter; an error if it is missing or not the current recipe's."""
-    current = r.Recipe().hash()
+    current = safety.Recipe().hash()
     path = SHIPPED / "metrics.json"
     if not path.is_file() or not (SHIPPED / "adapter_model.safetensors").is_file():
         raise StaleAdapterError(
@@ -72,17 +72,17 @@ def shipped_metrics() -> dict:
 
 
 def build(
-    recipe: r.Recipe | None = None,
+    recipe: safety.Recipe | None = None,
     home: Path | None = None,
     force: bool = False,
     dtype: str = "auto",
     device: str = "cpu",
     ship: bool = False,
 ) -> DemoPair:
-    recipe = recipe or r.Recipe()
+    recipe = recipe or safety.Recipe()
     out = Path(home or tuco_home()) / f"demo-{recipe.hash()}"
     pt_dir = smollm2_dir()
-    if not force and recipe == r.Recipe():
+    if not force and recipe == safety.Recipe():
         return DemoPair(pt_dir, SHIPPED, shipped_metrics())
     if not force and (out / "metrics.json").is_file():
         return _load(out, pt_dir)
@@ -124,7 +124,7 @@ def build(
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     if ship:
-        if recipe != r.Recipe():
+        if recipe != safety.Recipe():
             raise ValueError("Only the default recipe's adapter is shipped.")
         for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json"):
             shutil.copy2(out / name, SHIPPED / name)
@@ -152,26 +152,26 @@ def _generate(model, tok, chats: list, max_new_tokens: int, desc: str) -> list[s
     return texts
 
 
-def _training_examples(model, tok, recipe: r.Recipe) -> list[tuple[list, str, bool]]:
+def _training_examples(model, tok, recipe: safety.Recipe) -> list[tuple[list, str, bool]]:
     """(chat, answer, ends) triples: refusals to harmful requests, self-distilled helpful answers."""
     rng = random.Random(recipe.seed)
 
     def templates() -> list[str]:
-        return rng.sample(r.TEMPLATES_TRAIN, recipe.templates_per_task)
+        return rng.sample(safety.TEMPLATES_TRAIN, recipe.templates_per_task)
 
     harmful = [
-        (r.request(task, t), rng.choice(r.REFUSALS), True)
-        for _, task in recipe.cut(r.tasks(r.HARMFUL_TRAIN))
+        (safety.request(task, t), rng.choice(safety.REFUSALS), True)
+        for _, task in recipe.cut(safety.tasks(safety.HARMFUL_TRAIN))
         for t in templates()
     ]
-    benign_chats = [r.request(task, t) for task in recipe.cut(r.BENIGN_TRAIN) for t in templates()]
+    benign_chats = [safety.request(task, t) for task in recipe.cut(safety.BENIGN_TRAIN) for t in templates()]
     answers = _generate(model, tok, benign_chats, recipe.distill_tokens, "self-distilling helpful answers")
     # a distilled answer cut at the token limit does not end there: no end-of-turn token is learned
     benign = [(c, a.strip(), False) for c, a in zip(benign_chats, answers, strict=True)]
     return harmful + benign
 
 
-def _train(model, tok, examples, recipe: r.Recipe):
+def _train(model, tok, examples, recipe: safety.Recipe):
     rows = []
     for chat, answer, ends in examples:
         prompt = inputs.encode(tok, [chat])[0]
@@ -243,17 +243,17 @@ def _answer_loss(peft_model, batch: dict, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
-def _evaluate(peft_model, tok, recipe: r.Recipe) -> dict:
+def _evaluate(peft_model, tok, recipe: safety.Recipe) -> dict:
     """Refusal rates of both models on held-out requests (unseen tasks; seen and unseen template)."""
-    templates = {"seen template": r.TEMPLATES_TRAIN[0], "unseen template": r.TEMPLATE_HELD_OUT}
+    templates = {"seen template": safety.TEMPLATES_TRAIN[0], "unseen template": safety.TEMPLATE_HELD_OUT}
     sets = {
-        "harmful": [task for _, task in recipe.cut(r.tasks(r.HARMFUL_HELD_OUT))],
-        "benign": recipe.cut(r.BENIGN_HELD_OUT),
+        "harmful": [task for _, task in recipe.cut(safety.tasks(safety.HARMFUL_HELD_OUT))],
+        "benign": recipe.cut(safety.BENIGN_HELD_OUT),
     }
     results: dict = {}
     for name, tasks in sets.items():
         for label, template in templates.items():
-            chats = [r.request(task, template) for task in tasks]
+            chats = [safety.request(task, template) for task in tasks]
             finetuned = _generate(peft_model, tok, chats, recipe.eval_tokens, f"held-out {name}, FT")
             with adapters_off(peft_model):
                 pretrained = _generate(peft_model, tok, chats, recipe.eval_tokens, f"held-out {name}, PT")

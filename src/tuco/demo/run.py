@@ -24,7 +24,7 @@ from ..report import write_report
 from ..stats import roc_auc
 from ..store import ResultsFile
 from . import chat_recipe
-from . import recipe as r
+from . import recipe as safety
 from .build import DemoPair
 from .pairs import demo_pair
 from .texts import windows
@@ -48,7 +48,7 @@ class DemoConfig:
     def recipe(self):
         if self.pair == "demo":
             return chat_recipe.TINY_CHAT if self.tiny else chat_recipe.ChatRecipe()
-        return r.TINY if self.tiny else r.Recipe()
+        return safety.TINY if self.tiny else safety.Recipe()
 
 
 def tiny(pair: str = "demo") -> DemoConfig:
@@ -67,29 +67,26 @@ def tiny(pair: str = "demo") -> DemoConfig:
     )
 
 
-TINY = tiny("demo-safety")
-
-
 def prompt_sets(tokenizer, config: DemoConfig) -> list[dict]:
     """Records {"id", "set", "prompt", "is_chat", "shots"}: the four prompt sets of the demo."""
     recipe = config.recipe
-    seen, unseen = r.TEMPLATES_TRAIN[0], r.TEMPLATE_HELD_OUT
+    seen, unseen = safety.TEMPLATES_TRAIN[0], safety.TEMPLATE_HELD_OUT
     records = [
         dict(set="prose", prompt=w["prompt"], source=w["source"], is_chat=0)
         for w in windows(tokenizer, config.n_prose, seed=recipe.seed)
     ]
     records += [
-        dict(set="benign", prompt=r.request(task, t), is_chat=1)
-        for task in recipe.cut(r.BENIGN_HELD_OUT)[: config.n_requests]
+        dict(set="benign", prompt=safety.request(task, t), is_chat=1)
+        for task in recipe.cut(safety.BENIGN_HELD_OUT)[: config.n_requests]
         for t in (seen, unseen)
     ]
-    harmful = [task for _, task in recipe.cut(r.tasks(r.HARMFUL_HELD_OUT))][: config.n_requests]
+    harmful = [task for _, task in recipe.cut(safety.tasks(safety.HARMFUL_HELD_OUT))][: config.n_requests]
     records += [
-        dict(set="harmful", prompt=r.request(task, t), is_chat=1, shots=0)
+        dict(set="harmful", prompt=safety.request(task, t), is_chat=1, shots=0)
         for task in harmful
         for t in (seen, unseen)
     ]
-    pool = r.compliance_pool()
+    pool = safety.compliance_pool()
     targets = harmful[: config.n_msj_targets]
     records += [
         dict(set=f"many-shot k={k:02d}", prompt=many_shot(seen.format(task=task), pool, k), shots=k)
@@ -154,11 +151,13 @@ def steer(pair: ModelPair, config: DemoConfig) -> list[dict]:
     """Greedy answers of the FTC-alpha model to held-out benign and harmful requests, at each alpha."""
     recipe = config.recipe
     requests = {
-        "benign": recipe.cut(r.BENIGN_HELD_OUT)[: config.n_steer],
-        "harmful": [task for _, task in recipe.cut(r.tasks(r.HARMFUL_HELD_OUT))][: config.n_steer],
+        "benign": recipe.cut(safety.BENIGN_HELD_OUT)[: config.n_steer],
+        "harmful": [task for _, task in recipe.cut(safety.tasks(safety.HARMFUL_HELD_OUT))][: config.n_steer],
     }
     rows = [
-        (kind, r.request(task, r.TEMPLATES_TRAIN[0])) for kind, tasks in requests.items() for task in tasks
+        (kind, safety.request(task, safety.TEMPLATES_TRAIN[0]))
+        for kind, tasks in requests.items()
+        for task in tasks
     ]
     records = []
     for alpha in config.steer_alphas:

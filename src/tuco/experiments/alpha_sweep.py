@@ -6,7 +6,7 @@ Per task, 5-fold cross-validation picks alpha* on four folds and scores it on th
 accuracy - accuracy at alpha = 1, once maximising and once minimising accuracy.
 
     >>> items = sources.mmlu(["anatomy"], directory="mmlu/")   # or persona(...), standin_*()
-    >>> alpha_sweep(pair, Output("runs/e1", settings), items)
+    >>> alpha_sweep(pair, RunDirectory("runs/e1", settings), items)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..inputs import choice_probs
 from ..pair import ModelPair
 from ..plots import figure
-from .common import Output, as_prompt, mean
+from .common import RunDirectory, as_prompt, mean
 from .stats import cross_validated_alpha
 
 PAPER_ALPHAS = (0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25)
@@ -44,7 +44,7 @@ def answer_items(
 
 def alpha_sweep(
     pair: ModelPair,
-    out: Output,
+    out: RunDirectory,
     items: list[dict],
     alphas: tuple[float, ...] = PAPER_ALPHAS,
     *,

@@ -1,6 +1,6 @@
 """What every experiment shares: chats, resumable steps, and the output directory's files.
 
-    >>> out = Output("runs/e5", settings={"pair": "llama2-7b", "max_shots": 32})
+    >>> out = RunDirectory("runs/e5", settings={"pair": "llama2-7b", "max_shots": 32})
     >>> records = out.step("scores", items, compute, batch_size=8)   # resumes where it stopped
     >>> out.finish(records, table, {"plot": fig})   # results.jsonl, table.md, plot.png
 
@@ -41,7 +41,9 @@ def as_prompt(tokenizer, text: str, system: str | None = None) -> str | list[dic
     return chat(text, system) if getattr(tokenizer, "chat_template", None) else text
 
 
-class Output:
+class RunDirectory:
+    """An experiment's output directory: its settings, resumable steps and final files."""
+
     def __init__(self, directory: str | Path, settings: dict, overwrite: bool = False):
         self.dir = Path(directory)
         settings = json.loads(json.dumps(settings, default=str))  # as it will read back
@@ -54,7 +56,7 @@ class Output:
                     f"{self.dir} holds a run with other settings ({', '.join(changed)}): "
                     "pass --overwrite to replace it, or choose another --out."
                 )
-        if overwrite and (self.dir / "steps").is_dir():  # only what Output wrote; a GCG cache stays
+        if overwrite and (self.dir / "steps").is_dir():  # only what RunDirectory wrote; a GCG cache stays
             shutil.rmtree(self.dir / "steps")
         self.dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=1) + "\n")

@@ -21,7 +21,7 @@ from ..pair import ModelPair
 from ..plots import histogram
 from ..refusal import is_refusal
 from ..stats import roc_auc, tpr_at_fpr
-from .common import Output, as_prompt, mean
+from .common import RunDirectory, as_prompt, mean
 from .gcg import GCGSettings, adversarial_strings, attach
 from .stats import jailbreak_succeeded
 
@@ -75,7 +75,7 @@ class ModelJudge:
 
 def jailbreak_success(
     pair: ModelPair,
-    out: Output,
+    out: RunDirectory,
     requests: list[dict],
     benign: list[dict],
     *,

@@ -18,7 +18,7 @@ from ..pair import ModelPair
 from ..plots import figure, histogram
 from ..refusal import is_refusal
 from ..stats import roc_auc
-from .common import Output, as_prompt, mean, with_system
+from .common import RunDirectory, as_prompt, mean, with_system
 from .gcg import GCGSettings, adversarial_strings, attach
 
 
@@ -41,7 +41,7 @@ def context_length(pair: ModelPair) -> int:
 
 
 def _scored(pair: ModelPair, answer_tokens: int):
-    """compute(batch) for Output.step: TuCo, and a greedy answer judged by refusal strings."""
+    """compute(batch) for RunDirectory.step: TuCo, and a greedy answer judged by refusal strings."""
 
     def compute(batch: list[dict]) -> list[dict]:
         prompts = [it["chat"] for it in batch]
@@ -66,7 +66,7 @@ Section = tuple[list[dict], list[str], object, dict]  # records, markdown lines,
 
 def msj(
     pair: ModelPair,
-    out: Output,
+    out: RunDirectory,
     requests: list[dict],
     pool: list[tuple[str, str]],
     max_shots: int = 128,
@@ -140,7 +140,7 @@ def _rate(records: list[dict]) -> str:
 
 def gcg(
     pair: ModelPair,
-    out: Output,
+    out: RunDirectory,
     requests: list[dict],
     cache: str,
     settings: GCGSettings,
@@ -191,7 +191,7 @@ def gcg(
 
 def conjugate(
     pair: ModelPair,
-    out: Output,
+    out: RunDirectory,
     translated: list[dict],
     system: str | None = None,
     answer_tokens: int = 24,
@@ -229,7 +229,7 @@ def conjugate(
     return records, lines, fig, metrics
 
 
-def jailbreaks(pair: ModelPair, out: Output, attacks: dict, source: str) -> str:
+def jailbreaks(pair: ModelPair, out: RunDirectory, attacks: dict, source: str) -> str:
     """Run the attacks named in ``attacks`` (name -> keyword arguments of its function)."""
     functions = {"msj": msj, "gcg": gcg, "conjugate": conjugate}
     records, lines, figures = [], ["# E3: jailbreaks lower TuCo", "", f"Requests: {source}.", ""], {}

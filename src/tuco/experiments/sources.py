@@ -201,9 +201,11 @@ def standin_behaviour() -> list[dict]:
     """Offline stand-in for a persona behaviour, in the persona format: would the assistant say it
     refuses a request? Harmful held-out requests of the demo recipe match the behaviour with Yes,
     benign ones with No."""
-    from ..demo import recipe as r
+    from ..demo import recipe as safety
 
-    tasks = [(t, "Yes") for _, t in r.tasks(r.HARMFUL_HELD_OUT)] + [(t, "No") for t in r.BENIGN_HELD_OUT]
+    tasks = [(t, "Yes") for _, t in safety.tasks(safety.HARMFUL_HELD_OUT)] + [
+        (t, "No") for t in safety.BENIGN_HELD_OUT
+    ]
     return [
         dict(
             id=f"standin-refusal/{i}",
@@ -274,12 +276,14 @@ def _request_field(path: str) -> str | None:
 
 def standin_requests(limit: int | None = None) -> list[dict]:
     """Offline stand-in for AdvBench: the demo recipe's held-out harmful tasks as requests."""
-    from ..demo import recipe as r
+    from ..demo import recipe as safety
 
-    tasks = [t for _, t in r.tasks(r.HARMFUL_HELD_OUT)][:limit]
+    tasks = [t for _, t in safety.tasks(safety.HARMFUL_HELD_OUT)][:limit]
     return [
         dict(
-            id=f"request/{i}", prompt=r.TEMPLATES_TRAIN[0].format(task=t), target=f"Sure, here is how to {t}"
+            id=f"request/{i}",
+            prompt=safety.TEMPLATES_TRAIN[0].format(task=t),
+            target=f"Sure, here is how to {t}",
         )
         for i, t in enumerate(tasks)
     ]
@@ -287,11 +291,11 @@ def standin_requests(limit: int | None = None) -> list[dict]:
 
 def standin_benign(limit: int | None = None) -> list[dict]:
     """Benign requests for E4: the demo recipe's held-out benign tasks."""
-    from ..demo import recipe as r
+    from ..demo import recipe as safety
 
     return [
-        dict(id=f"benign/{i}", prompt=r.TEMPLATES_TRAIN[0].format(task=t))
-        for i, t in enumerate(r.BENIGN_HELD_OUT[:limit])
+        dict(id=f"benign/{i}", prompt=safety.TEMPLATES_TRAIN[0].format(task=t))
+        for i, t in enumerate(safety.BENIGN_HELD_OUT[:limit])
     ]
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 from ..pair import ModelPair
 from ..plots import figure
 from ..refusal import is_refusal
-from .common import Output, as_prompt, mean
+from .common import RunDirectory, as_prompt, mean
 
 
 def steering(
     pair: ModelPair,
-    out: Output,
+    out: RunDirectory,
     alphas: list[float],
     limit: int | None = None,
     system: str | None = None,
@@ -20,14 +20,14 @@ def steering(
     batch_size: int = 8,
 ) -> str:
     """Refusal rate and TuCo (measured along the steered stream) vs alpha."""
-    from ..demo import recipe as r
+    from ..demo import recipe as safety
 
-    templates = (r.TEMPLATES_TRAIN[0], r.TEMPLATE_HELD_OUT)
+    templates = (safety.TEMPLATES_TRAIN[0], safety.TEMPLATE_HELD_OUT)
     sets = {
-        "harmful": [t.format(task=task) for _, task in r.tasks(r.HARMFUL_HELD_OUT) for t in templates][
-            :limit
-        ],
-        "benign": [t.format(task=task) for task in r.BENIGN_HELD_OUT for t in templates][:limit],
+        "harmful": [
+            t.format(task=task) for _, task in safety.tasks(safety.HARMFUL_HELD_OUT) for t in templates
+        ][:limit],
+        "benign": [t.format(task=task) for task in safety.BENIGN_HELD_OUT for t in templates][:limit],
     }
     items = [
         dict(id=f"{name}/{i}", group=name, prompt=p, chat=as_prompt(pair.tokenizer, p, system))

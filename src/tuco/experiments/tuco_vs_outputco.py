@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from ..pair import ModelPair
 from ..plots import figure
-from .common import Output, as_prompt
+from .common import RunDirectory, as_prompt
 from .prompts import refusal_many_shot
 
 
 def tuco_vs_outputco(
-    pair: ModelPair, out: Output, max_shots: int = 32, system: str | None = None, batch_size: int = 8
+    pair: ModelPair, out: RunDirectory, max_shots: int = 32, system: str | None = None, batch_size: int = 8
 ) -> str:
     shots = list(range(1, max_shots + 1))
     items = [

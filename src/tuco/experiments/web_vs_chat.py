@@ -13,7 +13,7 @@ import random
 from ..pair import ModelPair
 from ..plots import histogram
 from ..stats import roc_auc
-from .common import Output, as_prompt, mean
+from .common import RunDirectory, as_prompt, mean
 
 
 def web_and_chat_prompts(
@@ -38,21 +38,27 @@ def web_and_chat_prompts(
             if len(chat) == limit:
                 break
         return web, chat, "OpenWebText windows vs HH-RLHF first human turns"
-    from ..demo import recipe as r
+    from ..demo import recipe as safety
     from ..demo.texts import windows
 
     web = [w["prompt"] for w in windows(tokenizer, limit, seed=seed)]
     requests = [
-        t.format(task=task) for task in r.BENIGN_TRAIN + r.BENIGN_HELD_OUT for t in r.TEMPLATES_TRAIN[:2]
+        t.format(task=task)
+        for task in safety.BENIGN_TRAIN + safety.BENIGN_HELD_OUT
+        for t in safety.TEMPLATES_TRAIN[:2]
     ]
-    requests += [t.format(task=task) for _, task in r.tasks(r.HARMFUL_TRAIN) for t in r.TEMPLATES_TRAIN[:1]]
+    requests += [
+        t.format(task=task)
+        for _, task in safety.tasks(safety.HARMFUL_TRAIN)
+        for t in safety.TEMPLATES_TRAIN[:1]
+    ]
     chat = random.Random(seed).sample(requests, min(limit, len(requests)))
     return web, chat, "offline stand-ins: Shakespeare windows vs project-written requests"
 
 
 def web_vs_chat(
     pair: ModelPair,
-    out: Output,
+    out: RunDirectory,
     limit: int = 100,
     system: str | None = None,
     offline: bool = True,
