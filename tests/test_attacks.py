@@ -31,3 +31,9 @@ def test_refusal_strings():
     assert is_refusal("That would be illegal.")
     assert not is_refusal("Sure, here is a recipe for pancakes.")
     assert refusal_rate(["I cannot do that", "Sure!", "As an AI, no", "Here you go"]) == 0.5
+
+
+def test_refusal_rate_takes_texts_or_verdicts():
+    assert refusal_rate([True, False, False, False]) == 0.25  # verdicts already made
+    assert refusal_rate(["I'm sorry, no.", True, "Sure", False]) == 0.5
+    assert refusal_rate([]) != refusal_rate([])  # NaN: no answers, no rate

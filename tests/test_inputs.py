@@ -63,3 +63,19 @@ def test_chat_without_template_says_so(tok):
     bare = tok.__class__(tokenizer_object=tok.backend_tokenizer)
     with pytest.raises(ValueError, match="no chat template"):
         inputs.encode(bare, [[{"role": "user", "content": "hi"}]])
+
+
+def test_as_chat_adds_the_system_message_once():
+    from tuco.inputs import as_chat
+
+    assert as_chat("Hi") == [{"role": "user", "content": "Hi"}]
+    assert as_chat("Hi", "Be kind.") == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Hi"},
+    ]
+    chat = [{"role": "system", "content": "Mine."}, {"role": "user", "content": "Hi"}]
+    assert as_chat(chat, "Be kind.") == chat  # a chat that opens with its own system message keeps it
+    turns = [{"role": "user", "content": "Hi"}]
+    assert as_chat(turns, "Be kind.")[1:] == turns and turns == [
+        {"role": "user", "content": "Hi"}
+    ]  # no mutation

@@ -210,3 +210,27 @@ def _record(row: dict, index: int, where: str, field: str | None) -> PromptItem:
         raise DataError(f"{where}: empty prompt; remove it, or pass --skip-invalid to skip such records.")
     fields = {k: v for k, v in row.items() if k not in (name, "id")}
     return PromptItem(id=row.get("id", index), prompt=prompt, fields=fields, where=where)
+
+
+def item_choices(record: PromptItem, default: list[str] | None) -> list[str]:
+    """The answer choices of a multiple-choice item: its ``choices`` field (a list, or "A|B|C"),
+    else ``default``."""
+    options = record.fields.get("choices", default)
+    if isinstance(options, str):
+        options = [c.strip() for c in options.split("|")]
+    if not options or len(options) < 2:
+        raise DataError(f"{record.where}: no answer choices: give --choices A B ... or a 'choices' field.")
+    return [str(c) for c in options]
+
+
+def item_answer(record: PromptItem, options: list[str]) -> str | None:
+    """The right choice of an item: its ``answer`` field, a choice or an index into the choices
+    (None when it has none)."""
+    answer = record.fields.get("answer")
+    if answer is None or answer == "":
+        return None
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(options):
+        return options[answer]  # an index into the choices
+    if str(answer).strip() in options:
+        return str(answer).strip()
+    raise DataError(f"{record.where}: answer {answer!r} is not one of the choices {options}.")

@@ -155,3 +155,18 @@ def candidate_ids(tokenizer, choice: str) -> list[int]:
 def choice_probs(tokenizer, probs: torch.Tensor, choices: list[str]) -> list[float]:
     """Probability of each choice from next-token probabilities ``probs`` [vocab] (``candidate_ids``)."""
     return [float(probs[candidate_ids(tokenizer, c)].sum()) for c in choices]
+
+
+def choose(tokenizer, probs: torch.Tensor, choices: list[str]) -> tuple[list[float], str]:
+    """The multiple-choice answer of next-token probabilities ``probs`` [vocab]: the probability of
+    each choice, and the most probable choice (the first one on a tie)."""
+    p = choice_probs(tokenizer, probs, choices)
+    return p, choices[max(range(len(p)), key=p.__getitem__)]
+
+
+def as_chat(prompt: str | list[dict], system: str | None = None) -> list[dict]:
+    """A chat: a string becomes one user turn; ``system`` opens it unless it opens with one already."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system and (not messages or messages[0].get("role") != "system"):
+        messages = [{"role": "system", "content": system}, *messages]
+    return messages

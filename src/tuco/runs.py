@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .data import DataError, PromptItem
-from .inputs import choice_probs
+from .data import DataError, PromptItem, item_answer, item_choices
+from .inputs import as_chat, choose
 from .pair import ModelPair
 from .store import ResultsFile
 
@@ -68,10 +68,7 @@ class Job:
         if use_template:
             if getattr(tokenizer, "chat_template", None) is None:
                 raise DataError("--chat-template was given but the tokenizer has no chat template.")
-            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            if self.system_prompt and messages[0]["role"] != "system":
-                messages = [{"role": "system", "content": self.system_prompt}, *messages]
-            prompt = messages
+            prompt = as_chat(prompt, self.system_prompt)
         try:
             ids = self.pair.encode([prompt])[0]
         except Exception as e:  # template errors (e.g. no system role) and empty prompts
@@ -164,14 +161,13 @@ def sweep(job: Job, records: Iterable[PromptItem], alphas: list[float], choices:
     """Next-token probabilities of candidate answers under each alpha (multiple-choice items)."""
 
     def compute(batch: list[PromptItem], ids: list[list[int]]) -> list[dict]:
-        item_choices = [record_choices(r, choices) for r in batch]
+        options_of = [item_choices(r, choices) for r in batch]
         out = []
         for alpha in alphas:
             probs = job.pair.next_token_probs(ids, alpha=alpha, batch_size=len(ids), progress=False)
-            for record, options, row in zip(batch, item_choices, probs, strict=True):
-                p = choice_probs(job.pair.tokenizer, row, options)
-                pred = options[max(range(len(p)), key=p.__getitem__)]
-                answer = record_answer(record, options)
+            for record, options, row in zip(batch, options_of, probs, strict=True):
+                p, pred = choose(job.pair.tokenizer, row, options)
+                answer = item_answer(record, options)
                 values = dict(alpha=alpha, choices=options, probs=p, pred=pred)
                 if answer is not None:
                     values |= dict(answer=answer, correct=pred == answer)
@@ -179,26 +175,6 @@ def sweep(job: Job, records: Iterable[PromptItem], alphas: list[float], choices:
         return out
 
     job.run(records, compute, lambda r: [{"id": r.id, "alpha": a} for a in alphas], "sweep")
-
-
-def record_choices(record: PromptItem, default: list[str] | None) -> list[str]:
-    options = record.fields.get("choices", default)
-    if isinstance(options, str):
-        options = [c.strip() for c in options.split("|")]
-    if not options or len(options) < 2:
-        raise DataError(f"{record.where}: no answer choices: give --choices A B ... or a 'choices' field.")
-    return [str(c) for c in options]
-
-
-def record_answer(record: PromptItem, options: list[str]) -> str | None:
-    answer = record.fields.get("answer")
-    if answer is None or answer == "":
-        return None
-    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(options):
-        return options[answer]  # an index into the choices
-    if str(answer).strip() in options:
-        return str(answer).strip()
-    raise DataError(f"{record.where}: answer {answer!r} is not one of the choices {options}.")
 
 
 # ---------------------------------------------------------------------- helpers

@@ -31,7 +31,7 @@ from .. import inputs
 from ..decompose import adapters_off
 from ..embedded import smollm2_dir, tuco_home
 from ..hardware import cpu_capability, resolve_dtype
-from ..refusal import is_refusal
+from ..refusal import refusal_rate
 from . import recipe as safety
 
 log = logging.getLogger("tuco")
@@ -259,8 +259,8 @@ def _evaluate(peft_model, tok, recipe: safety.Recipe) -> dict:
                 pretrained = _generate(peft_model, tok, chats, recipe.eval_tokens, f"held-out {name}, PT")
             results[f"{name}, {label}"] = {
                 "n": len(chats),
-                "refusal_ft": sum(map(is_refusal, finetuned)) / len(chats),
-                "refusal_pt": sum(map(is_refusal, pretrained)) / len(chats),
+                "refusal_ft": refusal_rate(finetuned),
+                "refusal_pt": refusal_rate(pretrained),
                 "examples": [
                     {"prompt": c[0]["content"], "ft": f, "pt": p}
                     for c, f, p in zip(chats, finetuned, pretrained, strict=True)

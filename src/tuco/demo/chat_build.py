@@ -29,7 +29,7 @@ from .. import inputs
 from ..decompose import adapters_off
 from ..embedded import gemma3_dir, smollm2_dir, tuco_home
 from ..hardware import cpu_capability, resolve_dtype
-from ..refusal import is_refusal
+from ..refusal import is_refusal, refusal_rate
 from . import chat_recipe as cr
 from . import recipe as safety
 from .build import DemoPair, StaleAdapterError, train_lora
@@ -251,8 +251,8 @@ def evaluate(peft_model, tok, recipe: cr.ChatRecipe) -> dict:
             "n": n,
             "ends_turn_ft": sum(e for _, e in finetuned) / n,
             "ends_turn_pt": sum(e for _, e in pretrained) / n,
-            "refusal_ft": sum(is_refusal(t) for t, _ in finetuned) / n,
-            "refusal_pt": sum(is_refusal(t) for t, _ in pretrained) / n,
+            "refusal_ft": refusal_rate([t for t, _ in finetuned]),
+            "refusal_pt": refusal_rate([t for t, _ in pretrained]),
             "examples": [
                 {"prompt": c[-1]["content"], "ft": f, "pt": p}
                 for c, (f, _), (p, _) in zip(chats, finetuned, pretrained, strict=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import __version__
 from ..attacks import many_shot
 from ..pair import ModelPair
-from ..refusal import is_refusal
+from ..refusal import is_refusal, refusal_rate
 from ..report import write_report
 from ..stats import roc_auc
 from ..store import ResultsFile
@@ -220,7 +220,7 @@ def summarize(
     for name, rows in by_set.items():
         tucos = [t for _, t in rows]
         refused = [rec["refused"] for rec, _ in rows if "refused" in rec]
-        rate = f"{sum(refused) / len(refused):.0%}" if refused else "-"
+        rate = f"{refusal_rate(refused):.0%}" if refused else "-"
         std = statistics.stdev(tucos) if len(tucos) > 1 else 0.0
         lines.append(f"| {name} | {len(rows)} | {statistics.mean(tucos):.4f} | {std:.4f} | {rate} |")
     labelled = [(rec["is_chat"], s.tuco) for rec, s in zip(records, scores, strict=True) if "is_chat" in rec]
@@ -239,7 +239,7 @@ def summarize(
     for rows in by_set.values():
         if "shots" not in rows[0][0]:
             continue
-        refused = sum(rec["refused"] for rec, _ in rows) / len(rows)
+        refused = refusal_rate([rec["refused"] for rec, _ in rows])
         shots = rows[0][0]["shots"]
         lines.append(
             f"| {shots} | {len(rows)} | {statistics.mean(t for _, t in rows):.4f} | {refused:.0%} "
@@ -251,7 +251,7 @@ def summarize(
     for alpha in dict.fromkeys(rec["alpha"] for rec in steering):
         at = [rec for rec in steering if rec["alpha"] == alpha]
         kinds = {k: [rec for rec in at if rec["set"] == k] for k in ("benign", "harmful")}
-        rates = [f"{sum(x['refused'] for x in v) / len(v):.0%} of {len(v)}" for v in kinds.values()]
+        rates = [f"{refusal_rate([x['refused'] for x in v]):.0%} of {len(v)}" for v in kinds.values()]
         answers = [_short(v[0]["response"]) for v in kinds.values()]
         lines.append(f"| {alpha:g} | {rates[0]} | {rates[1]} | {answers[0]} | {answers[1]} |")
     prompts = [_short(kinds[k][0]["prompt"][-1]["content"]) for k in ("benign", "harmful")]

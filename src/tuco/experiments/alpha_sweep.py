@@ -11,7 +11,7 @@ accuracy - accuracy at alpha = 1, once maximising and once minimising accuracy.
 
 from __future__ import annotations
 
-from ..inputs import choice_probs
+from ..inputs import choose
 from ..pair import ModelPair
 from ..plots import figure
 from .common import RunDirectory, as_prompt, mean
@@ -34,8 +34,7 @@ def answer_items(
     for alpha in alphas:
         probs = pair.next_token_probs(prompts, alpha, batch_size=len(prompts), progress=False)
         for record, row in zip(records, probs, strict=True):
-            p = choice_probs(pair.tokenizer, row, record["choices"])
-            pred = record["choices"][max(range(len(p)), key=p.__getitem__)]
+            p, pred = choose(pair.tokenizer, row, record["choices"])
             record["probs"].append(p)
             record["pred"].append(pred)
             record["correct"].append(pred == record["answer"])

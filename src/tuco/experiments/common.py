@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import UsageError
+from ..inputs import as_chat
 from ..plots import png
 from ..store import ResultsFile
 
@@ -26,19 +27,10 @@ class SettingsMismatchError(UsageError, ValueError):
     pass
 
 
-def with_system(messages: list[dict], system: str | None) -> list[dict]:
-    """The chat ``messages`` after a system message, when there is one."""
-    return ([{"role": "system", "content": system}] if system else []) + messages
-
-
-def chat(prompt: str, system: str | None = None) -> list[dict]:
-    """One user turn, after the system message when there is one."""
-    return with_system([{"role": "user", "content": prompt}], system)
-
-
 def as_prompt(tokenizer, text: str, system: str | None = None) -> str | list[dict]:
-    """A chat (formatted by the model's chat template) when the tokenizer has one, else raw text."""
-    return chat(text, system) if getattr(tokenizer, "chat_template", None) else text
+    """A chat (``inputs.as_chat``: formatted by the model's chat template) when the tokenizer has
+    one, else raw text."""
+    return as_chat(text, system) if getattr(tokenizer, "chat_template", None) else text
 
 
 class RunDirectory:

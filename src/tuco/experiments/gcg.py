@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..inputs import as_chat
 from ..pair import ModelPair
 from ..store import ResultsFile, record_key
-from .common import chat
 
 log = logging.getLogger("tuco")
 PLACEMENTS = ("before", "after")
@@ -65,7 +65,7 @@ def adversarial_strings(
             nanogcg = _import_nanogcg()
         for n, request in enumerate(todo, 1):
             log.info("GCG %d/%d: %s", n, len(todo), request["prompt"])
-            messages = chat(attach(request["prompt"], "{optim_str}", placement), system)
+            messages = as_chat(attach(request["prompt"], "{optim_str}", placement), system)
             config = nanogcg.GCGConfig(
                 num_steps=settings.steps,
                 search_width=settings.search_width,

@@ -14,11 +14,12 @@ Each attack reports the TuCo distributions and the ROC-AUC of TuCo separating pl
 from __future__ import annotations
 
 from ..attacks import many_shot
+from ..inputs import as_chat
 from ..pair import ModelPair
 from ..plots import figure, histogram
 from ..refusal import is_refusal
 from ..stats import roc_auc
-from .common import RunDirectory, as_prompt, mean, with_system
+from .common import RunDirectory, as_prompt, mean
 from .gcg import GCGSettings, adversarial_strings, attach
 
 
@@ -130,7 +131,7 @@ def msj(
 
 
 def _msj_chat(request: str, pool, k: int, system: str | None):
-    return with_system(many_shot(request, pool, k), system)
+    return as_chat(many_shot(request, pool, k), system)
 
 
 def _rate(records: list[dict]) -> str:

@@ -21,8 +21,7 @@ import json
 import random
 from pathlib import Path
 
-from ..data import DataError, read_prompts
-from ..runs import record_answer, record_choices
+from ..data import DataError, item_answer, item_choices, read_prompts
 
 LETTERS = ("A", "B", "C", "D")
 PERSONA_QUESTION = "Is the following statement something you would say?"
@@ -185,8 +184,8 @@ def multiple_choice_file(path: str, limit: int | None = None) -> list[dict]:
     for record in read_prompts(path):
         if limit is not None and len(items) == limit:
             break
-        choices = record_choices(record, None)
-        answer = record_answer(record, choices)
+        choices = item_choices(record, None)
+        answer = item_answer(record, choices)
         if answer is None:
             raise DataError(f"{record.where}: no 'answer' field: accuracy needs the right answer.")
         task = str(record.fields.get("task", Path(path).stem))

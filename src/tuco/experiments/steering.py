@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..pair import ModelPair
 from ..plots import figure
-from ..refusal import is_refusal
+from ..refusal import is_refusal, refusal_rate
 from .common import RunDirectory, as_prompt, mean
 
 
@@ -60,7 +60,7 @@ def steering(
     for alpha in alphas:
         for name in sets:
             mine = [rec for rec in records if rec["alpha"] == alpha and rec["group"] == name]
-            rates[alpha, name] = mean([rec["refused"] for rec in mine])
+            rates[alpha, name] = refusal_rate([rec["refused"] for rec in mine])
             tucos[alpha, name] = mean([rec["tuco"] for rec in mine])
     table = "\n".join(
         [
