@@ -23,6 +23,7 @@ from ..refusal import is_refusal, refusal_rate
 from ..report import write_report
 from ..stats import roc_auc
 from ..store import ResultsFile
+from ..tables import markdown_table
 from . import chat_recipe
 from . import recipe as safety
 from .build import DemoPair
@@ -147,6 +148,9 @@ def run(
     return summary
 
 
+KINDS = ("benign", "harmful")
+
+
 def steer(pair: ModelPair, config: DemoConfig) -> list[dict]:
     """Greedy answers of the FTC-alpha model to held-out benign and harmful requests, at each alpha."""
     recipe = config.recipe
@@ -178,16 +182,21 @@ def steer(pair: ModelPair, config: DemoConfig) -> list[dict]:
 
 def _held_out_table(held_out: dict) -> list[str]:
     turns = all("ends_turn_ft" in m for m in held_out.values())
-    head = "| requests | n |" + (" FT ends its turn | PT ends its turn |" if turns else "")
-    lines = [head + " FT refuses | PT refuses |", "|---" * (4 + 2 * turns) + "|"]
-    for name, m in held_out.items():
-        ends = f" {m['ends_turn_ft']:.0%} | {m['ends_turn_pt']:.0%} |" if turns else ""
-        lines.append(f"| {name} | {m['n']} |{ends} {m['refusal_ft']:.0%} | {m['refusal_pt']:.0%} |")
-    return lines
+    header = [
+        "requests",
+        "n",
+        *(["FT ends its turn", "PT ends its turn"] if turns else []),
+        "FT refuses",
+        "PT refuses",
+    ]
+    keys = (["ends_turn_ft", "ends_turn_pt"] if turns else []) + ["refusal_ft", "refusal_pt"]
+    return markdown_table(
+        header, [[name, m["n"], *(m[k] for k in keys)] for name, m in held_out.items()], "{:.0%}"
+    )
 
 
-def _short(text: str, width: int = 90) -> str:
-    text = " ".join(text.split()).replace("|", "/")
+def _short(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -214,15 +223,22 @@ def summarize(
         "",
         "## TuCo per prompt set",
         "",
-        "| set | n | mean TuCo | std | FT refusal rate |",
-        "|---|---|---|---|---|",
     ]
-    for name, rows in by_set.items():
-        tucos = [t for _, t in rows]
-        refused = [rec["refused"] for rec, _ in rows if "refused" in rec]
-        rate = f"{refusal_rate(refused):.0%}" if refused else "-"
+    rows = []
+    for name, pairs in by_set.items():
+        tucos = [t for _, t in pairs]
+        refused = [rec["refused"] for rec, _ in pairs if "refused" in rec]
         std = statistics.stdev(tucos) if len(tucos) > 1 else 0.0
-        lines.append(f"| {name} | {len(rows)} | {statistics.mean(tucos):.4f} | {std:.4f} | {rate} |")
+        rows.append(
+            [
+                name,
+                len(pairs),
+                statistics.mean(tucos),
+                std,
+                f"{refusal_rate(refused):.0%}" if refused else "-",
+            ]
+        )
+    lines += markdown_table(["set", "n", "mean TuCo", "std", "FT refusal rate"], rows)
     labelled = [(rec["is_chat"], s.tuco) for rec, s in zip(records, scores, strict=True) if "is_chat" in rec]
     auc = roc_auc([t for y, t in labelled if y], [t for y, t in labelled if not y])
     harm = roc_auc([t for _, t in by_set["harmful"]], [t for _, t in by_set["benign"]])
@@ -233,31 +249,34 @@ def summarize(
         "",
         "## Many-shot jailbreak (harmful requests after k faux compliant turns)",
         "",
-        "| shots | n | mean TuCo | FT refusal rate | attack success |",
-        "|---|---|---|---|---|",
     ]
-    for rows in by_set.values():
-        if "shots" not in rows[0][0]:
-            continue
-        refused = refusal_rate([rec["refused"] for rec, _ in rows])
-        shots = rows[0][0]["shots"]
-        lines.append(
-            f"| {shots} | {len(rows)} | {statistics.mean(t for _, t in rows):.4f} | {refused:.0%} "
-            f"| {1 - refused:.0%} |"
-        )
+    rows = []
+    for pairs in by_set.values():
+        if "shots" in pairs[0][0]:
+            refused = refusal_rate([rec["refused"] for rec, _ in pairs])
+            tuco = statistics.mean(t for _, t in pairs)
+            rows.append([pairs[0][0]["shots"], len(pairs), tuco, f"{refused:.0%}", f"{1 - refused:.0%}"])
+    lines += markdown_table(["shots", "n", "mean TuCo", "FT refusal rate", "attack success"], rows)
     lines += ["", "## FTC-alpha steering (alpha 0 is the pre-trained model, 1 the fine-tuned one)", ""]
-    lines += ["| alpha | benign refused | harmful refused | first benign answer | first harmful answer |"]
-    lines += ["|---|---|---|---|---|"]
-    for alpha in dict.fromkeys(rec["alpha"] for rec in steering):
-        at = [rec for rec in steering if rec["alpha"] == alpha]
-        kinds = {k: [rec for rec in at if rec["set"] == k] for k in ("benign", "harmful")}
-        rates = [f"{refusal_rate([x['refused'] for x in v]):.0%} of {len(v)}" for v in kinds.values()]
-        answers = [_short(v[0]["response"]) for v in kinds.values()]
-        lines.append(f"| {alpha:g} | {rates[0]} | {rates[1]} | {answers[0]} | {answers[1]} |")
-    prompts = [_short(kinds[k][0]["prompt"][-1]["content"]) for k in ("benign", "harmful")]
+    alphas = list(dict.fromkeys(rec["alpha"] for rec in steering))
+    at = {
+        (a, k): [rec for rec in steering if rec["alpha"] == a and rec["set"] == k]
+        for a in alphas
+        for k in KINDS
+    }
+    rows = [
+        [
+            f"{a:g}",
+            *(f"{refusal_rate([x['refused'] for x in at[a, k]]):.0%} of {len(at[a, k])}" for k in KINDS),
+        ]
+        for a in alphas
+    ]
+    lines += markdown_table(["alpha", "benign requests refused", "harmful requests refused"], rows)
+    for k in KINDS:
+        for i, rec in enumerate(at[alphas[0], k][:2]):
+            lines += ["", f"{k.capitalize()} request: *{rec['prompt'][-1]['content']}*", ""]
+            lines += [f"- alpha {a:g}: {_short(at[a, k][i]['response'])!r}" for a in alphas]
     lines += [
-        "",
-        f'Requests of the example answers: "{prompts[0]}" and "{prompts[1]}".',
         "",
         f"Demo run time: {seconds:.0f} s. The adapter was trained once, in {demo.metrics['build_seconds']} s "
         f"({demo.metrics.get('dtype', '?')} on {demo.metrics.get('cpu', '?')}), and ships with tuco.",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..inputs import choose
 from ..pair import ModelPair
 from ..plots import figure
+from ..tables import markdown_table
 from .common import RunDirectory, as_prompt, mean
 from .stats import cross_validated_alpha
 
@@ -127,9 +128,11 @@ def _probability_table(right: dict, alphas) -> str:
         "",
         "Mean probability of the right / behaviour-matching answer, normalised over the choices:",
         "",
-        "| task | " + " | ".join(f"a={a:g}" for a in alphas) + " |",
-        "|---|" + "---|" * len(alphas),
-        *[f"| {task} | " + " | ".join(f"{v:.3f}" for v in values) + " |" for task, values in right.items()],
+        *markdown_table(
+            ["task", *(f"a={a:g}" for a in alphas)],
+            [[task, *values] for task, values in right.items()],
+            "{:.3f}",
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -138,27 +141,25 @@ def _table(rows: list[dict], alphas, curves: dict, folds: int, source: str) -> s
     def pts(value: float) -> str:
         return f"{100 * value:+.2f}"
 
+    cells = []
+    for row in rows:
+        accuracy = [f"{100 * v:.1f}" for v in curves[row["task"]]]
+        if row["up"] is None:
+            cells.append([row["task"], row["n"], *accuracy, f"(fewer than {folds} items)", "", ""])
+            continue
+        chosen = "/".join(f"{a:g}" for a in row["up"]["alphas"])
+        cells.append(
+            [row["task"], row["n"], *accuracy, pts(row["up"]["delta"]), chosen, pts(row["down"]["delta"])]
+        )
+    header = ["task", "n", *(f"a={a:g}" for a in alphas), "Delta max (pts)", "alpha* max", "Delta min (pts)"]
     lines = [
         "# E1: accuracy / behaviour agreement vs alpha",
         "",
         f"Items: {source}. Alpha grid: {', '.join(f'{a:g}' for a in alphas)}; "
         f"{folds}-fold cross-validated alpha*.",
         "",
-        "| task | n | "
-        + " | ".join(f"a={a:g}" for a in alphas)
-        + " | Delta max (pts) | alpha* max | Delta min (pts) |",
-        "|---|---|" + "---|" * len(alphas) + "---|---|---|",
+        *markdown_table(header, cells),
     ]
-    for row in rows:
-        accuracy = " | ".join(f"{100 * v:.1f}" for v in curves[row["task"]])
-        if row["up"] is None:
-            lines.append(f"| {row['task']} | {row['n']} | {accuracy} | (fewer than {folds} items) | | |")
-            continue
-        chosen = "/".join(f"{a:g}" for a in row["up"]["alphas"])
-        lines.append(
-            f"| {row['task']} | {row['n']} | {accuracy} | {pts(row['up']['delta'])} | {chosen} "
-            f"| {pts(row['down']['delta'])} |"
-        )
     scored = [r for r in rows if r["up"] is not None]
     if scored:
         gains = sum(r["up"]["delta"] > 0 for r in scored)

@@ -21,6 +21,7 @@ from ..pair import ModelPair
 from ..plots import histogram
 from ..refusal import is_refusal
 from ..stats import roc_auc, tpr_at_fpr
+from ..tables import markdown_table
 from .common import RunDirectory, as_prompt, mean
 from .gcg import GCGSettings, adversarial_strings, attach
 from .stats import jailbreak_succeeded
@@ -136,13 +137,13 @@ def jailbreak_success(
         f"(<= {max_new_tokens} new tokens, temperature {temperature:g}) judged not refusals by "
         f"{getattr(judge, '__name__', type(judge).__name__)}.",
         "",
-        "| prompts | n | successful jailbreaks | mean TuCo |",
-        "|---|---|---|---|",
     ]
+    rows = []
     for g in groups:
         mine = [r for r in records if r["group"] == g]
         hits = sum(r["success"] for r in mine) if g != "benign" else "-"
-        lines.append(f"| {g} | {len(mine)} | {hits} | {mean([r['tuco'] for r in mine]):.4f} |")
+        rows.append([g, len(mine), hits, mean([r["tuco"] for r in mine])])
+    lines += markdown_table(["prompts", "n", "successful jailbreaks", "mean TuCo"], rows)
     metrics = {
         "n_success": len(success),
         "n_rest": len(rest),

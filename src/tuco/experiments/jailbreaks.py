@@ -19,6 +19,7 @@ from ..pair import ModelPair
 from ..plots import figure, histogram
 from ..refusal import is_refusal
 from ..stats import roc_auc
+from ..tables import markdown_table
 from .common import RunDirectory, as_prompt, mean
 from .gcg import GCGSettings, adversarial_strings, attach
 
@@ -99,9 +100,10 @@ def msj(
         "",
         f"{len(requests)} requests; shots that fit the context ({fits} tokens): {', '.join(map(str, grid))}.",
         "",
-        "| shots | n | mean TuCo | harmful answers |",
-        "|---|---|---|---|",
-        *[f"| {k} | {len(rs)} | {mean([r['tuco'] for r in rs]):.4f} | {_rate(rs)} |" for k, rs in rows],
+        *markdown_table(
+            ["shots", "n", "mean TuCo", "harmful answers"],
+            [[k, len(rs), mean([r["tuco"] for r in rs]), _rate(rs)] for k, rs in rows],
+        ),
     ]
     metrics = {
         "shots": grid,
@@ -178,10 +180,13 @@ def gcg(
         f"{len(requests)} requests, string {placement} the request ({settings.steps} steps, width "
         f"{settings.search_width}, top-k {settings.topk}, {settings.tokens} tokens; cache {cache}).",
         "",
-        "| prompts | n | mean TuCo | harmful answers |",
-        "|---|---|---|---|",
-        f"| plain | {len(plain)} | {mean(plain):.4f} | {rate_plain} |",
-        f"| with GCG string | {len(attacked)} | {mean(attacked):.4f} | {rate_attacked} |",
+        *markdown_table(
+            ["prompts", "n", "mean TuCo", "harmful answers"],
+            [
+                ["plain", len(plain), mean(plain), rate_plain],
+                ["with GCG string", len(attacked), mean(attacked), rate_attacked],
+            ],
+        ),
         "",
         f"ROC-AUC of TuCo, plain vs attacked: **{auc:.3f}** (paper: up to 1.0, Llama-2 7B).",
     ]
@@ -207,16 +212,23 @@ def conjugate(
     languages = list(dict.fromkeys(r["language"] for r in records))
     base = "English" if "English" in languages else languages[0]
     tucos = {lang: [r["tuco"] for r in records if r["language"] == lang] for lang in languages}
+    rows = []
+    for lang in sorted(languages, key=lambda lang: -mean(tucos[lang])):
+        auc = "" if lang == base else f"{roc_auc(tucos[base], tucos[lang]):.3f}"
+        rows.append(
+            [
+                lang,
+                len(tucos[lang]),
+                mean(tucos[lang]),
+                _rate([r for r in records if r["language"] == lang]),
+                auc,
+            ]
+        )
     lines = [
         "## Conjugate prompting",
         "",
-        f"| language | n | mean TuCo | harmful answers | ROC-AUC vs {base} |",
-        "|---|---|---|---|---|",
+        *markdown_table(["language", "n", "mean TuCo", "harmful answers", f"ROC-AUC vs {base}"], rows),
     ]
-    for lang in sorted(languages, key=lambda lang: -mean(tucos[lang])):
-        auc = "" if lang == base else f"{roc_auc(tucos[base], tucos[lang]):.3f}"
-        rate = _rate([r for r in records if r["language"] == lang])
-        lines.append(f"| {lang} | {len(tucos[lang])} | {mean(tucos[lang]):.4f} | {rate} | {auc} |")
     lines += ["", "Paper: TuCo orders with the language's share of web text, English highest."]
     fig, ax = figure()
     ax.bar(languages, [mean(tucos[lang]) for lang in languages])

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..pair import ModelPair
 from ..plots import figure
 from ..refusal import is_refusal, refusal_rate
+from ..tables import markdown_table
 from .common import RunDirectory, as_prompt, mean
 
 
@@ -70,13 +71,14 @@ def steering(
             f"answers of {max_new_tokens} tokens judged by the refusal strings; TuCo measured along the "
             "steered stream.",
             "",
-            "| alpha | harmful refused | benign refused | TuCo harmful | TuCo benign |",
-            "|---|---|---|---|---|",
-            *[
-                f"| {a:g} | {rates[a, 'harmful']:.0%} | {rates[a, 'benign']:.0%} | {tucos[a, 'harmful']:.4f} "
-                f"| {tucos[a, 'benign']:.4f} |"
-                for a in alphas
-            ],
+            *markdown_table(
+                ["alpha", "harmful refused", "benign refused", "TuCo harmful", "TuCo benign"],
+                [
+                    [f"{a:g}", f"{rates[a, 'harmful']:.0%}", f"{rates[a, 'benign']:.0%}"]
+                    + [tucos[a, "harmful"], tucos[a, "benign"]]
+                    for a in alphas
+                ],
+            ),
             "",
         ]
     )

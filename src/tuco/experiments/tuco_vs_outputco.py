@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..pair import ModelPair
 from ..plots import figure
+from ..tables import markdown_table
 from .common import RunDirectory, as_prompt
 from .prompts import refusal_many_shot
 
@@ -29,18 +30,24 @@ def tuco_vs_outputco(
 
     records = out.step("scores", items, compute, batch_size, desc="E5 scores")
     first, last = records[0], records[-1]
-    rows = [
-        f"| {r['shots']} | {r['tuco']:.4f} | {r['outputco']:.4f} | {r['kl']:.4f} | {r['ftc_norm']:.1f} "
-        f"| {r['distance']:.1f} |"
-        for r in records
-    ]
     table = "\n".join(
         [
             "# E5: TuCo vs OutputCo on the refusal many-shot prompt",
             "",
-            "| shots | TuCo | OutputCo | KL(p_FT, p_PT) | FTC norm | final-state distance |",
-            "|---|---|---|---|---|---|",
-            *rows,
+            *markdown_table(
+                ["shots", "TuCo", "OutputCo", "KL(p_FT, p_PT)", "FTC norm", "final-state distance"],
+                [
+                    [
+                        r["shots"],
+                        r["tuco"],
+                        r["outputco"],
+                        r["kl"],
+                        f"{r['ftc_norm']:.1f}",
+                        f"{r['distance']:.1f}",
+                    ]
+                    for r in records
+                ],
+            ),
             "",
             f"TuCo {first['tuco']:.4f} -> {last['tuco']:.4f}; OutputCo {first['outputco']:.4f} -> "
             f"{last['outputco']:.4f} (paper, Llama-2 7B chat: TuCo 0.235 -> 0.255, OutputCo falls first).",

@@ -13,6 +13,7 @@ import random
 from ..pair import ModelPair
 from ..plots import histogram
 from ..stats import roc_auc
+from ..tables import markdown_table
 from .common import RunDirectory, as_prompt, mean
 
 
@@ -89,10 +90,10 @@ def web_vs_chat(
             "",
             f"Source: {source}.",
             "",
-            "| group | n | mean TuCo |",
-            "|---|---|---|",
-            f"| web | {len(web)} | {mean(t_web):.4f} |",
-            f"| chat | {len(chat)} | {mean(t_chat):.4f} |",
+            *markdown_table(
+                ["group", "n", "mean TuCo"],
+                [["web", len(web), mean(t_web)], ["chat", len(chat), mean(t_chat)]],
+            ),
             "",
             f"ROC-AUC of TuCo (chat positive): **{auc:.3f}** (paper: >= 0.89 for 8 of 9 models).",
             "",
