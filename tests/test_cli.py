@@ -338,7 +338,7 @@ def test_out_of_memory_splits_the_batch(dirs, tmp_path, capsys, monkeypatch, cap
     rc, err = main_rc(
         capsys, "score", *models(dirs), "--prompts", str(prompts), "--out", str(out), "--batch-size", "4"
     )
-    assert rc == 0 and "out of memory on a batch of 4: retrying as 2 + 2" in caplog.text
+    assert rc == 0 and "out of memory on 4 prompts: retrying as 2 + 2" in caplog.text
     assert [r["id"] for r in read_jsonl(out)] == ["a", "b", "c", 3]
 
 

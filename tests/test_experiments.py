@@ -1,5 +1,7 @@
 """Experiment building blocks: cross-validation, AUC / TPR@FPR, the success rule, prompt builders."""
 
+import json
+
 import pytest
 
 from tuco.experiments import prompts, registry, stats
@@ -76,16 +78,21 @@ def test_output_resumes_steps_and_refuses_other_settings(tmp_path):
         calls.append([it["id"] for it in batch])
         return [dict(id=it["id"], double=2 * it["x"]) for it in batch]
 
-    items = [dict(id=f"item/{i}", x=i) for i in range(5)]
+    items = [dict(id=f"item/{i}", x=i) for i in range(20)]  # windows of 8 (WINDOW batches of 1)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "mine.txt").write_text("the user's")
     out = RunDirectory(tmp_path / "run", {"limit": 5})
-    assert [r["double"] for r in out.step("twice", items[:3], compute, batch_size=2)] == [0, 2, 4]
-    assert calls == [["item/0", "item/1"], ["item/2"]]
-    # same settings: finished items are read back, only the new ones computed
+    assert [r["double"] for r in out.step("twice", items[:12], compute, batch_size=1)] == list(
+        range(0, 24, 2)
+    )
+    assert calls == [[f"item/{i}" for i in range(8)], [f"item/{i}" for i in range(8, 12)]]
+    # same settings: finished windows are read back; a window with new items is computed whole
+    # (padded and batched as in one run) and only its new records are written
     again = RunDirectory(tmp_path / "run", {"limit": 5})
-    assert [r["double"] for r in again.step("twice", items, compute, batch_size=2)] == [0, 2, 4, 6, 8]
-    assert calls[2:] == [["item/3", "item/4"]]
+    assert [r["double"] for r in again.step("twice", items, compute, batch_size=1)] == list(range(0, 40, 2))
+    assert calls[2:] == [[f"item/{i}" for i in range(8, 16)], [f"item/{i}" for i in range(16, 20)]]
+    lines = (tmp_path / "run" / "steps" / "twice.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [it["id"] for it in items]
     with pytest.raises(SettingsMismatchError, match=r"other settings \(limit\).*--overwrite"):
         RunDirectory(tmp_path / "run", {"limit": 6})
     fresh = RunDirectory(tmp_path / "run", {"limit": 6}, overwrite=True)

@@ -76,7 +76,7 @@ def test_torchrun_two_processes_equal_one_process(dirs, tmp_path):
         "--prompts",
         str(prompts),
         "--batch-size",
-        "2",
+        "1",  # windows of 8 prompts: rank 0 takes prompts 0-7, rank 1 prompts 8-10
         "--quiet",
     ]
     single = tmp_path / "single.jsonl"
@@ -113,3 +113,4 @@ def test_torchrun_two_processes_equal_one_process(dirs, tmp_path):
     assert "merged 2 shards" in proc.stderr
     assert merged.read_bytes() == single.read_bytes()
     assert not list(tmp_path.glob("merged.jsonl.shard-*"))
+    assert "8 new records" in proc.stderr and "3 new records" in proc.stderr  # both ranks worked

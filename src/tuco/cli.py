@@ -232,6 +232,7 @@ def run_job(args) -> int:
         file=sys.stderr,
     )
     if world > 1:  # every rank has finished its shard: rank 0 merges them in input order
+        open(out_path, "a").close()  # a rank that got no window still leaves its (empty) shard
         _barrier()
         if rank != 0:
             return 0

@@ -8,25 +8,17 @@ Ctrl-C loses at most the batch in flight.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import torch
-from tqdm.auto import tqdm
-
 from .data import DataError, PromptItem, item_answer, item_choices
+from .driver import WINDOW, drive, windows
 from .inputs import as_chat, choose
 from .pair import ModelPair
 from .store import ResultsFile
 
 log = logging.getLogger("tuco")
-
-
-class NonFiniteError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -88,32 +80,33 @@ class Job:
 
     # ------------------------------------------------------------------ the loop
     def run(self, records: Iterable[PromptItem], compute: Callable, keys: Callable, desc: str) -> None:
-        """For each batch of new records: ``compute(records, token_ids) -> list[dict]`` and write.
+        """Every window of new records through ``compute(records, token_ids) -> list[dict]``, written
+        as it finishes (``tuco.driver.drive``). ``keys(record)`` lists the result keys one record
+        produces (to tell what is done on resume)."""
 
-        ``keys(record)`` lists the result keys one record produces (to tell what is done on resume).
-        """
-        bar = tqdm(total=self.total, desc=desc, unit="prompt", disable=self.quiet or None, dynamic_ncols=True)
-        with bar:
-            for j, batch in enumerate(_batched(records, self.batch_size)):
-                # A batch is computed whole whenever any of it is missing, so that a resumed run
-                # pads and batches exactly as the uninterrupted one: identical numbers.
-                if j % self.world != self.rank or all(self.out.is_done(k) for r in batch for k in keys(r)):
-                    bar.update(len(batch))
-                    continue
-                valid, ids = [], []
-                for record in batch:
-                    try:
-                        ids.append(self.token_ids(record))
-                    except DataError as e:
-                        self._invalid(e)
-                        continue
-                    valid.append(record)
-                if valid:
-                    results = [r for r in _split_on_oom(compute, valid, ids) if not self.out.is_done(r)]
-                    _check_finite(results)
-                    self.out.write(results)
-                    self.written += len(results)
-                bar.update(len(batch))
+        def prepare(window: list[PromptItem]) -> list[tuple[PromptItem, list[int]]]:
+            ready = []
+            for record in window:
+                try:
+                    ready.append((record, self.token_ids(record)))
+                except DataError as e:
+                    self._invalid(e)
+            return ready
+
+        self.written += drive(
+            records,
+            lambda ready: compute([r for r, _ in ready], [ids for _, ids in ready]),
+            self.out,
+            is_done=lambda r: all(self.out.is_done(k) for k in keys(r)),
+            batch_size=self.batch_size,
+            desc=desc,
+            prepare=prepare,
+            describe=lambda item: f"{len(item[1])} tokens, {item[0].where}",
+            total=self.total,
+            quiet=self.quiet,
+            rank=self.rank,
+            world=self.world,
+        )
 
     def _invalid(self, error: DataError) -> None:
         if not self.skip_invalid:
@@ -128,8 +121,14 @@ class Job:
 # ---------------------------------------------------------------------- the three jobs
 def score(job: Job, records: Iterable[PromptItem], *, per_token=False, norm="l1", baselines=False) -> None:
     def compute(batch: list[PromptItem], ids: list[list[int]]) -> list[dict]:
-        results = job.pair.score(ids, batch_size=len(ids), per_token=per_token, norm=norm, progress=False)
-        extra = job.pair.output_contribution(ids, batch_size=len(ids), progress=False) if baselines else None
+        results = job.pair.score(
+            ids, batch_size=job.batch_size, per_token=per_token, norm=norm, progress=False
+        )
+        extra = (
+            job.pair.output_contribution(ids, batch_size=job.batch_size, progress=False)
+            if baselines
+            else None
+        )
         out = []
         for i, (record, result) in enumerate(zip(batch, results, strict=True)):
             values = result.to_dict()
@@ -148,7 +147,7 @@ def generate(job: Job, records: Iterable[PromptItem], alphas: list[float], **gen
         out = []
         for alpha in alphas:
             texts = job.pair.generate(
-                ids, alpha=alpha, batch_size=len(ids), progress=False, **generate_kwargs
+                ids, alpha=alpha, batch_size=job.batch_size, progress=False, **generate_kwargs
             )
             for record, text, prompt_ids in zip(batch, texts, ids, strict=True):
                 out.append(job.row(record, alpha=alpha, text=text, n_tokens=len(prompt_ids)))
@@ -164,7 +163,7 @@ def sweep(job: Job, records: Iterable[PromptItem], alphas: list[float], choices:
         options_of = [item_choices(r, choices) for r in batch]
         out = []
         for alpha in alphas:
-            probs = job.pair.next_token_probs(ids, alpha=alpha, batch_size=len(ids), progress=False)
+            probs = job.pair.next_token_probs(ids, alpha=alpha, batch_size=job.batch_size, progress=False)
             for record, options, row in zip(batch, options_of, probs, strict=True):
                 p, pred = choose(job.pair.tokenizer, row, options)
                 answer = item_answer(record, options)
@@ -180,8 +179,8 @@ def sweep(job: Job, records: Iterable[PromptItem], alphas: list[float], choices:
 # ---------------------------------------------------------------------- helpers
 def merge_shards(out, shards: list, records: Iterable[PromptItem], batch_size: int) -> None:
     """Write the shards of a data-parallel run into ``out`` in the order one process would have:
-    batch j came from shard j % world, its records contiguous there (every output of a record
-    carries its id)."""
+    window j (``tuco.driver``: WINDOW batches) came from shard j % world, its records contiguous
+    there (every output of a record carries its id)."""
     import json
 
     queues = []
@@ -190,7 +189,7 @@ def merge_shards(out, shards: list, records: Iterable[PromptItem], batch_size: i
             queues.append([line for line in f if line.strip()])
     positions = [0] * len(shards)
     with open(out, "w", encoding="utf-8") as merged:
-        for j, batch in enumerate(_batched(records, batch_size)):
+        for j, batch in enumerate(windows(records, batch_size * WINDOW)):
             ids = {json.dumps(r.id, default=str) for r in batch}
             s = j % len(shards)
             queue = queues[s]
@@ -202,47 +201,3 @@ def merge_shards(out, shards: list, records: Iterable[PromptItem], batch_size: i
         raise RuntimeError(
             f"shards {left} hold records the input does not: were they made from another input?"
         )
-
-
-def _batched(items: Iterable, n: int) -> Iterator[list]:
-    iterator = iter(items)
-    while batch := list(itertools.islice(iterator, n)):
-        yield batch
-
-
-def _split_on_oom(compute: Callable, records: list, ids: list) -> list[dict]:
-    """Run ``compute``; on out-of-memory, split the batch in two and retry each half."""
-    try:
-        return compute(records, ids)
-    except torch.OutOfMemoryError:
-        if len(records) == 1:
-            raise RuntimeError(
-                f"Out of memory on a single prompt ({len(ids[0])} tokens, {records[0].where}): use "
-                "--max-length with --truncate, a smaller --dtype (bfloat16), or --device-map auto."
-            ) from None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        half = len(records) // 2
-        log.warning(
-            "out of memory on a batch of %d: retrying as %d + %d", len(records), half, len(records) - half
-        )
-        return _split_on_oom(compute, records[:half], ids[:half]) + _split_on_oom(
-            compute, records[half:], ids[half:]
-        )
-
-
-def _check_finite(results: list[dict]) -> None:
-    for result in results:
-        for name in ("tuco", "ptc_norm", "ftc_norm", "outputco", "kl"):
-            value = result.get(name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise NonFiniteError(
-                    f"{name} is {value} for prompt id {result['id']!r}: the model overflowed (fp16?). "
-                    "Rerun with --dtype bfloat16 or --dtype float32; the results written so far are kept."
-                )
-        probs = result.get("probs")
-        if probs is not None and not all(math.isfinite(p) for p in probs):
-            raise NonFiniteError(
-                f"non-finite probabilities for prompt id {result['id']!r}: "
-                "rerun with --dtype bfloat16 or float32."
-            )

@@ -22,7 +22,11 @@ PAPER_ALPHAS = (0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25)
 
 
 def answer_items(
-    pair: ModelPair, items: list[dict], alphas: tuple[float, ...], system: str | None = None
+    pair: ModelPair,
+    items: list[dict],
+    alphas: tuple[float, ...],
+    system: str | None = None,
+    batch_size: int = 8,
 ) -> list[dict]:
     """One record per item: the probability of each choice and the prediction under every alpha."""
     prompts = [as_prompt(pair.tokenizer, item["prompt"], system) for item in items]
@@ -33,7 +37,7 @@ def answer_items(
     for record in records:
         record |= dict(probs=[], pred=[], correct=[])
     for alpha in alphas:
-        probs = pair.next_token_probs(prompts, alpha, batch_size=len(prompts), progress=False)
+        probs = pair.next_token_probs(prompts, alpha, batch_size=batch_size, progress=False)
         for record, row in zip(records, probs, strict=True):
             p, pred = choose(pair.tokenizer, row, record["choices"])
             record["probs"].append(p)
@@ -58,7 +62,7 @@ def alpha_sweep(
     answered = out.step(
         "answers",
         items,
-        lambda batch: answer_items(pair, batch, alphas, system),
+        lambda batch: answer_items(pair, batch, alphas, system, batch_size),
         batch_size,
         desc="E1 answers",
     )

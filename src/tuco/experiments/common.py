@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..driver import drive
 from ..errors import UsageError
 from ..inputs import as_chat
 from ..plots import png
@@ -63,19 +64,20 @@ class RunDirectory:
     ) -> list[dict]:
         """Records of ``compute`` for every item (each a dict with a unique ``id``), in item order.
 
-        ``compute(batch)`` returns one record per item, with the item's ``id``; records are appended
-        to ``steps/<name>.jsonl`` batch by batch, so a rerun computes only the items not yet there."""
-        from tqdm.auto import tqdm
-
+        ``compute(window)`` returns one record per item of a window (``tuco.driver``: up to WINDOW
+        batches, which it passes to the pair with ``batch_size``), with the item's ``id``; records are
+        appended to ``steps/<name>.jsonl`` window by window, so a rerun computes only the windows not
+        yet done, and whole, exactly as the first run did."""
         path = self.dir / "steps" / f"{name}.jsonl"
+
+        def checked(window: list[dict]) -> list[dict]:
+            records = compute(window)
+            if [r["id"] for r in records] != [item["id"] for item in window]:
+                raise RuntimeError(f"step {name!r}: compute returned records for other items")
+            return records
+
         with ResultsFile(path, resume=True) as results:
-            todo = [item for item in items if not results.is_done(item)]
-            batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-            for batch in tqdm(batches, desc=desc or name, unit="batch", disable=not batches):
-                records = compute(batch)
-                if [r["id"] for r in records] != [item["id"] for item in batch]:
-                    raise RuntimeError(f"step {name!r}: compute returned records for other items")
-                results.write(records)
+            drive(items, checked, results, results.is_done, batch_size, desc or name, total=len(items))
         with path.open(encoding="utf-8") as f:
             done = {r["id"]: r for r in map(json.loads, f)}
         return [done[item["id"]] for item in items]

@@ -103,7 +103,7 @@ def jailbreak_success(
 
     def compute(batch: list[dict]) -> list[dict]:
         chats = [as_prompt(pair.tokenizer, it["prompt"], system) for it in batch]
-        scores = pair.score(chats, batch_size=len(batch), progress=False)
+        scores = pair.score(chats, batch_size=batch_size, progress=False)
         records = [it | s.to_dict() for it, s in zip(batch, scores, strict=True)]
         harmful = [i for i, it in enumerate(batch) if it["group"] != "benign"]
         torch.manual_seed(seed)
@@ -114,7 +114,7 @@ def jailbreak_success(
             temperature=temperature,
             top_p=1.0,
             top_k=0,
-            batch_size=len(batch) * samples,
+            batch_size=batch_size * samples,
             progress=False,
         )
         for n, i in enumerate(harmful):

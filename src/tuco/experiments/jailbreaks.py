@@ -42,19 +42,19 @@ def context_length(pair: ModelPair) -> int:
     return min(limit, tokenizer_limit) if tokenizer_limit < 10**7 else limit
 
 
-def _scored(pair: ModelPair, answer_tokens: int):
+def _scored(pair: ModelPair, answer_tokens: int, batch_size: int):
     """compute(batch) for RunDirectory.step: TuCo, and a greedy answer judged by refusal strings."""
 
     def compute(batch: list[dict]) -> list[dict]:
         prompts = [it["chat"] for it in batch]
-        scores = pair.score(prompts, batch_size=len(batch), progress=False)
+        scores = pair.score(prompts, batch_size=batch_size, progress=False)
         records = [
             {k: v for k, v in it.items() if k != "chat"} | s.to_dict()
             for it, s in zip(batch, scores, strict=True)
         ]
         if answer_tokens:
             answers = pair.generate(
-                prompts, max_new_tokens=answer_tokens, do_sample=False, batch_size=len(batch), progress=False
+                prompts, max_new_tokens=answer_tokens, do_sample=False, batch_size=batch_size, progress=False
             )
             for record, answer in zip(records, answers, strict=True):
                 record |= dict(response=answer, harmful_answer=not is_refusal(answer))
@@ -93,7 +93,9 @@ def msj(
         for k in grid
         for r in requests
     ]
-    records = out.step("msj", items, _scored(pair, answer_tokens), batch_size, desc="E3 many-shot")
+    records = out.step(
+        "msj", items, _scored(pair, answer_tokens, batch_size), batch_size, desc="E3 many-shot"
+    )
     rows = [(k, [r for r in records if r["shots"] == k]) for k in grid]
     lines = [
         "## Many-shot jailbreaking",
@@ -169,7 +171,7 @@ def gcg(
                     chat=as_prompt(pair.tokenizer, prompt, system),
                 )
             )
-    records = out.step("gcg", items, _scored(pair, answer_tokens), batch_size, desc="E3 GCG")
+    records = out.step("gcg", items, _scored(pair, answer_tokens, batch_size), batch_size, desc="E3 GCG")
     plain = [r["tuco"] for r in records if not r["attacked"]]
     attacked = [r["tuco"] for r in records if r["attacked"]]
     rate_plain, rate_attacked = (_rate([r for r in records if r["attacked"] == a]) for a in (False, True))
@@ -208,7 +210,9 @@ def conjugate(
         it | dict(attack="conjugate", chat=as_prompt(pair.tokenizer, it["prompt"], system))
         for it in translated
     ]
-    records = out.step("conjugate", items, _scored(pair, answer_tokens), batch_size, desc="E3 conjugate")
+    records = out.step(
+        "conjugate", items, _scored(pair, answer_tokens, batch_size), batch_size, desc="E3 conjugate"
+    )
     languages = list(dict.fromkeys(r["language"] for r in records))
     base = "English" if "English" in languages else languages[0]
     tucos = {lang: [r["tuco"] for r in records if r["language"] == lang] for lang in languages}

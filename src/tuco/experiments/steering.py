@@ -37,7 +37,7 @@ def steering(
     ]
 
     def compute(batch: list[dict]) -> list[dict]:
-        chats, n = [it["chat"] for it in batch], len(batch)
+        chats = [it["chat"] for it in batch]
         records = [dict(id=it["id"], group=it["group"], prompt=it["prompt"], runs=[]) for it in batch]
         for alpha in alphas:
             answers = pair.generate(
@@ -45,10 +45,10 @@ def steering(
                 alpha=alpha,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                batch_size=n,
+                batch_size=batch_size,
                 progress=False,
             )
-            scores = pair.score(chats, alpha=alpha, batch_size=n, progress=False)
+            scores = pair.score(chats, alpha=alpha, batch_size=batch_size, progress=False)
             for record, answer, s in zip(records, answers, scores, strict=True):
                 record["runs"].append(
                     dict(alpha=alpha, tuco=s.tuco, response=answer, refused=is_refusal(answer))

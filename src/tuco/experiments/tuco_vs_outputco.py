@@ -21,8 +21,8 @@ def tuco_vs_outputco(
 
     def compute(batch: list[dict]) -> list[dict]:
         prompts = [it["prompt"] for it in batch]
-        scores = pair.score(prompts, batch_size=len(batch), progress=False)
-        baselines = pair.output_contribution(prompts, batch_size=len(batch), progress=False)
+        scores = pair.score(prompts, batch_size=batch_size, progress=False)
+        baselines = pair.output_contribution(prompts, batch_size=batch_size, progress=False)
         return [
             {"id": it["id"], "shots": it["shots"]} | s.to_dict() | b.to_dict()
             for it, s, b in zip(batch, scores, baselines, strict=True)
