@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from . import metrics
-from .blocks import unwrap
+from .blocks import embedding_weight
 from .decompose import adapters_off
 from .results import OutputContribution
 
@@ -22,7 +22,7 @@ def output_contribution_of(pair) -> Callable[[dict[str, torch.Tensor]], list[Out
     """For a ``ModelPair``: a function of a left-padded batch that returns one ``OutputContribution``
     per row. KL is taken over the vocabulary both models share (the first min(V_PT, V_FT) ids)."""
     pt_model = pair.finetuned if pair.adapter_mode else pair.pretrained
-    pt_vocab = unwrap(pt_model).get_input_embeddings().weight.shape[0]
+    pt_vocab = embedding_weight(pt_model).shape[0]
 
     def compute(batch: dict[str, torch.Tensor]) -> list[OutputContribution]:
         if int(batch["input_ids"].max()) >= pt_vocab:
@@ -56,7 +56,7 @@ def last_stream(model: nn.Module, blocks: nn.ModuleList, batch: dict) -> tuple[t
 
     handle = blocks[-1].register_forward_hook(grab)
     try:
-        device = unwrap(model).get_input_embeddings().weight.device
+        device = embedding_weight(model).device
         logits = model(
             **{k: v.to(device) for k, v in batch.items()}, use_cache=False, logits_to_keep=1
         ).logits

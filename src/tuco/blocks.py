@@ -11,22 +11,34 @@ base class. The blocks are the ``nn.ModuleList`` whose items are such classes an
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
+import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 try:  # transformers >= 4.48
     from transformers.modeling_layers import GradientCheckpointingLayer
 except ImportError:  # pragma: no cover - older transformers
-    GradientCheckpointingLayer = ()  # type: ignore[assignment]
+    GradientCheckpointingLayer = ()  # type: ignore[assignment,misc]
 
 
 class BlockDiscoveryError(ValueError):
     """The decoder blocks of a model could not be located."""
 
 
-def unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> PreTrainedModel:
     """The transformers model inside a PEFT wrapper (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+    return cast("PreTrainedModel", get_base() if callable(get_base) else model)
+
+
+def embedding_weight(model: nn.Module) -> torch.Tensor:
+    """The input embedding matrix [vocab, d] of a model (PEFT-wrapped or not): its device is where
+    inputs go, its first dimension the vocabulary size."""
+    return cast(torch.Tensor, unwrap(model).get_input_embeddings().weight)
 
 
 def num_layers(model: nn.Module) -> int | None:

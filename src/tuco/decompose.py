@@ -31,6 +31,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -68,7 +69,7 @@ class Record:
         x_last, ft_last = x[rows, idx].float(), ft_out[rows, idx].float()
         pt_last = (pt_out[rows, idx] if pt_out.shape[1] == x.shape[1] else pt_out[:, -1]).float()
         ptc, ftc = pt_last - x_last, ft_last - pt_last  # [batch, d]
-        if self.ptc_sum is None:
+        if self.ptc_sum is None or self.ftc_sum is None:
             self.ptc_sum, self.ftc_sum = ptc, ftc
         else:  # the first block's device holds the sums (blocks may sit on several devices)
             self.ptc_sum = self.ptc_sum + ptc.to(self.ptc_sum.device)
@@ -78,13 +79,14 @@ class Record:
         if self.per_token:
             ptc_t = pt_out.float() - x.float()
             ftc_t = ft_out.float() - pt_out.float()
-            if self.ptc_tokens is None:
+            if self.ptc_tokens is None or self.ftc_tokens is None:
                 self.ptc_tokens, self.ftc_tokens = ptc_t, ftc_t
             else:
                 self.ptc_tokens += ptc_t.to(self.ptc_tokens.device)
                 self.ftc_tokens += ftc_t.to(self.ftc_tokens.device)
 
     def _stack(self, i: int) -> torch.Tensor:
+        assert self.ptc_sum is not None, "nothing recorded yet"
         device = self.ptc_sum.device
         return torch.stack([n[i].to(device) for n in self._norms], dim=1)
 
@@ -129,8 +131,8 @@ class Decomposition:
 
     def __init__(
         self,
-        ft_blocks: Sequence[nn.Module],
-        pt_blocks: Sequence[nn.Module],
+        ft_blocks: Sequence[nn.Module] | nn.ModuleList,
+        pt_blocks: Sequence[nn.Module] | nn.ModuleList,
         alpha: float = 1.0,
         pt_context: Callable[[int], AbstractContextManager] | None = None,
         last_only: bool = False,
@@ -234,7 +236,9 @@ def adapters_off(module: nn.Module):
     Flips the flag that LoRA layers read in ``forward``; unlike ``enable_adapters`` it leaves the
     adapters' ``requires_grad`` alone and touches only the layers of this one module.
     """
-    layers = [m for m in module.modules() if hasattr(m, "_disable_adapters") and hasattr(m, "base_layer")]
+    layers: list[Any] = [
+        m for m in module.modules() if hasattr(m, "_disable_adapters") and hasattr(m, "base_layer")
+    ]
     before = [m._disable_adapters for m in layers]
     for m in layers:
         m._disable_adapters = True

@@ -45,19 +45,18 @@ def is_cpu(device_map) -> bool:
 
 def auto_dtype(device_map, checkpoint: torch.dtype | str | None) -> tuple[torch.dtype, str]:
     """(dtype, reason) for ``dtype="auto"`` on the device that ``device_map`` names."""
-    if isinstance(checkpoint, str):
-        checkpoint = getattr(torch, checkpoint)
+    named: torch.dtype | None = getattr(torch, checkpoint) if isinstance(checkpoint, str) else checkpoint
     if is_cpu(device_map):
         if cpu_has_native_bf16():
             return torch.bfloat16, f"auto: this CPU ({cpu_capability()}) has native bf16"
         return torch.float32, (
             f"auto: this CPU ({cpu_capability()}) has no native bf16; bf16 would be emulated, 7-40x slower"
         )
-    if checkpoint is None:
+    if named is None:
         return torch.float32, "auto: float32 on an accelerator (the checkpoint names no dtype)"
-    if checkpoint == torch.bfloat16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+    if named == torch.bfloat16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         return torch.float16, "auto: the checkpoint's bfloat16 as float16 (this GPU has no bf16)"
-    return checkpoint, f"auto: the checkpoint's {str(checkpoint).removeprefix('torch.')} on an accelerator"
+    return named, f"auto: the checkpoint's {str(named).removeprefix('torch.')} on an accelerator"
 
 
 def resolve_dtype(dtype, device_map, checkpoint) -> tuple[torch.dtype | None, str]:

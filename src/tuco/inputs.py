@@ -32,13 +32,12 @@ def encode(tokenizer, prompts: Prompts) -> list[list[int]]:
     """Token ids of every prompt (see the module docstring for the accepted forms)."""
     if isinstance(prompts, Mapping):
         return _from_encoding(prompts)
-    if isinstance(prompts, str) or _is_chat(prompts):
-        prompts = [prompts]
-    if isinstance(prompts, Sequence) and all(isinstance(p, list) and not _is_chat(p) for p in prompts):
-        if prompts and all(isinstance(t, int) for p in prompts for t in p):
-            return [list(p) for p in prompts]  # already token ids
+    items: Sequence[Any] = [prompts] if isinstance(prompts, str) or _is_chat(prompts) else prompts
+    if all(isinstance(p, list) and not _is_chat(p) for p in items):
+        if items and all(isinstance(t, int) for p in items for t in p):
+            return [list(p) for p in items]  # already token ids
     out = []
-    for i, prompt in enumerate(prompts):
+    for i, prompt in enumerate(items):
         if tokenizer is None and (isinstance(prompt, str) or _is_chat(prompt)):
             raise ValueError("This pair has no tokenizer: pass tokenizer= or give token ids (input_ids).")
         if isinstance(prompt, str):

@@ -35,6 +35,7 @@ import logging
 import sys
 import threading
 import weakref
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -98,7 +99,7 @@ def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int
     mixer = other_mixer(block)
     if mixer is not None:
         return _general(block, args, kwargs, layer, f"it holds {mixer}, a sequence mixer besides attention")
-    configs = {id(m.config): m.config for m in block.modules() if hasattr(m, "config")}
+    configs: dict[int, Any] = {id(m.config): m.config for m in block.modules() if hasattr(m, "config")}
     configs = {k: c for k, c in configs.items() if hasattr(c, "_attn_implementation_internal")}
     try:
         last_args, last_kwargs = _cut_to_last(args, kwargs, x.shape[1], _positional_names(block))

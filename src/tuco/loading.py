@@ -118,10 +118,11 @@ def load_models(
         try:
             # the adapter computes in the model's dtype, as a merged model would: fp32 adapters on a
             # bf16 base upcast every LoRA input, which costs more activation memory than the base
-            ft = PeftModel.from_pretrained(base, adapter, autocast_adapter_dtype=False)
+            peft_model = PeftModel.from_pretrained(base, adapter, autocast_adapter_dtype=False)
         except (OSError, ValueError) as e:
             raise OSError(f"Could not load the adapter {adapter!r}: {e}") from e
-        return None, ft.eval(), tok, None, why
+        return None, peft_model.eval(), tok, None, why
+    assert finetuned is not None  # exactly one of finetuned and adapter: checked above
     compat.check_configs(*configs)
     ft_tok = load_tokenizer(tokenizer or finetuned, fallback=pretrained, trust=trust_remote_code)
     pt_tok = load_tokenizer(pretrained, fallback=None, trust=trust_remote_code)

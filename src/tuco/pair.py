@@ -15,14 +15,14 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import baselines, compat, inputs
-from .blocks import find_blocks, unwrap
+from .blocks import embedding_weight, find_blocks, unwrap
 from .decompose import Decomposition, adapters_off
 from .inputs import Prompts, Side
 from .loading import load_models
@@ -54,10 +54,12 @@ class ModelPair:
     ):
         if finetuned is None:
             raise ValueError("ModelPair needs finetuned= (the fine-tuned model, or a PEFT model).")
-        self.finetuned, self.pretrained, self.tokenizer = finetuned, pretrained, tokenizer
+        # PreTrainedModel or a PEFT model around one: transformers' API (generate, ...) either way
+        self.finetuned: Any = finetuned
+        self.pretrained, self.tokenizer = pretrained, tokenizer
         self.adapter_mode = pretrained is None
         self.ft_blocks = find_blocks(finetuned, block_path)
-        if self.adapter_mode:
+        if pretrained is None:  # adapter mode
             if not hasattr(finetuned, "disable_adapter"):
                 raise ValueError(
                     "Without pretrained=, finetuned must be a PEFT model (base + adapter); "
@@ -124,7 +126,7 @@ class ModelPair:
     # ------------------------------------------------------------------ helpers
     @property
     def device(self) -> torch.device:
-        return unwrap(self.finetuned).get_input_embeddings().weight.device
+        return embedding_weight(self.finetuned).device
 
     @property
     def num_layers(self) -> int:
@@ -242,13 +244,13 @@ class ModelPair:
         """Float32 next-token probabilities after each prompt under the FTC-alpha model, in input order:
         [n_prompts, vocab], or [n_prompts, len(token_ids)] for the given candidate tokens only."""
 
-        def compute(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        def compute(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
             with self._steered(alpha):
                 logits = self.finetuned(**batch, use_cache=False, logits_to_keep=1).logits[:, -1]
             probs = torch.softmax(logits.float(), dim=-1)
-            return (probs if token_ids is None else probs[:, token_ids]).cpu()
+            return list((probs if token_ids is None else probs[:, token_ids]).cpu())
 
-        rows = self._each_batch(
+        rows: list[torch.Tensor] = self._each_batch(
             self.encode(prompts), batch_size, "left", f"next token a={alpha:g}", progress, compute
         )
         return torch.stack(rows) if rows else torch.empty(0)

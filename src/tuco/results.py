@@ -63,6 +63,8 @@ class OutputContribution:
 def from_record(rec: Record, attention_mask: torch.Tensor) -> list[TucoResult]:
     """One ``TucoResult`` per row of a recorded batch (one host transfer per batch)."""
     ptc, ftc = rec.ptc_sum, rec.ftc_sum
+    if ptc is None or ftc is None:
+        raise ValueError("the record holds no forward pass: run the model inside the recording context")
     columns = {
         "tuco": metrics.tuco(ptc, ftc, rec.p),
         "ptc_norm": torch.linalg.vector_norm(ptc, rec.p, dim=-1),
@@ -74,7 +76,7 @@ def from_record(rec: Record, attention_mask: torch.Tensor) -> list[TucoResult]:
     columns = {k: v.cpu().tolist() for k, v in columns.items()}
     mask = attention_mask.bool().cpu()
     tokens = None
-    if rec.per_token:
+    if rec.ptc_tokens is not None and rec.ftc_tokens is not None:  # per_token=True
         tokens = metrics.tuco(rec.ptc_tokens, rec.ftc_tokens, rec.p).cpu()  # [batch, seq]
     return [
         TucoResult(
