@@ -1,11 +1,14 @@
 """The `tuco` command through its real entry point, on tiny random pairs saved to directories."""
 
+import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -47,6 +50,18 @@ def read_jsonl(path):
 
 
 def run_tuco(*args):
+    """``tuco ARGS`` in this process: returncode, stdout and stderr, like ``subprocess.run``'s result."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            rc = e.code
+    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def run_tuco_process(*args):
+    """``tuco ARGS`` in a new process: where the process boundary is the point (kill, stdin)."""
     return subprocess.run([sys.executable, "-m", "tuco", *args], env=ENV, capture_output=True, text=True)
 
 
@@ -105,7 +120,7 @@ def test_resume_after_kill_equals_uninterrupted_run(dirs, tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", rows)
     args = ["score", *models(dirs), "--prompts", str(prompts), "--batch-size", "4", "--quiet"]
     full = tmp_path / "full.jsonl"
-    assert run_tuco(*args, "--out", str(full)).returncode == 0
+    assert run_tuco_process(*args, "--out", str(full)).returncode == 0
 
     part = tmp_path / "part.jsonl"
     proc = subprocess.Popen(
@@ -122,8 +137,8 @@ def test_resume_after_kill_equals_uninterrupted_run(dirs, tmp_path):
     written = part.read_bytes()
     assert 0 < written.count(b"\n") < len(rows), "the run was not interrupted mid-way"
     part.write_bytes(written[:-25])  # as if killed in the middle of writing a line
-    assert run_tuco(*args, "--out", str(part)).returncode == 2  # exists: needs --resume
-    proc = run_tuco(*args, "--out", str(part), "--resume")
+    assert run_tuco_process(*args, "--out", str(part)).returncode == 2  # exists: needs --resume
+    proc = run_tuco_process(*args, "--out", str(part), "--resume")
     assert proc.returncode == 0, proc.stderr
     assert "half-written" in proc.stderr
     assert part.read_bytes() == full.read_bytes()
@@ -407,111 +422,6 @@ def test_check_verdict(dirs):
     assert "alpha=1 exactness" in proc.stdout and "verdict: OK" in proc.stdout
     proc = run_tuco("check", *models(dirs, "other"))
     assert proc.returncode == 1 and "num_hidden_layers" in proc.stderr
-
-
-@pytest.fixture(scope="module")
-def results(dirs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("results")
-    rows = [dict(r, id=i) for i, r in enumerate(ROWS * 3)]
-    prompts = write_jsonl(root / "p.jsonl", rows)
-    assert (
-        cli.main(
-            [
-                "score",
-                *models(dirs),
-                "--prompts",
-                str(prompts),
-                "--out",
-                str(root / "r.jsonl"),
-                "--quiet",
-                "--output-baselines",
-            ]
-        )
-        == 0
-    )
-    mc = write_jsonl(
-        root / "mc.jsonl", [{"prompt": f"Q{i}?", "answer": "Yes", "group": "g"} for i in range(4)]
-    )
-    assert (
-        cli.main(
-            [
-                "sweep",
-                *models(dirs),
-                "--prompts",
-                str(mc),
-                "--out",
-                str(root / "s.jsonl"),
-                "--quiet",
-                "--alpha",
-                "0.5",
-                "1",
-                "--choices",
-                "Yes",
-                "No",
-            ]
-        )
-        == 0
-    )
-    return root
-
-
-def test_report_markdown(results, tmp_path):
-    proc = run_tuco(
-        "report",
-        str(results / "r.jsonl"),
-        str(results / "s.jsonl"),
-        "--out",
-        str(tmp_path / "r.md"),
-        "--format",
-        "md",
-    )
-    assert proc.returncode == 0, proc.stderr
-    text = (tmp_path / "r.md").read_text()
-    assert "| group | count | mean |" in text and "| chat | 6 |" in text
-    assert "ROC-AUC of TuCo for label = 1 (positive) vs 0" in text
-    assert "## Accuracy vs alpha" in text and "| 0.5 |" in text
-
-
-def test_report_html_renders_in_headless_chromium(results, tmp_path):
-    import shutil
-
-    page = tmp_path / "report.html"
-    proc = run_tuco("report", str(results / "r.jsonl"), str(results / "s.jsonl"), "--out", str(page))
-    assert proc.returncode == 0, proc.stderr
-    html = page.read_text()
-    assert html.count("<img") == 5 and "data:image/png;base64," in html  # hist, profiles, beta, ROC, alpha
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install chromium) so the page cannot be rendered")
-    shot = tmp_path / "shot.png"
-    proc = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1000,3000",
-            f"--screenshot={shot}",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert shot.is_file(), proc.stderr
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    assert pixels.shape == (3000, 1000, 3)
-    colored = int(((pixels.max(-1) - pixels.min(-1)) > 60).sum())  # plot bars and curves; text is grey
-    assert colored > 10_000, f"only {colored} coloured pixels: the plots did not render"
 
 
 @pytest.mark.parametrize("alpha", ["nan", "inf", "half"])
