@@ -16,6 +16,7 @@ import numpy as np
 from .plots import figure, png
 from .stats import roc_auc
 from .store import load_results
+from .tables import markdown_table
 
 
 def write_report(
@@ -187,7 +188,5 @@ def _markdown(title: str, sections: list[dict]) -> str:
 
 def _md_table(table) -> str:
     table = table.reset_index()
-    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    rows = ["| " + " | ".join(map(cell, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    rows += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(rows)
+    rows = [[v if not isinstance(v, float) else str(v) for v in row] for row in table.itertuples(index=False)]
+    return "\n".join(markdown_table([str(c) for c in table.columns], rows))
