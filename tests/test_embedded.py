@@ -63,7 +63,7 @@ def test_gemma3_base_conversion_has_the_turn_format_and_stops_at_the_end_of_a_tu
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     config = model.config
     assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (18, 640, 262144)
-    assert tok.chat_template == GEMMA_CHAT_TEMPLATE
+    assert tok.chat_template  # the Gemma turn format (GEMMA_CHAT_TEMPLATE), checked by what it renders:
     assert set(model.generation_config.eos_token_id) == {
         tok.eos_token_id,
         tok.convert_tokens_to_ids("<end_of_turn>"),
@@ -71,6 +71,7 @@ def test_gemma3_base_conversion_has_the_turn_format_and_stops_at_the_end_of_a_tu
     chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
     assert text == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+    assert text == tok.apply_chat_template(chat, tokenize=False, chat_template=GEMMA_CHAT_TEMPLATE)
     ids = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=3, do_sample=False)

@@ -35,15 +35,14 @@ from .texts import windows
 class DemoConfig:
     pair: str = "demo"  # "demo" (Gemma-3 base -> chat) or "demo-safety" (SmolLM2 -> safety LoRA)
     tiny: bool = False  # a tiny adapter trained from the tiny recipe (tests)
-    n_prose: int = 24
-    n_requests: int = 16  # held-out tasks per chat set (benign, harmful), each in two templates
-    n_msj_targets: int = 5
+    n_prose: int = 16
+    n_requests: int = 10  # held-out tasks per chat set (benign, harmful), each in two templates
+    n_msj_targets: int = 3
     shots: tuple[int, ...] = (1, 2, 4)
     batch_size: int = 16
-    answer_tokens: int = 12  # new tokens generated to judge refusals (they show in the first words)
-    steer_alphas: tuple[float, ...] = (0.0, 1.0, 1.25, 1.5)
-    n_steer: int = 6  # held-out requests per kind (benign, harmful) generated at every alpha
-    steer_tokens: int = 24
+    answer_tokens: int = 12  # new tokens of every greedy answer (refusals show in the first words)
+    steer_alphas: tuple[float, ...] = (0.0, 1.0, 1.25)  # alpha 1: the answers above, reused
+    n_steer: int = 4  # held-out requests per kind (benign, harmful) generated at every alpha
 
     @property
     def recipe(self):
@@ -61,10 +60,9 @@ def tiny(pair: str = "demo") -> DemoConfig:
         n_msj_targets=2,
         shots=(1, 2),
         batch_size=4,
-        answer_tokens=8,
+        answer_tokens=6,
         steer_alphas=(0.0, 1.0, 1.5),
         n_steer=1,
-        steer_tokens=6,
     )
 
 
@@ -109,12 +107,15 @@ def run(
     demo = demo_pair(config.pair, config.tiny, home, force=force, dtype=dtype)
     start = time.perf_counter()
     print(f"demo pair {demo.name!r}: {demo.title}; adapter {demo.adapter} (recipe {demo.metrics['recipe']})")
+    clock = Clock()
     pair = ModelPair.from_pretrained(
         str(demo.pretrained), adapter=str(demo.adapter), dtype=dtype, device_map="cpu"
     )
+    clock.lap("load")
     records = prompt_sets(pair.tokenizer, config)
     prompts = [rec["prompt"] for rec in records]
     scores = pair.score(prompts, batch_size=config.batch_size, progress=True)
+    clock.lap("TuCo")
     chats = [i for i, rec in enumerate(records) if rec["set"] != "prose"]
     answers = pair.generate(
         [prompts[i] for i in chats],
@@ -125,7 +126,9 @@ def run(
     )
     for i, answer in zip(chats, answers, strict=True):
         records[i] |= {"response": answer, "refused": is_refusal(answer)}
-    steering = steer(pair, config)
+    clock.lap("answers")
+    steering = steer(pair, config, {_key(prompts[i]): a for i, a in zip(chats, answers, strict=True)})
+    clock.lap("steering")
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "pair": demo.name,
@@ -141,7 +144,8 @@ def run(
     with ResultsFile(out / "steering.jsonl", overwrite=True) as results:
         results.write([rec | meta for rec in steering])
     write_report([str(out / "results.jsonl")], str(out / "report.html"), group_by="set", label="is_chat")
-    summary = summarize(records, scores, steering, demo, meta, time.perf_counter() - start)
+    clock.lap("report")
+    summary = summarize(records, scores, steering, demo, meta, time.perf_counter() - start, clock.laps)
     (out / "summary.md").write_text(summary)
     print(summary)
     print(f"written: {out / 'results.jsonl'}, {out / 'report.html'}, {out / 'summary.md'}")
@@ -151,8 +155,26 @@ def run(
 KINDS = ("benign", "harmful")
 
 
-def steer(pair: ModelPair, config: DemoConfig) -> list[dict]:
-    """Greedy answers of the FTC-alpha model to held-out benign and harmful requests, at each alpha."""
+class Clock:
+    """Seconds per phase, for the summary."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name], self._last = now - self._last, now
+
+
+def _key(prompt) -> str:
+    return repr(prompt)
+
+
+def steer(pair: ModelPair, config: DemoConfig, finetuned: dict[str, str]) -> list[dict]:
+    """Greedy answers of the FTC-alpha model to held-out benign and harmful requests (seen template),
+    at each alpha; at alpha = 1 (the fine-tuned model) the answers already in ``finetuned`` (by
+    ``_key(prompt)``) are reused."""
     recipe = config.recipe
     requests = {
         "benign": recipe.cut(safety.BENIGN_HELD_OUT)[: config.n_steer],
@@ -165,14 +187,18 @@ def steer(pair: ModelPair, config: DemoConfig) -> list[dict]:
     ]
     records = []
     for alpha in config.steer_alphas:
-        answers = pair.generate(
-            [chat for _, chat in rows],
-            alpha,
-            batch_size=config.batch_size,
-            progress=True,
-            max_new_tokens=config.steer_tokens,
-            do_sample=False,
-        )
+        chats = [chat for _, chat in rows]
+        if alpha == 1.0 and all(_key(c) in finetuned for c in chats):
+            answers = [finetuned[_key(c)] for c in chats]
+        else:
+            answers = pair.generate(
+                chats,
+                alpha,
+                batch_size=config.batch_size,
+                progress=True,
+                max_new_tokens=config.answer_tokens,
+                do_sample=False,
+            )
         records += [
             {"alpha": alpha, "set": kind, "prompt": chat, "response": answer, "refused": is_refusal(answer)}
             for (kind, chat), answer in zip(rows, answers, strict=True)
@@ -201,7 +227,13 @@ def _short(text: str, width: int = 100) -> str:
 
 
 def summarize(
-    records: list[dict], scores: list, steering: list[dict], demo: DemoPair, meta: dict, seconds: float
+    records: list[dict],
+    scores: list,
+    steering: list[dict],
+    demo: DemoPair,
+    meta: dict,
+    seconds: float,
+    laps: dict[str, float] | None = None,
 ) -> str:
     by_set: dict[str, list[tuple[dict, float]]] = {}
     for rec, score in zip(records, scores, strict=True):
@@ -278,7 +310,9 @@ def summarize(
             lines += [f"- alpha {a:g}: {_short(at[a, k][i]['response'])!r}" for a in alphas]
     lines += [
         "",
-        f"Demo run time: {seconds:.0f} s. The adapter was trained once, in {demo.metrics['build_seconds']} s "
+        f"Demo run time: {seconds:.0f} s"
+        + (f" ({', '.join(f'{k} {v:.0f} s' for k, v in laps.items())})" if laps else "")
+        + f". The adapter was trained once, in {demo.metrics['build_seconds']} s "
         f"({demo.metrics.get('dtype', '?')} on {demo.metrics.get('cpu', '?')}), and ships with tuco.",
         "",
     ]
