@@ -72,7 +72,7 @@ def test_gemma3_base_conversion_has_the_turn_format_and_stops_at_the_end_of_a_tu
     text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
     assert text == "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
     assert text == tok.apply_chat_template(chat, tokenize=False, chat_template=GEMMA_CHAT_TEMPLATE)
-    ids = tok("The capital of France is", return_tensors="pt")
+    ids = tok("The capital of France is Paris. The capital of Germany is", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=3, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])  # a working base model
+    assert "Berlin" in tok.decode(out[0, ids["input_ids"].shape[1] :])  # a working base model
