@@ -54,19 +54,24 @@ class DemoPair:
 
 def shipped_metrics() -> dict:
     """The metrics saved with the shipped adapter; an error if it is missing or not the current recipe's."""
-    current = safety.Recipe().hash()
-    path = SHIPPED / "metrics.json"
-    if not path.is_file() or not (SHIPPED / "adapter_model.safetensors").is_file():
+    return check_shipped(SHIPPED, safety.Recipe().hash(), "src/tuco/demo/recipe.py", REBUILD)
+
+
+def check_shipped(directory: Path, current: str, recipe_file: str, rebuild: str) -> dict:
+    """The metrics.json of a shipped adapter in ``directory``; ``StaleAdapterError`` (saying how to
+    ``rebuild``) when the adapter is missing or was trained from another recipe hash than ``current``."""
+    path = directory / "metrics.json"
+    if not path.is_file() or not (directory / "adapter_model.safetensors").is_file():
         raise StaleAdapterError(
-            f"The shipped demo adapter is missing from {SHIPPED}: rebuild it with `{REBUILD}`."
+            f"The shipped adapter is missing from {directory}: rebuild it with `{rebuild}`."
         )
     metrics = json.loads(path.read_text())
     if metrics.get("recipe") != current:
         raise StaleAdapterError(
-            f"The shipped demo adapter ({SHIPPED}) was trained from recipe {metrics.get('recipe')}, but "
-            f"src/tuco/demo/recipe.py is now recipe {current}. Rebuild it with `{REBUILD}` "
+            f"The shipped adapter ({directory}) was trained from recipe {metrics.get('recipe')}, but "
+            f"{recipe_file} is now recipe {current}. Rebuild it with `{rebuild}` "
             f"(about {metrics.get('build_seconds', '?')} s last time on {metrics.get('cpu', '?')}), then "
-            f"commit {SHIPPED}."
+            f"commit {directory}."
         )
     return metrics
 

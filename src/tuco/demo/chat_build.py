@@ -32,7 +32,7 @@ from ..hardware import cpu_capability, resolve_dtype
 from ..refusal import is_refusal, refusal_rate
 from . import chat_recipe as cr
 from . import recipe as safety
-from .build import DemoPair, StaleAdapterError, train_lora
+from .build import DemoPair, check_shipped, train_lora
 
 log = logging.getLogger("tuco")
 SHIPPED_CHAT = Path(__file__).parent / "chat_adapter"
@@ -42,21 +42,7 @@ END_OF_TURN = "<end_of_turn>"
 
 def shipped_chat_metrics() -> dict:
     """The metrics saved with the shipped chat adapter; an error if missing or not the current recipe's."""
-    current = cr.ChatRecipe().hash()
-    path = SHIPPED_CHAT / "metrics.json"
-    if not path.is_file() or not (SHIPPED_CHAT / "adapter_model.safetensors").is_file():
-        raise StaleAdapterError(
-            f"The shipped chat adapter is missing from {SHIPPED_CHAT}: rebuild it with `{REBUILD_CHAT}`."
-        )
-    metrics = json.loads(path.read_text())
-    if metrics.get("recipe") != current:
-        raise StaleAdapterError(
-            f"The shipped chat adapter ({SHIPPED_CHAT}) was trained from recipe {metrics.get('recipe')}, but "
-            f"src/tuco/demo/chat_recipe.py is now recipe {current}. Rebuild it with `{REBUILD_CHAT}` "
-            f"(about {metrics.get('build_seconds', '?')} s last time on {metrics.get('cpu', '?')}), "
-            "then commit it."
-        )
-    return metrics
+    return check_shipped(SHIPPED_CHAT, cr.ChatRecipe().hash(), "src/tuco/demo/chat_recipe.py", REBUILD_CHAT)
 
 
 def build_chat(
