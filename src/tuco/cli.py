@@ -154,27 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_models(args):
-    from . import models
-
-    return models.resolve(args.pair, args.pretrained, args.finetuned, args.adapter, args.trust_remote_code)
-
-
-def load_pair(args, chosen):
-    from . import models
-
-    return models.load(chosen, args.dtype, args.device, args.device_map, args.trust_remote_code, args.seed)
-
-
 def run_job(args) -> int:
-    from . import runs, store
+    from . import models, runs, store
     from .data import count_records, read_dataset, read_prompts
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if args.command in ("generate", "sweep") and not args.alpha:
         args.alpha = [1.0]
-    chosen = resolve_models(args)
+    chosen = models.resolve_options(args)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     out_path = args.out if world == 1 else shard_path(args.out, rank, world)
     if world > 1 and os.path.exists(args.out) and not args.overwrite:
@@ -182,7 +170,7 @@ def run_job(args) -> int:
             f"{args.out} already exists: pass --overwrite to replace it (--resume continues shards)"
         )
     out = store.ResultsFile(out_path, resume=args.resume, overwrite=args.overwrite, key=("id", "alpha"))
-    pair = load_pair(args, chosen)
+    pair = models.load_options(chosen, args)
     job = runs.Job(
         pair=pair,
         out=out,
@@ -273,9 +261,10 @@ def accuracy_table(frame) -> str:
 
 
 def run_check(args) -> int:
+    from . import models
     from .check import check_pair
 
-    ok, lines = check_pair(load_pair(args, resolve_models(args)))
+    ok, lines = check_pair(models.load_options(models.resolve_options(args), args))
     print("\n".join(lines))
     return 0 if ok else 1
 

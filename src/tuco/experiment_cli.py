@@ -92,12 +92,12 @@ def run(args) -> str:
     from . import models
     from .experiments.common import RunDirectory
 
-    chosen = models.resolve(args.pair, args.pretrained, args.finetuned, args.adapter, args.trust_remote_code)
+    chosen = models.resolve_options(args)
     system = args.system_prompt if args.system_prompt is not None else chosen.system
     settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
     settings |= {"system": system, "models": chosen.to_dict()}
     out = RunDirectory(args.out, settings, overwrite=args.overwrite)
-    pair = models.load(chosen, args.dtype, args.device, args.device_map, args.trust_remote_code, args.seed)
+    pair = models.load_options(chosen, args)
     return EXPERIMENTS[args.name](pair, out, args, system)
 
 

@@ -71,6 +71,20 @@ def resolve(
     return Models(pair, pretrained, finetuned, adapter, kind, system)
 
 
+def resolve_options(options) -> Models:
+    """``resolve`` from the command line's options (``--pair``, ``--pretrained``, ...)."""
+    return resolve(
+        options.pair, options.pretrained, options.finetuned, options.adapter, options.trust_remote_code
+    )
+
+
+def load_options(models: Models, options):
+    """``load`` with the command line's options (``--dtype``, ``--device``, ``--device-map``, ...)."""
+    return load(
+        models, options.dtype, options.device, options.device_map, options.trust_remote_code, options.seed
+    )
+
+
 def placement(device: str | None, device_map: str | None):
     """``--device``/``--device-map`` as ``from_pretrained`` takes them: a JSON map becomes a dict;
     with neither, cuda when available (one GPU per rank under torchrun), else cpu."""
