@@ -43,7 +43,7 @@ def test_duplicate_ids_are_refused(tmp_path):
 def test_bad_messages_and_field_override(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"messages": [{"content": "no role"}]}) + "\n")
-    with pytest.raises(DataError, match="non-empty list of"):
+    with pytest.raises(DataError, match="message 0 is not a"):
         list(read_prompts(str(path)))
     path.write_text(json.dumps({"question": "Why?", "prompt": "ignored"}) + "\n")
     assert next(read_prompts(str(path), field="question")).prompt == "Why?"

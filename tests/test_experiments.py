@@ -86,6 +86,7 @@ def test_output_resumes_steps_and_refuses_other_settings(tmp_path):
         range(0, 24, 2)
     )
     assert calls == [[f"item/{i}" for i in range(8)], [f"item/{i}" for i in range(8, 12)]]
+    out.close()
     # same settings: finished windows are read back; a window with new items is computed whole
     # (padded and batched as in one run) and only its new records are written
     again = RunDirectory(tmp_path / "run", {"limit": 5})
@@ -93,10 +94,14 @@ def test_output_resumes_steps_and_refuses_other_settings(tmp_path):
     assert calls[2:] == [[f"item/{i}" for i in range(8, 16)], [f"item/{i}" for i in range(16, 20)]]
     lines = (tmp_path / "run" / "steps" / "twice.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == [it["id"] for it in items]
+    again.close()
     with pytest.raises(SettingsMismatchError, match=r"other settings \(limit\).*--overwrite"):
         RunDirectory(tmp_path / "run", {"limit": 6})
-    fresh = RunDirectory(tmp_path / "run", {"limit": 6}, overwrite=True)
-    assert not (fresh.dir / "steps" / "twice.jsonl").exists() and (fresh.dir / "mine.txt").exists()
+    with RunDirectory(tmp_path / "run", {"limit": 6}, overwrite=True) as fresh:
+        assert (fresh.dir / "steps" / "twice.jsonl").exists()  # nothing goes before the run starts
+        fresh.start()
+        assert not (fresh.dir / "steps" / "twice.jsonl").exists() and (fresh.dir / "mine.txt").exists()
+        assert json.loads((fresh.dir / "settings.json").read_text()) == {"limit": 6}
 
 
 def test_output_step_checks_what_compute_returns(tmp_path):

@@ -47,7 +47,7 @@ def test_bad_prompts_are_named(tok):
         inputs.encode(tok.__class__(tokenizer_object=no_bos), ["a", ""])
     with pytest.raises(TypeError, match="prompt 0 is a int"):
         inputs.encode(tok, [3])
-    with pytest.raises(KeyError, match="input_ids"):
+    with pytest.raises(ValueError, match="needs 'input_ids'; got keys \\['ids'\\]"):
         inputs.encode(tok, {"ids": [[1]]})
     with pytest.raises(ValueError, match="row 0 of input_ids has no real token"):
         inputs.encode(tok, {"input_ids": [[1, 2]], "attention_mask": [[0, 0]]})

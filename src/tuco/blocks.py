@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, cast
 import torch
 import torch.nn as nn
 
+from .errors import ModelError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -25,7 +27,7 @@ except ImportError:  # pragma: no cover - older transformers
     GradientCheckpointingLayer = ()  # type: ignore[assignment,misc]
 
 
-class BlockDiscoveryError(ValueError):
+class BlockDiscoveryError(ModelError, ValueError):
     """The decoder blocks of a model could not be located."""
 
 

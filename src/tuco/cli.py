@@ -7,19 +7,31 @@
     tuco check    --pretrained P --finetuned F
     tuco report   results.jsonl --out report.html [--group-by group]
 
-Exit codes: 0 ok, 1 runtime failure (model loading, incompatible pair, overflow, out of memory,
-failed check), 2 usage error (bad options, bad prompt data, existing results without --resume).
+Exit codes: 0 ok, 1 model or runtime failure (loading, incompatible pair, disk full, overflow, out
+of memory, failed check), 2 usage or data error (bad options, bad prompt data, existing results
+without --resume, results made with other settings). Errors print one message naming the thing and
+the fix; `tuco --debug ...` (or TUCO_DEBUG=1) shows the traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
-from .errors import UsageError, finite_alpha
+from .errors import (
+    TucoError,
+    UsageError,
+    finite_alpha,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 
 log = logging.getLogger("tuco")
 
@@ -45,7 +57,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--trust-remote-code", action="store_true", help="run model code from the checkpoint (off)"
     )
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=nonnegative_int, default=0)
 
 
 def _prompt_options(parser: argparse.ArgumentParser) -> None:
@@ -58,10 +70,13 @@ def _prompt_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--input-format", choices=["jsonl", "csv", "parquet", "text"], help="override the extension"
     )
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--max-length", type=int, help="longest prompt in tokens")
+    g.add_argument("--batch-size", type=positive_int, default=8)
+    g.add_argument("--max-length", type=positive_int, help="longest prompt in tokens (default: the context)")
     g.add_argument(
-        "--truncate", default="error", choices=["left", "right", "error"], help="beyond --max-length"
+        "--truncate",
+        default="error",
+        choices=["left", "right", "error"],
+        help="a prompt beyond --max-length or the model's context: cut on the left or right, or refuse it",
     )
     g.add_argument(
         "--chat-template",
@@ -86,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tuco", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"tuco {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (TUCO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="TuCo of every prompt")
@@ -101,11 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alpha", type=finite_alpha, nargs="+", action="extend", default=None, help="one or more alphas"
     )
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--do-sample", action="store_true")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
+    p.add_argument("--temperature", type=positive_float, help="with --do-sample")
+    p.add_argument("--top-p", type=probability, help="with --do-sample")
+    p.add_argument("--top-k", type=positive_int, help="with --do-sample")
 
     p = sub.add_parser("sweep", help="multiple-choice answers vs alpha")
     _model_options(p)
@@ -154,52 +170,108 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_job_options(args) -> None:
+    """What can be refused from the options alone, before anything is read or loaded."""
+    suffix = os.path.splitext(args.out)[1].lower()
+    if suffix in (".csv", ".parquet"):
+        raise UsageError(
+            f"--out {args.out}: results are written as JSONL as they arrive; give --out NAME.jsonl and "
+            f"--format {suffix[1:]} (which writes NAME{suffix} beside it)"
+        )
+    if args.command in ("generate", "sweep") and not args.alpha:
+        args.alpha = [1.0]
+    if args.command in ("generate", "sweep") and len(set(args.alpha)) < len(args.alpha):
+        raise UsageError(f"--alpha {' '.join(map(str, args.alpha))}: an alpha is repeated")
+    if args.command == "generate" and not args.do_sample:
+        given = [f"--{k.replace('_', '-')}" for k in ("temperature", "top_p", "top_k") if getattr(args, k)]
+        if given:
+            raise UsageError(f"{', '.join(given)} take effect only with --do-sample (greedy otherwise)")
+    if args.command == "sweep" and args.choices is not None:
+        if len(args.choices) < 2 or len(set(args.choices)) < len(args.choices):
+            raise UsageError(f"--choices {' '.join(args.choices)}: give two or more different answers")
+
+
+def job_settings(args, chosen) -> dict:
+    """What the results of a run depend on: recorded beside them, compared on --resume."""
+    settings = chosen.to_dict() | {
+        "command": args.command,
+        "prompts": os.path.abspath(args.prompts) if args.prompts not in (None, "-") else args.prompts,
+        "dataset": args.dataset,
+        "split": args.split if args.dataset else None,
+        "field": args.field,
+        "dtype": args.dtype,
+        "chat_template": args.chat_template,
+        "system_prompt": args.system_prompt,
+        "max_length": args.max_length,
+        "truncate": args.truncate,
+    }
+    if args.command == "score":
+        return settings | {"per_token": args.per_token, "norm": args.norm, "baselines": args.output_baselines}
+    settings["alphas"] = args.alpha
+    if args.command == "sweep":
+        return settings | {"choices": args.choices}
+    sampling = {k: getattr(args, k) for k in ("do_sample", "temperature", "top_p", "top_k", "seed")}
+    return settings | {"max_new_tokens": args.max_new_tokens} | sampling
+
+
 def run_job(args) -> int:
     from . import models, runs, store
     from .data import count_records, read_dataset, read_prompts
 
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if args.command in ("generate", "sweep") and not args.alpha:
-        args.alpha = [1.0]
+    check_job_options(args)
     chosen = models.resolve_options(args)
+    models.placement(args.device, args.device_map)  # a device this machine lacks: refused now
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     out_path = args.out if world == 1 else shard_path(args.out, rank, world)
     if world > 1 and os.path.exists(args.out) and not args.overwrite:
         raise UsageError(
             f"{args.out} already exists: pass --overwrite to replace it (--resume continues shards)"
         )
-    out = store.ResultsFile(out_path, resume=args.resume, overwrite=args.overwrite, key=("id", "alpha"))
-    pair = models.load_options(chosen, args)
-    job = runs.Job(
-        pair=pair,
-        out=out,
-        batch_size=args.batch_size,
-        chat_template=args.chat_template,
-        system_prompt=args.system_prompt,
-        max_length=args.max_length,
-        truncate=args.truncate,
-        skip_invalid=args.skip_invalid,
-        quiet=args.quiet,
-        meta=chosen.to_dict()
-        | {
-            "dtype": str(next(pair.finetuned.parameters()).dtype).removeprefix("torch."),
-            "dtype_reason": pair.dtype_reason,
-            "tuco_version": __version__,
-        },
-    )
-    job.rank, job.world = rank, world
 
-    def records(on_error=job._invalid):
+    def records(on_error=None):
         if args.prompts:
             return read_prompts(args.prompts, field=args.field, fmt=args.input_format, on_error=on_error)
         return read_dataset(args.dataset, args.split, args.field)
 
-    job.total = count_records(args.prompts) if args.prompts else None
-    with out:
+    # every prompt is read and checked before a model loads (stdin and datasets: as they stream)
+    quiet_skip = (lambda e: None) if args.skip_invalid else None
+    total = (
+        count_records(args.prompts, field=args.field, fmt=args.input_format, on_error=quiet_skip)
+        if (args.prompts)
+        else None
+    )
+    settings = job_settings(args, chosen)
+    with store.ResultsFile(
+        out_path, resume=args.resume, overwrite=args.overwrite, key=("id", "alpha"), settings=settings
+    ) as out:
+        pair = models.load_options(chosen, args)
+        dtype = str(next(pair.finetuned.parameters()).dtype).removeprefix("torch.")
+        if out.first is not None and "dtype" in out.first:  # "auto" may choose another dtype elsewhere
+            out.check_same(out.first, {"dtype": dtype})
+        job = runs.Job(
+            pair=pair,
+            out=out,
+            batch_size=args.batch_size,
+            chat_template=args.chat_template,
+            system_prompt=args.system_prompt,
+            max_length=args.max_length,
+            truncate=args.truncate,
+            reserve=args.max_new_tokens if args.command == "generate" else 0,
+            skip_invalid=args.skip_invalid,
+            quiet=args.quiet,
+            meta=chosen.to_dict()
+            | {"dtype": dtype, "dtype_reason": pair.dtype_reason, "tuco_version": __version__},
+            total=total,
+        )
+        job.check_lengths()
+        job.rank, job.world = rank, world
         if args.command == "score":
             runs.score(
-                job, records(), per_token=args.per_token, norm=args.norm, baselines=args.output_baselines
+                job,
+                records(job._invalid),
+                per_token=args.per_token,
+                norm=args.norm,
+                baselines=args.output_baselines,
             )
         elif args.command == "generate":
             kwargs = {
@@ -207,14 +279,16 @@ def run_job(args) -> int:
             }
             runs.generate(
                 job,
-                records(),
+                records(job._invalid),
                 args.alpha,
                 max_new_tokens=args.max_new_tokens,
                 do_sample=args.do_sample,
                 **kwargs,
             )
         else:
-            runs.sweep(job, records(), args.alpha, args.choices)
+            if args.choices:
+                job.check_choices(args.choices)
+            runs.sweep(job, records(job._invalid), args.alpha, args.choices)
     print(
         f"{job.written} new records -> {out_path}" + (f" ({job.skipped} skipped)" if job.skipped else ""),
         file=sys.stderr,
@@ -226,8 +300,10 @@ def run_job(args) -> int:
             return 0
         shards = [shard_path(args.out, r, world) for r in range(world)]
         runs.merge_shards(args.out, shards, records(on_error=lambda e: None), args.batch_size)
+        store.write_atomic(store.settings_path(Path(args.out)), json.dumps(settings, indent=1) + "\n")
         for shard in shards:
             os.remove(shard)
+            store.settings_path(Path(shard)).unlink(missing_ok=True)
         print(f"merged {world} shards -> {args.out}", file=sys.stderr)
     if args.format != "jsonl":
         print(f"converted -> {store.convert(args.out, args.format)}", file=sys.stderr)
@@ -311,8 +387,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="tuco: %(message)s"
     )
-    from .compat import IncompatiblePairError
-
     if getattr(args, "quiet", False):
         from transformers.utils import logging as hf_logging
 
@@ -326,20 +400,39 @@ def main(argv: list[str] | None = None) -> int:
         "demo": run_demo,
         "experiment": run_experiment,
     }
+    debug = args.debug or os.environ.get("TUCO_DEBUG", "") not in ("", "0")
     try:
         return handlers[args.command](args)
-    except UsageError as e:  # the usage-error family (tuco.errors): bad options, data, existing results
-        print(f"tuco {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             f"tuco {args.command}: interrupted; finished results are kept (rerun with --resume)",
             file=sys.stderr,
         )
         return 130
-    except (OSError, IncompatiblePairError, RuntimeError, ValueError) as e:
-        print(f"tuco {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        if debug:
+            raise
+        print(f"tuco {args.command}: error: {describe(e)}", file=sys.stderr)
+        return e.exit_code if isinstance(e, TucoError) else 2 if isinstance(e, UsageError) else 1
+
+
+def describe(error: Exception) -> str:
+    """One line (or a few) for an error: tuco's own say what to do; others get their type and a hint."""
+    import errno
+
+    if isinstance(error, TucoError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        where = f" writing {error.filename}" if error.filename else ""
+        return f"no space left on the device{where}: free space, then rerun (with --resume for results)."
+    if isinstance(error, MemoryError):
+        return "out of memory (CPU RAM): use a smaller --batch-size, --dtype bfloat16 or --device-map auto."
+    if isinstance(error, OSError | ValueError | RuntimeError) and str(error):
+        return f"{error} ({type(error).__name__}; --debug shows the traceback)"
+    return (
+        f"unexpected {type(error).__name__}: {error}. This is a bug in tuco or an input it does not "
+        "expect: rerun with --debug for the traceback, and please report it."
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .errors import ModelError
+
 # Config fields that must agree for block l of one model to run on the stream of the other.
 ARCHITECTURE_FIELDS = (
     "model_type",
@@ -36,7 +38,7 @@ TOKENIZER_PROBE = (
 )
 
 
-class IncompatiblePairError(ValueError):
+class IncompatiblePairError(ModelError, ValueError):
     """The two models (or tokenizers) cannot form a TuCo pair."""
 
 

@@ -15,18 +15,15 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import DataError
+from .inputs import chat_problem
 
 PROMPT_FIELDS = ("prompt", "messages", "text")
-
-
-class DataError(UsageError, ValueError):
-    """A prompt source is malformed; the message names the file and line and says what to fix."""
 
 
 @dataclass
@@ -46,9 +43,11 @@ def read_prompts(
 ) -> Iterator[PromptItem]:
     """Records of a prompt file (or ``-`` for stdin), in file order, validated one by one.
 
-    A bad record raises ``DataError``, or, with ``on_error``, is passed to it and skipped.
+    A bad record raises ``DataError``, or, with ``on_error``, is passed to it and skipped. A source
+    without a single valid record is a ``DataError`` too (an empty file, or every record invalid).
     """
     seen: set = set()
+    bad = 0
     for index, (where, row) in enumerate(_rows(source, fmt)):
         try:
             if isinstance(row, DataError):
@@ -61,23 +60,27 @@ def read_prompts(
             if on_error is None:
                 raise
             on_error(e)
+            bad += 1
             continue
         seen.add(key)
         yield record
+    if not seen:
+        name = "stdin" if source == "-" else source
+        raise DataError(
+            f"{name}: all {bad} records are invalid (see the warnings above): nothing to do."
+            if bad
+            else f"{name}: no prompts: the input is empty or holds only blank lines."
+        )
 
 
-def count_records(source: str) -> int | None:
-    """How many records a prompt file holds (for a progress bar's ETA); None when unknown (stdin)."""
-    path = Path(source)
-    if source == "-" or not path.is_file():
+def count_records(
+    source: str, *, field: str | None = None, fmt: str | None = None, on_error=None
+) -> int | None:
+    """How many valid records a prompt file holds, reading and checking every one (so that bad data
+    is refused before a model loads; ``read_prompts`` raises as it would). None for stdin."""
+    if source == "-":
         return None
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    with path.open("rb") as f:
-        lines = sum(1 for line in f if line.strip())
-    return lines - 1 if path.suffix.lower() == ".csv" else lines
+    return sum(1 for _ in read_prompts(source, field=field, fmt=fmt, on_error=on_error))
 
 
 def read_dataset(name: str, split: str, field: str | None = None) -> Iterator[PromptItem]:
@@ -106,6 +109,8 @@ def _rows(source: str, fmt: str | None) -> Iterator[tuple[str, Any]]:
     if source == "-":
         return _stdin_rows(fmt)
     path = Path(source)
+    if path.is_dir():
+        raise DataError(f"{source}: is a directory, not a prompt file.")
     if not path.is_file():
         raise DataError(f"{source}: no such prompt file.")
     fmt = fmt or {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}.get(
@@ -117,9 +122,39 @@ def _rows(source: str, fmt: str | None) -> Iterator[tuple[str, Any]]:
     return readers[fmt](path)
 
 
+def text_lines(raw_lines: Iterable[bytes], name: str) -> Iterator[str]:
+    """Lines of UTF-8 text (line ends kept) from raw bytes; a byte-order mark is dropped, and bytes
+    that are not UTF-8 raise ``DataError`` naming the file, the line and the column."""
+    for number, raw in enumerate(raw_lines, 1):
+        if number == 1:
+            if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                raise DataError(
+                    f"{name}: UTF-16 text; tuco reads UTF-8: convert it "
+                    f"(iconv -f UTF-16 -t UTF-8 {name} > converted) and pass the converted file."
+                )
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            column = len(raw[: e.start].decode("utf-8", errors="replace")) + 1
+            raise DataError(
+                f"{name}:{number}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {column}); convert the "
+                f"file to UTF-8, e.g. iconv -f latin1 -t UTF-8 {name} > converted (if it is Latin-1)."
+            ) from None
+
+
 def _stdin_rows(fmt: str | None) -> Iterator[tuple[str, Any]]:
-    lines = iter(sys.stdin)
-    first = next(lines, "")
+    try:
+        if sys.stdin is None or sys.stdin.closed:
+            raise ValueError
+        buffer = getattr(sys.stdin, "buffer", None)  # bytes, so that bad UTF-8 is reported by line
+        lines = text_lines(buffer, "<stdin>") if buffer is not None else iter(sys.stdin)
+        first = next(lines, "").removeprefix("\ufeff")
+    except (OSError, ValueError):
+        raise DataError(
+            "--prompts -: stdin is closed: pipe the prompts in (... | tuco score --prompts -) "
+            "or pass --prompts FILE."
+        ) from None
     if fmt is None:
         fmt = "jsonl" if first.lstrip().startswith("{") else "text"
     if fmt not in ("jsonl", "text"):
@@ -133,8 +168,8 @@ def _stdin_rows(fmt: str | None) -> Iterator[tuple[str, Any]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        yield from _parse_jsonl(f, str(path))
+    with path.open("rb") as f:
+        yield from _parse_jsonl(text_lines(f, str(path)), str(path))
 
 
 def _parse_jsonl(lines, name: str) -> Iterator[tuple[str, Any]]:
@@ -152,8 +187,8 @@ def _parse_jsonl(lines, name: str) -> Iterator[tuple[str, Any]]:
 
 
 def _text_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        yield from _parse_text(f, str(path))
+    with path.open("rb") as f:
+        yield from _parse_text(text_lines(f, str(path)), str(path))
 
 
 def _parse_text(lines, name: str) -> Iterator[tuple[str, Any]]:
@@ -164,20 +199,43 @@ def _parse_text(lines, name: str) -> Iterator[tuple[str, Any]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    with path.open("rb") as f:
+        reader = csv.reader(text_lines(f, str(path)))
+        header = None
         for row in reader:
-            yield f"{path}:{reader.line_num}", dict(row)
+            if not any(cell.strip() for cell in row):
+                continue  # blank lines, before the header or between rows
+            if header is None:
+                header = [cell.strip() for cell in row]
+                continue
+            where = f"{path}:{reader.line_num}"
+            if len(row) > len(header):
+                yield (
+                    where,
+                    DataError(
+                        f"{where}: {len(row)} fields but the header (line 1) names {len(header)}; "
+                        "quote fields that hold commas."
+                    ),
+                )
+            else:
+                yield where, dict(zip(header, row, strict=False))
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            yield f"{path}[row {index}]", row
-            index += 1
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        index = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield f"{path}[row {index}]", row
+                index += 1
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(
+            f"{path}: not a readable Parquet file ({e}); pass --input-format if it is another format."
+        ) from None
 
 
 def _record(row: dict, index: int, where: str, field: str | None) -> PromptItem:
@@ -186,7 +244,8 @@ def _record(row: dict, index: int, where: str, field: str | None) -> PromptItem:
     if name is None:
         wanted = f"'{field}'" if field else "one of 'prompt', 'messages', 'text' (or --field NAME)"
         raise DataError(
-            f"{where}: no prompt field: expected {wanted}; fields found: {', '.join(row) or 'none'}."
+            f"{where}: no prompt field: expected {wanted}; "
+            f"fields found: {', '.join(map(str, row)) or 'none'}."
         )
     prompt = row[name]
     if isinstance(prompt, str) and name == "messages":
@@ -195,11 +254,10 @@ def _record(row: dict, index: int, where: str, field: str | None) -> PromptItem:
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: field 'messages' is not a JSON list of messages.") from e
     if isinstance(prompt, list):
-        if not prompt or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt):
-            raise DataError(
-                f'{where}: field {name!r} must be a non-empty list of {{"role", "content"}} messages.'
-            )
-        empty = not any(str(m["content"]).strip() for m in prompt)
+        problem = chat_problem(prompt)
+        if problem:
+            raise DataError(f"{where}: field {name!r}: {problem}")
+        empty = not any(m["content"].strip() for m in prompt)
     elif isinstance(prompt, str):
         empty = not prompt.strip()
     else:

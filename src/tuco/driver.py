@@ -26,12 +26,14 @@ from typing import TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from .errors import RunError
+
 log = logging.getLogger("tuco")
 T = TypeVar("T")
 WINDOW = 8  # batches per window: what length-sorting may reorder, and the most a kill loses
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(RunError):
     pass
 
 
@@ -83,7 +85,7 @@ def _split_on_oom(compute: Callable, items: list, describe: Callable) -> list[di
         return compute(items)
     except torch.OutOfMemoryError:
         if len(items) == 1:
-            raise RuntimeError(
+            raise RunError(
                 f"Out of memory on a single prompt ({describe(items[0])}): use --max-length with "
                 "--truncate, a smaller --dtype (bfloat16), or --device-map auto."
             ) from None

@@ -1,26 +1,122 @@
-"""The usage-error family: what the command line reports with exit code 2.
+"""tuco's errors, and the checks that raise them at the boundary (command line and public API).
 
-Every error a user fixes by changing the command or the input derives from ``UsageError``: bad
-options (``UsageError`` itself), bad prompt data (``data.DataError``), results that exist already
-(``store.ResultsExistError``), an experiment directory made with other settings
-(``experiments.common.SettingsMismatchError``). Runtime failures (loading, incompatible pairs,
-overflow, out of memory) are not in it: exit code 1.
+One family, four kinds; the command line prints the message (never a traceback, unless ``--debug``
+or ``TUCO_DEBUG=1``) and exits with the kind's code:
+
+=================  ==========================================================  =========
+kind               what                                                         exit code
+=================  ==========================================================  =========
+``UsageError``     bad options, results that exist, settings that differ          2
+``DataError``      bad prompt or results data (``tuco.data``): file and line      2
+``ModelError``     a model, adapter or tokenizer that cannot be loaded or paired  1
+``RunError``       a failure while running: disk full, out of memory, overflow    1
+=================  ==========================================================  =========
+
+Every message names the thing (file and line, argument, model directory and file) and the fix.
 """
 
+from __future__ import annotations
 
-class UsageError(Exception):
+import math
+import numbers
+
+
+class TucoError(Exception):
+    """Base of tuco's errors; ``exit_code`` is what the command line exits with."""
+
+    exit_code = 1
+
+
+class UsageError(TucoError):
     """Bad options or a missing input: the message says what to pass instead."""
 
+    exit_code = 2
 
-def finite_alpha(text: str) -> float:
-    """argparse type of ``--alpha``: a finite number (nan and inf are refused with exit code 2)."""
+
+class SettingsMismatchError(UsageError, ValueError):
+    """Results (a file or an experiment directory) made with other settings than this run's."""
+
+
+class DataError(UsageError, ValueError):
+    """Malformed prompt or results data; the message names the file and line and says what to fix."""
+
+
+class ModelError(TucoError, OSError):
+    """A model, adapter or tokenizer that cannot be loaded, or two models that do not pair."""
+
+
+class RunError(TucoError, RuntimeError):
+    """A failure while running (disk full, out of memory at batch size 1, non-finite numbers)."""
+
+
+# ---------------------------------------------------------------------- library argument checks
+def check_alpha(alpha, name: str = "alpha") -> float:
+    """``alpha`` as a float: a finite real number (not a string, a bool, nan or inf)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"{name} must be a finite number, not {type(alpha).__name__} {alpha!r}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"{name} must be a finite number, not {alpha!r}")
+    return float(alpha)
+
+
+def check_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int of at least ``minimum`` (bools and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return int(value)
+
+
+def check_choice(value, name: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
+
+
+# ---------------------------------------------------------------------- argparse types
+def _argtype(parse):
+    """An argparse ``type=`` from a check: its ValueError/TypeError become argparse's usage error."""
     import argparse
-    import math
 
+    def convert(text: str):
+        try:
+            return parse(text)
+        except (ValueError, TypeError) as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("the value ")) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"alpha must be a number, not {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"alpha must be a finite number, not {text!r}")
-    return value
+        raise ValueError(f"must be a number, not {text!r}") from None
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"must be an integer, not {text!r}") from None
+
+
+finite_alpha = _argtype(lambda text: check_alpha(_number(text), "the value"))
+positive_int = _argtype(lambda text: check_int(_integer(text), "the value", 1))
+nonnegative_int = _argtype(lambda text: check_int(_integer(text), "the value", 0))
+
+
+def _bounded(low: float, high: float, low_open: bool, what: str):
+    def parse(text: str) -> float:
+        value = _number(text)
+        inside = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+        if not inside:
+            raise ValueError(f"must be {what}, not {text}")
+        return value
+
+    return _argtype(parse)
+
+
+positive_float = _bounded(0.0, math.inf, True, "a finite number above 0")
+probability = _bounded(0.0, 1.0, True, "in (0, 1]")

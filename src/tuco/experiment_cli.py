@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import finite_alpha
+from .errors import finite_alpha, nonnegative_int, positive_float, positive_int
 from .experiments import sources
 
 NAMES = ("alpha-sweep", "web-vs-chat", "jailbreaks", "jailbreak-success", "tuco-vs-outputco", "steering")
@@ -37,8 +37,10 @@ def add_parser(sub, model_options) -> None:
     g.add_argument(
         "--overwrite", action="store_true", help="discard the finished steps in --out and start again"
     )
-    g.add_argument("--limit", type=int, help="at most N items per task / group / language (quick runs)")
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument(
+        "--limit", type=positive_int, help="at most N items per task / group / language (quick runs)"
+    )
+    g.add_argument("--batch-size", type=positive_int, default=8)
     g.add_argument("--system-prompt", help="system message (default: the registered pair's)")
     g.add_argument("--online", action="store_true", help="the paper's datasets from the Hugging Face hub")
     g.add_argument(
@@ -57,30 +59,32 @@ def add_parser(sub, model_options) -> None:
     g.add_argument(
         "--mc-file", nargs="+", default=[], help="local multiple-choice files (prompt, choices, answer)"
     )
-    g.add_argument("--folds", type=int, default=5)
+    g.add_argument("--folds", type=positive_int, default=5)
     g = p.add_argument_group("jailbreaks (E3) and jailbreak-success (E4)")
     g.add_argument("--requests", help="harmful requests: AdvBench harmful_behaviors.csv or a prompt file")
     g.add_argument(
         "--attacks", nargs="+", choices=["msj", "gcg", "conjugate"], default=["msj", "gcg", "conjugate"]
     )
     g.add_argument(
-        "--max-shots", type=int, help="many-shot: up to N shots (default 128; tuco-vs-outputco: 32)"
+        "--max-shots", type=positive_int, help="many-shot: up to N shots (default 128; tuco-vs-outputco: 32)"
     )
     g.add_argument(
         "--shots-file", help="many-shot dialogues: a prompt file with 'prompt' and 'answer' fields"
     )
     g.add_argument("--translations", help="conjugate prompting: translated requests with a 'language' field")
     g.add_argument("--gcg-cache", help="GCG strings cache (default: OUT/gcg_strings.jsonl)")
-    g.add_argument("--gcg-steps", type=int, default=250)
-    g.add_argument("--gcg-width", type=int, default=512, help="GCG candidates per step")
-    g.add_argument("--gcg-topk", type=int, default=256)
-    g.add_argument("--gcg-tokens", type=int, default=20, help="length of the adversarial string")
+    g.add_argument("--gcg-steps", type=positive_int, default=250)
+    g.add_argument("--gcg-width", type=positive_int, default=512, help="GCG candidates per step")
+    g.add_argument("--gcg-topk", type=positive_int, default=256)
+    g.add_argument("--gcg-tokens", type=positive_int, default=20, help="length of the adversarial string")
     g.add_argument("--placement", choices=["before", "after"], default="before", help="GCG string position")
-    g.add_argument("--answer-tokens", type=int, default=24, help="E3: greedy answer length (0: no answers)")
+    g.add_argument(
+        "--answer-tokens", type=nonnegative_int, default=24, help="E3: greedy answer length (0: no answers)"
+    )
     g.add_argument("--benign", help="E4: benign requests file (default: the demo recipe's held-out ones)")
-    g.add_argument("--samples", type=int, default=8, help="E4: sampled completions per prompt")
-    g.add_argument("--max-new-tokens", type=int, default=30, help="E4: completion length")
-    g.add_argument("--temperature", type=float, default=1.0, help="E4: sampling temperature")
+    g.add_argument("--samples", type=positive_int, default=8, help="E4: sampled completions per prompt")
+    g.add_argument("--max-new-tokens", type=positive_int, default=30, help="E4: completion length")
+    g.add_argument("--temperature", type=positive_float, default=1.0, help="E4: sampling temperature")
     g.add_argument(
         "--judge-model", help="E4: a guard model (e.g. meta-llama/LlamaGuard-7b) instead of strings"
     )
@@ -96,9 +100,9 @@ def run(args) -> str:
     system = args.system_prompt if args.system_prompt is not None else chosen.system
     settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
     settings |= {"system": system, "models": chosen.to_dict()}
-    out = RunDirectory(args.out, settings, overwrite=args.overwrite)
-    pair = models.load_options(chosen, args)
-    return EXPERIMENTS[args.name](pair, out, args, system)
+    with RunDirectory(args.out, settings, overwrite=args.overwrite) as out:
+        pair = models.load_options(chosen, args)
+        return EXPERIMENTS[args.name](pair, out, args, system)
 
 
 def _alpha_sweep(pair, out, args, system) -> str:

@@ -25,30 +25,66 @@ Side = Literal["left", "right"]
 
 
 def _is_chat(x: Any) -> bool:
-    return isinstance(x, list) and len(x) > 0 and all(isinstance(m, Mapping) and "role" in m for m in x)
+    """A chat-like prompt: a non-empty list of dicts (checked by ``chat_problem`` before use)."""
+    return isinstance(x, list) and len(x) > 0 and all(isinstance(m, Mapping) for m in x)
+
+
+def _is_ids(x: Any) -> bool:
+    return isinstance(x, list | tuple) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+
+def chat_problem(messages: list) -> str | None:
+    """What is wrong with a chat (None when nothing): a non-empty list of ``{"role", "content"}``
+    dicts with string values."""
+    if not messages:
+        return 'an empty chat: give at least one {"role": ..., "content": ...} message.'
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not {"role", "content"} <= set(m):
+            return f'message {i} is not a {{"role": ..., "content": ...}} object: {m!r:.80}'
+        for key in ("role", "content"):
+            if not isinstance(m[key], str):
+                return f"message {i}: {key!r} must be a string, not {type(m[key]).__name__}."
+    return None
 
 
 def encode(tokenizer, prompts: Prompts) -> list[list[int]]:
-    """Token ids of every prompt (see the module docstring for the accepted forms)."""
+    """Token ids of every prompt (see the module docstring for the accepted forms). Empty prompts
+    (or only whitespace), malformed chats and other types raise ``ValueError``/``TypeError``
+    naming the prompt."""
     if isinstance(prompts, Mapping):
         return _from_encoding(prompts)
-    items: Sequence[Any] = [prompts] if isinstance(prompts, str) or _is_chat(prompts) else prompts
-    if all(isinstance(p, list) and not _is_chat(p) for p in items):
-        if items and all(isinstance(t, int) for p in items for t in p):
-            return [list(p) for p in items]  # already token ids
+    if isinstance(prompts, str) or _is_chat(prompts):
+        items: Sequence[Any] = [prompts]
+    elif isinstance(prompts, Sequence):
+        items = prompts
+    else:
+        raise TypeError(
+            "prompts must be a string, a chat, a list of those, a list of token-id lists or a dict "
+            f"with input_ids; not {type(prompts).__name__}."
+        )
+    if items and all(isinstance(p, list | tuple) and p and _is_ids(p) for p in items):
+        return [list(p) for p in items]  # already token ids
     out = []
     for i, prompt in enumerate(items):
-        if tokenizer is None and (isinstance(prompt, str) or _is_chat(prompt)):
-            raise ValueError("This pair has no tokenizer: pass tokenizer= or give token ids (input_ids).")
         if isinstance(prompt, str):
-            ids = tokenizer(prompt)["input_ids"]
+            if not prompt.strip():
+                raise ValueError(
+                    f"prompt {i} is empty{' (only whitespace)' if prompt else ''}: give it text."
+                )
         elif _is_chat(prompt):
-            ids = _chat_ids(tokenizer, prompt)
+            problem = chat_problem(prompt)
+            if problem:
+                raise ValueError(f"prompt {i}: {problem}")
+            if not any(m["content"].strip() for m in prompt):
+                raise ValueError(f"prompt {i} is a chat whose messages are all empty: give one text.")
         else:
             raise TypeError(
-                f"prompt {i} is a {type(prompt).__name__}; expected a string, a chat "
-                '(list of {"role", "content"} dicts) or a dict with input_ids.'
+                f"prompt {i} is a {type(prompt).__name__} ({prompt!r:.40}); expected a string, a chat "
+                '(list of {"role", "content"} dicts) or a list of token ids.'
             )
+        if tokenizer is None:
+            raise ValueError("This pair has no tokenizer: pass tokenizer= or give token ids (input_ids).")
+        ids = tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else _chat_ids(tokenizer, prompt)
         if len(ids) == 0:
             raise ValueError(
                 f"prompt {i} is empty after tokenization: every prompt needs at least one token."
@@ -74,7 +110,7 @@ def _chat_ids(tokenizer, chat: Chat) -> list[int]:
 
 def _from_encoding(batch: Mapping[str, Any]) -> list[list[int]]:
     if "input_ids" not in batch:
-        raise KeyError(f"a dict of prompts needs 'input_ids'; got keys {sorted(batch)}")
+        raise ValueError(f"a dict of prompts needs 'input_ids'; got keys {sorted(map(str, batch))}.")
     ids = torch.as_tensor(batch["input_ids"])
     if ids.ndim == 1:
         ids = ids[None]
@@ -85,6 +121,28 @@ def _from_encoding(batch: Mapping[str, Any]) -> list[list[int]]:
         if not row:
             raise ValueError(f"row {i} of input_ids has no real token (attention_mask is all zero).")
     return out
+
+
+def check_ids(ids: list[list[int]], vocab_size: int, context: int | None, reserve: int = 0) -> None:
+    """Refuse token ids the model cannot take: ids outside [0, vocab_size), and prompts longer than
+    ``context`` positions less ``reserve`` (the tokens a generation adds). ``ValueError`` names the
+    prompt and the fix."""
+    for i, row in enumerate(ids):
+        if not row:
+            raise ValueError(f"prompt {i} has no tokens: every prompt needs at least one.")
+        low, high = min(row), max(row)
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"prompt {i} holds token id {low if low < 0 else high}, outside the model's vocabulary "
+                f"(0..{vocab_size - 1}): were the ids made by another tokenizer?"
+            )
+        if context is not None and len(row) + reserve > context:
+            room = f" less the {reserve} new tokens asked for" if reserve else ""
+            raise ValueError(
+                f"prompt {i} has {len(row)} tokens, more than the model's context of {context} "
+                f"positions{room} (max_position_embeddings of its config): shorten it, or cut it "
+                "(the command line: --truncate left or --truncate right)."
+            )
 
 
 def pad(ids: list[list[int]], pad_id: int, side: Side = "right") -> dict[str, torch.Tensor]:
@@ -147,13 +205,27 @@ def pad_id(tokenizer) -> int:
 def candidate_ids(tokenizer, choice: str) -> list[int]:
     """First token ids of a multiple-choice answer: "Yes" right after the prompt or " Yes" after a
     space both count for the choice "Yes" (their probabilities are summed)."""
+    if not isinstance(choice, str) or not choice.strip():
+        raise ValueError(f"answer choice {choice!r} is empty: every choice needs text.")
     firsts = {tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (choice, " " + choice)}
     return sorted(firsts)
 
 
 def choice_probs(tokenizer, probs: torch.Tensor, choices: list[str]) -> list[float]:
-    """Probability of each choice from next-token probabilities ``probs`` [vocab] (``candidate_ids``)."""
-    return [float(probs[candidate_ids(tokenizer, c)].sum()) for c in choices]
+    """Probability of each choice from next-token probabilities ``probs`` [vocab] (``candidate_ids``).
+
+    A first token two choices share (a lone space on byte-level tokenizers) counts for neither; a
+    choice left without a token of its own cannot be told apart by one next token: ValueError."""
+    firsts = [set(candidate_ids(tokenizer, c)) for c in choices]
+    own = [ids - set().union(*(f for j, f in enumerate(firsts) if j != i)) for i, ids in enumerate(firsts)]
+    for i, (choice, ids, mine) in enumerate(zip(choices, firsts, own, strict=True)):
+        if not mine:
+            other = next(choices[j] for j in range(len(choices)) if j != i and firsts[j] & ids)
+            raise ValueError(
+                f"choices {other!r} and {choice!r} start with the same token, so one next token cannot "
+                "tell them apart: use choices that differ in their first token (e.g. A / B, Yes / No)."
+            )
+    return [float(probs[sorted(ids)].sum()) for ids in own]
 
 
 def choose(tokenizer, probs: torch.Tensor, choices: list[str]) -> tuple[list[float], str]:

@@ -7,11 +7,14 @@ alike; a failure names which model (pretrained or finetuned) and what to check.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from . import compat
+from .errors import ModelError
 from .hardware import resolve_dtype
 
 log = logging.getLogger("tuco")
@@ -35,31 +38,85 @@ def joint_device_map(config, strategy: str, max_memory: dict | None, dtype) -> d
     return infer_auto_device_map(empty, max_memory=budget, no_split_module_classes=no_split, dtype=dtype)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def _where(name: str) -> str:
+    """What a failed load most likely means for ``name``: a local directory's files, or the hub."""
+    path = Path(name)
+    if path.is_dir():
+        files = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+        return f"the directory {name} holds {', '.join(files) or 'no model files'}"
+    if path.exists():
+        return f"{name} is a file; give the directory that holds config.json and the weights"
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        return f"there is no directory {name}"
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return f"there is no such local directory, and {name!r} is not " + (
+        "in the local hub cache (HF_HUB_OFFLINE=1: no downloads)"
+        if offline
+        else "a hub id that could be fetched"
+    )
+
+
+def _hint(error: Exception) -> str:
+    text = f"{type(error).__name__} {error}"
+    if "Safetensor" in text or "deserializ" in text or "header" in text.lower():
+        return " A weight file is truncated or corrupt: download or save it again."
+    if "pickle" in text.lower() or "weights_only" in text:
+        return (
+            " The checkpoint is a pickle that torch refuses to load safely (weights_only): convert it "
+            "to safetensors from a trusted copy."
+        )
+    if "trust_remote_code" in text:
+        return " The checkpoint runs its own code: pass --trust-remote-code if you trust it."
+    return ""
+
+
 def load(loader, name: str, which: str, **kwargs):
+    """``loader(name, **kwargs)``; any failure becomes a ``ModelError`` naming the model and the fix."""
     try:
         return loader(name, **kwargs)
-    except (OSError, ValueError) as e:
-        raise OSError(
-            f"Could not load the {which} model {name!r}: it is not a local directory with a config.json "
-            f"and could not be fetched from the hub (offline, or the id is wrong). Cause: {e}"
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # transformers, safetensors, torch and peft raise many kinds
+        raise ModelError(
+            f"Could not load the {which} {name!r} ({_where(name)}): {type(e).__name__}: {e}.{_hint(e)}"
         ) from e
 
 
 def load_model(name: str, which: str, **kwargs) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
-    return load(AutoModelForCausalLM.from_pretrained, name, which, **kwargs).eval()
+    return load(AutoModelForCausalLM.from_pretrained, name, f"{which} model", **kwargs).eval()
 
 
-def load_tokenizer(name: str, fallback: str | None, trust: bool):
+def has_tokenizer_files(name: str) -> bool:
+    """Whether ``name`` ships a tokenizer: True for a local directory with tokenizer files and for hub
+    ids (whose files are not known here), False for a local directory without them."""
+    path = Path(name)
+    return not path.is_dir() or any((path / f).exists() for f in TOKENIZER_FILES)
+
+
+def load_tokenizer(name: str, which: str, fallback: str | None, trust: bool):
+    """The tokenizer of ``name``; when ``name`` is a local directory without tokenizer files, the one
+    of ``fallback`` (logged), or None if that has none either. A tokenizer that is there but fails
+    to load is a ``ModelError`` (never silently replaced)."""
     from transformers import AutoTokenizer
 
-    for candidate in filter(None, (name, fallback)):
-        try:
-            return AutoTokenizer.from_pretrained(candidate, trust_remote_code=trust)
-        except (OSError, ValueError, TypeError):
-            continue
-    return None
+    if not has_tokenizer_files(name):
+        if fallback is None or not has_tokenizer_files(fallback):
+            log.warning("the %s %s has no tokenizer files: no tokenizer check", which, name)
+            return None
+        log.warning(
+            "the %s %s has no tokenizer files: using the pretrained model's (%s); the tokenizer check "
+            "compares it with itself",
+            which,
+            name,
+            fallback,
+        )
+        name, which = fallback, "pretrained model"
+    return load(AutoTokenizer.from_pretrained, name, f"{which}'s tokenizer", trust_remote_code=trust)
 
 
 def checkpoint_dtype(config) -> torch.dtype | None:
@@ -99,7 +156,7 @@ def load_models(
         raise ValueError("Pass exactly one of finetuned= (a full model) or adapter= (a PEFT adapter).")
     kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code)
     configs = [
-        load(AutoConfig.from_pretrained, name, which, trust_remote_code=trust_remote_code)
+        load(AutoConfig.from_pretrained, name, f"{which} model", trust_remote_code=trust_remote_code)
         for name, which in ((pretrained, "pretrained"), (finetuned, "finetuned"))
         if name is not None
     ]
@@ -109,23 +166,26 @@ def load_models(
         del kwargs["dtype"]
     log.info("dtype %s (%s)", str(kwargs.get("dtype", "default")).removeprefix("torch."), why)
     if adapter is not None:
-        tok = load_tokenizer(tokenizer or adapter, fallback=pretrained, trust=trust_remote_code)
+        tok = load_tokenizer(tokenizer or adapter, "adapter", fallback=pretrained, trust=trust_remote_code)
         if max_memory is not None:
             kwargs["max_memory"] = max_memory
         base = load_model(pretrained, "pretrained", device_map=device_map, **kwargs)
         from peft import PeftModel
 
-        try:
-            # the adapter computes in the model's dtype, as a merged model would: fp32 adapters on a
-            # bf16 base upcast every LoRA input, which costs more activation memory than the base
-            peft_model = PeftModel.from_pretrained(base, adapter, autocast_adapter_dtype=False)
-        except (OSError, ValueError) as e:
-            raise OSError(f"Could not load the adapter {adapter!r}: {e}") from e
+        # the adapter computes in the model's dtype, as a merged model would: fp32 adapters on a
+        # bf16 base upcast every LoRA input, which costs more activation memory than the base
+        peft_model = load(
+            lambda name: PeftModel.from_pretrained(base, name, autocast_adapter_dtype=False),
+            adapter,
+            "adapter",
+        )
         return None, peft_model.eval(), tok, None, why
     assert finetuned is not None  # exactly one of finetuned and adapter: checked above
     compat.check_configs(*configs)
-    ft_tok = load_tokenizer(tokenizer or finetuned, fallback=pretrained, trust=trust_remote_code)
-    pt_tok = load_tokenizer(pretrained, fallback=None, trust=trust_remote_code)
+    ft_tok = load_tokenizer(
+        tokenizer or finetuned, "finetuned model", fallback=pretrained, trust=trust_remote_code
+    )
+    pt_tok = load_tokenizer(pretrained, "pretrained model", fallback=None, trust=trust_remote_code)
     compat.check_tokenizers(pt_tok, ft_tok, use_finetuned_tokenizer)
     if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
         device_map = joint_device_map(config, device_map, max_memory, kwargs.get("dtype"))
@@ -141,5 +201,5 @@ def model_type(name_or_path: str, trust_remote_code: bool = False) -> str | None
 
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
-    except (OSError, ValueError):
+    except Exception:  # loading reports it properly (ModelError)
         return None

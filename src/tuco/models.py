@@ -85,22 +85,60 @@ def load_options(models: Models, options):
     )
 
 
+MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 def placement(device: str | None, device_map: str | None):
     """``--device``/``--device-map`` as ``from_pretrained`` takes them: a JSON map becomes a dict;
-    with neither, cuda when available (one GPU per rank under torchrun), else cpu."""
+    with neither, cuda when available (one GPU per rank under torchrun), else cpu. A device this
+    machine lacks is a ``UsageError`` naming it."""
     import torch
 
+    if device and device_map:
+        raise UsageError("give --device or --device-map, not both")
     if device_map and device_map.strip().startswith("{"):
         try:
-            return json.loads(device_map)
+            chosen = json.loads(device_map)
         except json.JSONDecodeError as e:
             raise UsageError(f"--device-map is not valid JSON: {e}") from e
+        if not isinstance(chosen, dict):
+            raise UsageError("--device-map JSON must map module names to devices")
+        for value in chosen.values():
+            if not (isinstance(value, int) and value >= 0) and value != "disk":
+                check_device(str(value), "--device-map")
+        return chosen
     if device_map:
+        if device_map not in MAP_STRATEGIES:
+            check_device(device_map, "--device-map")
         return device_map
     chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if chosen == "cuda" and "LOCAL_RANK" in os.environ:  # data-parallel: one GPU per rank
         chosen = f"cuda:{os.environ['LOCAL_RANK']}"
+    check_device(chosen, "--device")
     return chosen
+
+
+def check_device(name: str, option: str) -> None:
+    """Refuse a device string torch does not know, or a device this machine does not have."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"{option} {name!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise UsageError(
+                f"{option} {name}: torch {torch.__version__} ({build}) sees no CUDA GPU here; "
+                "use --device cpu, or install a CUDA build of torch on a machine with a GPU"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"{option} {name}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps", "xpu", "npu", "hpu", "meta"):
+        raise UsageError(f"{option} {name!r}: use cpu, cuda, cuda:N or mps")
 
 
 def load(

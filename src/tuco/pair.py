@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from . import baselines, compat, inputs
 from .blocks import embedding_weight, find_blocks, unwrap
 from .decompose import Decomposition, adapters_off
+from .errors import check_alpha, check_choice, check_int
 from .inputs import Prompts, Side
 from .loading import load_models
 from .results import OutputContribution, TucoResult, from_record
@@ -132,6 +133,16 @@ class ModelPair:
     def num_layers(self) -> int:
         return len(self.ft_blocks)
 
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model takes (``max_position_embeddings`` of its text config; None if unset)."""
+        text_config = unwrap(self.finetuned).config.get_text_config()
+        return getattr(text_config, "max_position_embeddings", None)
+
+    @property
+    def vocab_size(self) -> int:
+        return embedding_weight(self.finetuned).shape[0]
+
     def encode(self, prompts: Prompts) -> list[list[int]]:
         """Token ids of each prompt (strings, chats, or a dict / BatchEncoding with input_ids)."""
         return inputs.encode(self.tokenizer, prompts)
@@ -139,6 +150,7 @@ class ModelPair:
     def steer(self, alpha: float = 1.0, *, last_only: bool = False) -> Decomposition:
         """Context manager: inside it, ``self.finetuned`` computes x + PTC + alpha * FTC at every block.
         ``last_only``: the PT blocks run at the last position only (alpha = 1, left-padded batches)."""
+        alpha = check_alpha(alpha)
         pt_context = (lambda layer: adapters_off(self.ft_blocks[layer])) if self.adapter_mode else None
         return Decomposition(self.ft_blocks, self.pt_blocks, alpha, pt_context, last_only=last_only)
 
@@ -154,10 +166,14 @@ class ModelPair:
         desc: str,
         progress: bool | None,
         compute: Callable[[dict[str, torch.Tensor]], Sequence[T]],
+        reserve: int = 0,
     ) -> list[T]:
         """``compute(batch)`` (one result per row) over length-sorted padded batches of ``ids``
         (longest first, on the pair's device); the results in input order. The padding the sorting
-        saves is logged and kept in ``self.padding`` (token counts)."""
+        saves is logged and kept in ``self.padding`` (token counts). Ids outside the vocabulary, and
+        prompts longer than the context less ``reserve`` positions, raise ValueError first."""
+        check_int(batch_size, "batch_size")
+        inputs.check_ids(ids, self.vocab_size, self.context_length, reserve)
         chunks, self.padding = inputs.length_sorted(ids, batch_size)
         pad_id = inputs.pad_id(self.tokenizer) if self.tokenizer is not None else 0
         out: list = [None] * len(ids)
@@ -174,6 +190,8 @@ class ModelPair:
         return out
 
     def _side(self, padding_side: Side | None) -> Side:
+        if padding_side is not None:
+            check_choice(padding_side, "padding_side", ("left", "right"))
         return padding_side or getattr(self.tokenizer, "padding_side", None) or "right"
 
     # ------------------------------------------------------------------ TuCo
@@ -201,8 +219,8 @@ class ModelPair:
         ``alpha != 1`` measures along the FTC-alpha model's stream (x_{l+1} = x_l + PTC_l + alpha * FTC_l);
         the FTC_l summed are the blocks' own differences there, not multiplied by alpha.
         """
-        if norm not in ("l1", "l2"):
-            raise ValueError(f"norm must be 'l1' or 'l2', not {norm!r}")
+        check_choice(norm, "norm", ("l1", "l2"))
+        alpha = check_alpha(alpha)
         last_only = fast and alpha == 1.0 and not per_token
         side = "left" if last_only else self._side(padding_side)  # fast path: last tokens at -1
 
@@ -223,7 +241,9 @@ class ModelPair:
     ) -> torch.Tensor:
         """Float32 logits [batch, seq, vocab] of the FTC-alpha model, prompts in input order,
         padded on ``padding_side`` (default: the tokenizer's). alpha = 1 is the FT model itself."""
+        alpha = check_alpha(alpha)
         ids = self.encode(prompts)
+        inputs.check_ids(ids, self.vocab_size, self.context_length)
         batch = inputs.pad(
             ids, inputs.pad_id(self.tokenizer) if self.tokenizer else 0, self._side(padding_side)
         )
@@ -243,6 +263,9 @@ class ModelPair:
     ) -> torch.Tensor:
         """Float32 next-token probabilities after each prompt under the FTC-alpha model, in input order:
         [n_prompts, vocab], or [n_prompts, len(token_ids)] for the given candidate tokens only."""
+        alpha = check_alpha(alpha)
+        if token_ids is not None:
+            inputs.check_ids([list(token_ids)], self.vocab_size, None)
 
         def compute(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
             with self._steered(alpha):
@@ -266,8 +289,14 @@ class ModelPair:
         **generate_kwargs,
     ) -> list[str]:
         """Generated text (new tokens only) of the FTC-alpha model for every prompt, with KV caches
-        for both the FT and the PT blocks. ``generate_kwargs`` go to ``model.generate``."""
+        for both the FT and the PT blocks. ``generate_kwargs`` go to ``model.generate``; a prompt
+        plus ``max_new_tokens`` longer than the model's context is refused (ValueError)."""
+        alpha = check_alpha(alpha)
         generate_kwargs.setdefault("pad_token_id", inputs.pad_id(self.tokenizer))
+        new_tokens = generate_kwargs.get("max_new_tokens")
+        if new_tokens is None:
+            new_tokens = getattr(self.finetuned.generation_config, "max_new_tokens", None) or 0
+        check_int(new_tokens, "max_new_tokens", 0 if "max_new_tokens" not in generate_kwargs else 1)
 
         def compute(batch: dict[str, torch.Tensor]) -> list[str]:
             batch.pop("position_ids")  # generate derives them from the attention mask
@@ -278,7 +307,7 @@ class ModelPair:
             )
 
         return self._each_batch(
-            self.encode(prompts), batch_size, "left", f"generate a={alpha:g}", progress, compute
+            self.encode(prompts), batch_size, "left", f"generate a={alpha:g}", progress, compute, new_tokens
         )
 
     # ------------------------------------------------------------------ output-only baselines

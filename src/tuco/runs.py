@@ -12,8 +12,11 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import torch
+
 from .data import DataError, PromptItem, item_answer, item_choices
 from .driver import WINDOW, drive, windows
+from .errors import UsageError
 from .inputs import as_chat, choose
 from .pair import ModelPair
 from .store import ResultsFile
@@ -31,8 +34,9 @@ class Job:
     batch_size: int = 8
     chat_template: bool | None = None  # None: use it when the tokenizer has one
     system_prompt: str | None = None
-    max_length: int | None = None
+    max_length: int | None = None  # default: the model's context (less ``reserve``)
     truncate: str = "error"  # left | right | error
+    reserve: int = 0  # positions a generation adds after the prompt
     skip_invalid: bool = False
     quiet: bool = False
     total: int | None = None  # number of records, for the progress bar's ETA
@@ -42,6 +46,35 @@ class Job:
     written: int = 0
 
     # ------------------------------------------------------------------ prompts to token ids
+    def check_lengths(self) -> None:
+        """Refuse a --max-length (or --max-new-tokens) the model's context cannot hold."""
+        context = self.pair.context_length
+        if context is None:
+            return
+        if self.reserve >= context:
+            raise UsageError(
+                f"--max-new-tokens {self.reserve} leaves no room for a prompt in the model's context of "
+                f"{context} positions: ask for fewer new tokens."
+            )
+        if self.max_length is not None and self.max_length + self.reserve > context:
+            room = f" less --max-new-tokens {self.reserve}" if self.reserve else ""
+            raise UsageError(
+                f"--max-length {self.max_length} is more than the model's context of {context} "
+                f"positions{room} (max_position_embeddings): give at most {context - self.reserve}."
+            )
+
+    def limit(self) -> int | None:
+        """The longest prompt in tokens: --max-length, else what the context leaves (None: no limit)."""
+        context = self.pair.context_length
+        return self.max_length or (context - self.reserve if context is not None else None)
+
+    def check_choices(self, choices: list[str]) -> None:
+        """Refuse answer choices that one next token cannot tell apart (``inputs.choice_probs``)."""
+        try:
+            choose(self.pair.tokenizer, torch.zeros(self.pair.vocab_size), choices)
+        except ValueError as e:
+            raise UsageError(f"--choices: {e}") from None
+
     def token_ids(self, record: PromptItem) -> list[int]:
         tokenizer = self.pair.tokenizer
         use_template = self.chat_template
@@ -65,15 +98,21 @@ class Job:
             ids = self.pair.encode([prompt])[0]
         except Exception as e:  # template errors (e.g. no system role) and empty prompts
             raise DataError(f"{record.where}: cannot format the prompt: {e}") from e
-        if self.max_length and len(ids) > self.max_length:
+        limit = self.limit()
+        if limit is not None and len(ids) > limit:
             if self.truncate == "left":
-                ids = ids[-self.max_length :]
+                ids = ids[-limit:]
             elif self.truncate == "right":
-                ids = ids[: self.max_length]
+                ids = ids[:limit]
             else:
+                what = (
+                    f"--max-length {limit}"
+                    if self.max_length
+                    else f"the model's context of {self.pair.context_length} positions"
+                    + (f" less --max-new-tokens {self.reserve}" if self.reserve else "")
+                )
                 raise DataError(
-                    f"{record.where}: the prompt has {len(ids)} tokens, "
-                    f"more than --max-length {self.max_length}; "
+                    f"{record.where}: the prompt has {len(ids)} tokens, more than {what}; "
                     "pass --truncate left or --truncate right to cut it."
                 )
         return ids
@@ -165,7 +204,10 @@ def sweep(job: Job, records: Iterable[PromptItem], alphas: list[float], choices:
         for alpha in alphas:
             probs = job.pair.next_token_probs(ids, alpha=alpha, batch_size=job.batch_size, progress=False)
             for record, options, row in zip(batch, options_of, probs, strict=True):
-                p, pred = choose(job.pair.tokenizer, row, options)
+                try:
+                    p, pred = choose(job.pair.tokenizer, row, options)
+                except ValueError as e:  # choices one next token cannot tell apart
+                    raise DataError(f"{record.where}: {e}") from None
                 answer = item_answer(record, options)
                 values = dict(alpha=alpha, choices=options, probs=p, pred=pred)
                 if answer is not None:

@@ -18,14 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..driver import drive
-from ..errors import UsageError
+from ..errors import SettingsMismatchError, UsageError
 from ..inputs import as_chat
 from ..plots import png
-from ..store import ResultsFile
-
-
-class SettingsMismatchError(UsageError, ValueError):
-    pass
+from ..store import OutputLock, ResultsFile, write_atomic
 
 
 def as_prompt(tokenizer, text: str, system: str | None = None) -> str | list[dict]:
@@ -35,24 +31,51 @@ def as_prompt(tokenizer, text: str, system: str | None = None) -> str | list[dic
 
 
 class RunDirectory:
-    """An experiment's output directory: its settings, resumable steps and final files."""
+    """An experiment's output directory: its settings, resumable steps and final files.
+
+    Holds a lock on the directory (``.lock``: a second run on it is refused) until ``close`` (or the
+    end of a ``with`` block). Nothing in it changes until the first step starts: a run that fails
+    before (a typo in a model, bad data) leaves an earlier run's files as they were, even with
+    ``overwrite``."""
 
     def __init__(self, directory: str | Path, settings: dict, overwrite: bool = False):
         self.dir = Path(directory)
-        settings = json.loads(json.dumps(settings, default=str))  # as it will read back
+        self.settings = json.loads(json.dumps(settings, default=str))  # as it will read back
+        self.overwrite, self._started = overwrite, False
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UsageError(f"{self.dir} is a file: --out of an experiment is a directory")
+        self._lock = OutputLock(self.dir, self.dir / ".lock")
         path = self.dir / "settings.json"
-        if path.exists():
+        if path.exists() and not overwrite:
             old = json.loads(path.read_text())
-            if old != settings and not overwrite:
-                changed = sorted(k for k in old.keys() | settings.keys() if old.get(k) != settings.get(k))
+            if old != self.settings:
+                keys = old.keys() | self.settings.keys()
+                changed = sorted(k for k in keys if old.get(k) != self.settings.get(k))
+                self.close()
                 raise SettingsMismatchError(
                     f"{self.dir} holds a run with other settings ({', '.join(changed)}): "
                     "pass --overwrite to replace it, or choose another --out."
                 )
-        if overwrite and (self.dir / "steps").is_dir():  # only what RunDirectory wrote; a GCG cache stays
+
+    def start(self) -> None:
+        """The run has started: with ``overwrite`` clear ``steps/`` (only what RunDirectory wrote; a
+        GCG cache stays), and record the settings. Called by the first ``step`` or ``finish``."""
+        if self._started:
+            return
+        if self.overwrite and (self.dir / "steps").is_dir():
             shutil.rmtree(self.dir / "steps")
         self.dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=1) + "\n")
+        write_atomic(self.dir / "settings.json", json.dumps(self.settings, indent=1) + "\n")
+        self._started = True
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def step(
         self,
@@ -68,6 +91,7 @@ class RunDirectory:
         batches, which it passes to the pair with ``batch_size``), with the item's ``id``; records are
         appended to ``steps/<name>.jsonl`` window by window, so a rerun computes only the windows not
         yet done, and whole, exactly as the first run did."""
+        self.start()
         path = self.dir / "steps" / f"{name}.jsonl"
 
         def checked(window: list[dict]) -> list[dict]:
@@ -87,6 +111,7 @@ class RunDirectory:
     ) -> str:
         """Write ``results.jsonl`` (the per-prompt records), ``table.md``, ``<name>.png`` and
         ``metrics.json`` (the headline numbers under plain keys; NaN is written as null)."""
+        self.start()
         with ResultsFile(self.dir / "results.jsonl", overwrite=True) as results:
             results.write(records)
         (self.dir / "table.md").write_text(table)
