@@ -432,7 +432,9 @@ def test_non_finite_alpha_is_a_usage_error(alpha, dirs, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             cli.main([*command, "--prompts", str(prompts), "--out", str(out), "--alpha", "1", alpha])
         assert e.value.code == 2
-        expected = "must be a number, not 'half'" if alpha == "half" else f"must be a finite number, not {alpha}"
+        expected = (
+            "must be a number, not 'half'" if alpha == "half" else f"must be a finite number, not {alpha}"
+        )
         assert f"argument --alpha: {expected}" in capsys.readouterr().err
     assert not out.exists()  # refused before anything was loaded or written
 
@@ -445,3 +447,16 @@ def test_library_refuses_a_non_finite_alpha(alpha, tok):
     for call in (pair.score, pair.logits, pair.generate):
         with pytest.raises(ValueError, match="alpha must be a finite number"):
             call(["Hello"], alpha=alpha)
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    from tuco.errors import DataError
+
+    args = ["score", "--prompts", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "r.jsonl")]
+    proc = run_tuco(*args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "no such prompt file" in proc.stderr
+    with pytest.raises(DataError, match="no such prompt file"):
+        cli.main(["--debug", *args])
+    monkeypatch.setenv("TUCO_DEBUG", "1")
+    with pytest.raises(DataError, match="no such prompt file"):
+        cli.main(args)

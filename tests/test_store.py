@@ -51,3 +51,99 @@ def test_convert_to_parquet_and_csv_round_trip(tmp_path):
     assert (
         load_results([path, tmp_path / "r.parquet"])["source"].tolist() == ["r.jsonl"] * 2 + ["r.parquet"] * 2
     )
+
+
+def test_a_second_writer_is_refused_and_the_lock_dies_with_its_holder(tmp_path):
+    import subprocess
+    import sys
+
+    from tuco.errors import UsageError
+
+    path = tmp_path / "r.jsonl"
+    with ResultsFile(path) as out:
+        with pytest.raises(UsageError, match=r"another tuco run \(pid \d+\)"):
+            ResultsFile(path)
+        out.write([{"id": 1}])
+    assert not (tmp_path / "r.jsonl.lock").exists()  # released on close
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from tuco.store import ResultsFile; r = ResultsFile({str(path)!r}, resume=True); "
+            "print('locked', flush=True); import time; time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(UsageError, match=f"pid {holder.pid}"):
+        ResultsFile(path, resume=True)
+    holder.kill()  # kill -9: no cleanup runs, the lock file stays, the OS lock goes
+    holder.wait()
+    assert (tmp_path / "r.jsonl.lock").exists()
+    with ResultsFile(path, resume=True) as out:
+        assert out.is_done({"id": 1})
+
+
+def test_overwrite_keeps_the_old_results_until_new_ones_land(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"id": 1}\n')
+    ResultsFile(path, overwrite=True).close()  # a run that failed before its first batch
+    assert path.read_text() == '{"id": 1}\n'
+    with ResultsFile(path, overwrite=True, settings={"norm": "l2"}) as out:
+        assert path.read_text() == '{"id": 1}\n'
+        out.write([{"id": 2}])
+        assert path.read_text() == '{"id": 2}\n'
+        out.write([{"id": 3}])
+    assert path.read_text() == '{"id": 2}\n{"id": 3}\n'
+    assert json.loads((tmp_path / "r.jsonl.settings.json").read_text()) == {"norm": "l2"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.settings.json"]
+
+
+def test_resume_compares_the_settings_and_refuses_repeats(tmp_path):
+    from tuco.errors import DataError, SettingsMismatchError
+
+    path = tmp_path / "r.jsonl"
+    with ResultsFile(path, settings={"norm": "l1", "model": "a"}) as out:
+        out.write([{"id": 1, "model": "a"}])
+    ResultsFile(path, resume=True, settings={"norm": "l1", "model": "a"}).close()
+    with pytest.raises(SettingsMismatchError, match=r"model: 'a' -> 'b'; norm: 'l1' -> 'l2'"):
+        ResultsFile(path, resume=True, settings={"norm": "l2", "model": "b"})
+    (tmp_path / "r.jsonl.settings.json").unlink()  # results of an older tuco: the records say
+    with pytest.raises(SettingsMismatchError, match=r"model: 'a' -> 'b'"):
+        ResultsFile(path, resume=True, settings={"norm": "l2", "model": "b"})
+    path.write_text('{"id": 1}\n{"id": 2}\n{"id": 1}\n')  # two runs on one file
+    with pytest.raises(DataError, match=r"r.jsonl:3: a second record"):
+        ResultsFile(path, resume=True)
+    with pytest.raises(DataError, match=r"r.jsonl:3: the same id .* as line 1"):
+        load_results([path])
+
+
+def test_a_full_disk_keeps_what_was_written(tmp_path, monkeypatch):
+    import errno
+
+    from tuco.errors import RunError
+
+    path = tmp_path / "r.jsonl"
+    with ResultsFile(path) as out:
+        out.write([{"id": 1}])
+
+        def full(*args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr("tuco.store.os.fsync", full)
+        with pytest.raises(RunError, match=r"r.jsonl: no space left.*the 1 records written before are kept"):
+            out.write([{"id": 2}])
+        assert not out.is_done({"id": 2})
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path):
+    path = tmp_path / "r.jsonl"
+    with ResultsFile(path) as out:
+        out.write([{"id": 1, "kl": float("nan"), "layers": [1.0, float("inf")], "ok": 0.5}])
+    assert json.loads(path.read_text(), parse_constant=pytest.fail) == {
+        "id": 1,
+        "kl": None,
+        "layers": [1.0, None],
+        "ok": 0.5,
+    }

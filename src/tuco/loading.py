@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -80,8 +81,10 @@ def load(loader, name: str, which: str, **kwargs):
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # transformers, safetensors, torch and peft raise many kinds
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # no terminal colours
+        cause = (text.splitlines() or [""])[0].rstrip(". ")[:300]
         raise ModelError(
-            f"Could not load the {which} {name!r} ({_where(name)}): {type(e).__name__}: {e}.{_hint(e)}"
+            f"Could not load the {which} {name!r} ({_where(name)}): {type(e).__name__}: {cause}.{_hint(e)}"
         ) from e
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError, UsageError
 from .plots import figure, png
 from .stats import roc_auc
 from .store import load_results
@@ -25,7 +26,8 @@ def write_report(
     frame = load_results(results)
     group = group_by or ("group" if "group" in frame else None)
     if group is not None and group not in frame:
-        raise ValueError(f"--group-by {group!r}: no such field; fields: {', '.join(map(str, frame.columns))}")
+        fields = ", ".join(map(str, frame.columns.drop("source")))
+        raise UsageError(f"--group-by {group!r}: no such field in the results; fields: {fields}")
     frame = frame.assign(_group=frame[group].astype(str) if group else "all")
     sections = _sections(frame, label)
     for section in sections:  # show the grouping field under its own name
@@ -68,7 +70,10 @@ def _sections(frame, label: str) -> list[dict]:
         samples = generated.groupby("alpha").head(5)[["id", "alpha", "text"]].set_index("id")
         sections.append({"title": "Generated text (first 5 per alpha)", "table": samples})
     if not sections:
-        raise ValueError("no tuco, sweep or generate results found in the given files.")
+        raise DataError(
+            "no tuco, sweep or generate results in the given files (no 'tuco', 'correct' or 'text' "
+            "field): give results files of tuco score, sweep or generate."
+        )
     return sections
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -145,7 +146,13 @@ class ResultsFile:
                     )
                     break
                 self.first = self.first or record
-                self.done.add(record_key(record, self.key))
+                key = record_key(record, self.key)
+                if key in self.done:
+                    raise DataError(
+                        f"{self.path}:{number}: a second record for {key} (two runs wrote this file?): "
+                        "remove the repeats, or start again with --overwrite."
+                    )
+                self.done.add(key)
                 good_end += len(raw)
         if good_end < self.path.stat().st_size:
             with self.path.open("r+b") as f:
@@ -179,7 +186,13 @@ class ResultsFile:
         lines = []
         keys = []
         for record in records:
-            lines.append(json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n")
+            try:
+                line = json.dumps(record, ensure_ascii=False, default=_jsonable, allow_nan=False)
+            except ValueError:  # NaN or infinity: null, which every JSON parser reads (pandas: NaN)
+                line = json.dumps(
+                    _finite(json.loads(json.dumps(record, default=_jsonable))), ensure_ascii=False
+                )
+            lines.append(line + "\n")
             keys.append(record_key(record, self.key))
         try:
             if self._file is None:
@@ -244,6 +257,17 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def _finite(value):
+    """``value`` with every NaN or infinite float (at any depth) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
 def _jsonable(value):
     if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
         return value.tolist()
@@ -279,7 +303,7 @@ def load_results(paths: Iterable[str | Path]):
 
 
 def _jsonl_records(path: Path) -> list[dict]:
-    records = []
+    records, seen = [], {}
     with path.open("rb") as f:
         lines = f.readlines()
     for number, raw in enumerate(lines, 1):
@@ -294,6 +318,14 @@ def _jsonl_records(path: Path) -> list[dict]:
                 log.warning("%s:%d: half-written last line left out (a run in progress?)", path, number)
                 continue
             raise DataError(f"{path}:{number}: unreadable line ({e}); fix or remove it.") from None
+        if "id" in record:  # one record per prompt (and alpha): a repeat would be counted twice
+            key = record_key(record, ("id", "alpha"))
+            if key in seen:
+                raise DataError(
+                    f"{path}:{number}: the same id (and alpha) {key} as line {seen[key]}: two runs wrote "
+                    "this file? Remove the repeats."
+                )
+            seen[key] = number
         records.append(record)
     return records
 

@@ -8,16 +8,19 @@ from ..pair import ModelPair
 from ..plots import figure
 from ..tables import markdown_table
 from .common import RunDirectory, as_prompt
+from .jailbreaks import context_length
 from .prompts import refusal_many_shot
 
 
 def tuco_vs_outputco(
     pair: ModelPair, out: RunDirectory, max_shots: int = 32, system: str | None = None, batch_size: int = 8
 ) -> str:
-    shots = list(range(1, max_shots + 1))
-    items = [
-        dict(id=k, shots=k, prompt=as_prompt(pair.tokenizer, refusal_many_shot(k), system)) for k in shots
-    ]
+    prompts = {k: as_prompt(pair.tokenizer, refusal_many_shot(k), system) for k in range(1, max_shots + 1)}
+    fits = context_length(pair)
+    shots = [k for k, prompt in prompts.items() if len(pair.encode([prompt])[0]) <= fits]
+    if not shots:
+        raise ValueError(f"E5: not even one shot fits the model's context of {fits} tokens")
+    items = [dict(id=k, shots=k, prompt=prompts[k]) for k in shots]
 
     def compute(batch: list[dict]) -> list[dict]:
         prompts = [it["prompt"] for it in batch]
@@ -33,6 +36,9 @@ def tuco_vs_outputco(
     table = "\n".join(
         [
             "# E5: TuCo vs OutputCo on the refusal many-shot prompt",
+            "",
+            f"Shots 1 to {shots[-1]}"
+            + (f" (more do not fit the context of {fits} tokens)." if shots[-1] < max_shots else "."),
             "",
             *markdown_table(
                 ["shots", "TuCo", "OutputCo", "KL(p_FT, p_PT)", "FTC norm", "final-state distance"],
