@@ -319,6 +319,22 @@ OPTION_CASES += [
         ("--alpha",),
     ),
     Case(
+        "experiment-requests-missing",
+        lambda c: [*EXPERIMENT, *_models(c.root), "--out", c.tmp / "e", "--requests", c.tmp / "h.csv"],
+        2,
+        (
+            "--requests",
+            "h.csv: no such file",
+        ),
+    ),
+    Case(
+        "experiment-device-unknown",
+        lambda c: [*EXPERIMENT, *_models(c.root), "--out", c.tmp / "e", "--device", "tpu9"],
+        2,
+        ("--device 'tpu9'",),
+    ),
+    option("device-map-index", "score", "--device-map", '{"": 7}', says="--device-map cuda:7"),
+    Case(
         "experiment-out-is-file",
         lambda c: [*EXPERIMENT, *_models(c.root), "--out", on(c, "f", "x")],
         2,

@@ -325,6 +325,12 @@ REPORT_CASES = [
     report(
         "report-group-by-missing", None, "--group-by 'nosuch'", "fields: id", rest=["--group-by", "nosuch"]
     ),
+    Case(
+        "report-out-full-disk",
+        lambda c: ["report", c.out, "--out", "/dev/full"],
+        1,
+        ("/dev/full: cannot write",),
+    ),
     report("report-parquet-corrupt", b"PAR1 nope", "rep.parquet: not a readable parquet", name="rep.parquet"),
 ]
 

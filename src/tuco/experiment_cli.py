@@ -15,8 +15,9 @@ Rerunning the same command resumes; ``--overwrite`` starts again.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from .errors import finite_alpha, nonnegative_int, positive_float, positive_int
+from .errors import UsageError, finite_alpha, nonnegative_int, positive_float, positive_int
 from .experiments import sources
 
 NAMES = ("alpha-sweep", "web-vs-chat", "jailbreaks", "jailbreak-success", "tuco-vs-outputco", "steering")
@@ -96,13 +97,28 @@ def run(args) -> str:
     from . import models
     from .experiments.common import RunDirectory
 
+    check_paths(args)
     chosen = models.resolve_options(args)
+    models.placement(args.device, args.device_map)  # a device this machine lacks: refused now
     system = args.system_prompt if args.system_prompt is not None else chosen.system
     settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
     settings |= {"system": system, "models": chosen.to_dict()}
     with RunDirectory(args.out, settings, overwrite=args.overwrite) as out:
         pair = models.load_options(chosen, args)
         return EXPERIMENTS[args.name](pair, out, args, system)
+
+
+PATH_OPTIONS = ("mc_file", "requests", "persona_dir", "mmlu_dir", "shots_file", "translations", "benign")
+
+
+def check_paths(args) -> None:
+    """Every file or directory named by an option exists (checked again, in full, when read): a typo
+    is refused before a model loads."""
+    for name in PATH_OPTIONS:
+        value = getattr(args, name)
+        for path in value if isinstance(value, list) else [value] if value else []:
+            if not Path(path).exists():
+                raise UsageError(f"--{name.replace('_', '-')} {path}: no such file or directory")
 
 
 def _alpha_sweep(pair, out, args, system) -> str:

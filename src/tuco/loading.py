@@ -169,6 +169,9 @@ def load_models(
         del kwargs["dtype"]
     log.info("dtype %s (%s)", str(kwargs.get("dtype", "default")).removeprefix("torch."), why)
     if adapter is not None:
+        from peft import PeftConfig
+
+        load(PeftConfig.from_pretrained, adapter, "adapter")  # cheap: a typo fails before any weight loads
         tok = load_tokenizer(tokenizer or adapter, "adapter", fallback=pretrained, trust=trust_remote_code)
         if max_memory is not None:
             kwargs["max_memory"] = max_memory

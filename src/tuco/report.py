@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, UsageError
+from .errors import DataError, RunError, UsageError
 from .plots import figure, png
 from .stats import roc_auc
 from .store import load_results
@@ -36,9 +36,13 @@ def write_report(
             table.index.name = group or "all" if table.index.name == "_group" else table.index.name
             table.columns.name = group if table.columns.name == "_group" else table.columns.name
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
     title = f"tuco report: {', '.join(Path(r).name for r in results)}"
-    path.write_text(_html(title, sections) if fmt == "html" else _markdown(title, sections), encoding="utf-8")
+    text = _html(title, sections) if fmt == "html" else _markdown(title, sections)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise RunError(f"{path}: cannot write the report ({e.strerror or e})") from e
     return path
 
 
