@@ -20,7 +20,7 @@ def check_pair(pair: ModelPair, tolerance: float = 1e-6) -> tuple[bool, list[str
     probe prompts. Returns (ok, report lines)."""
     lines = [f"pair: {pair.num_layers} blocks, {'PEFT adapter' if pair.adapter_mode else 'two models'}"]
     lines += [f"note: {n}" for n in pair.notes]
-    probes = PROBES if getattr(pair.tokenizer, "chat_template", None) else PROBES[:2]
+    probes = PROBES if pair.formats_chats else PROBES[:2]
     batch = inputs.pad(pair.encode(probes), inputs.pad_id(pair.tokenizer), "right")
     batch = {k: v.to(pair.device) for k, v in batch.items()}
     mask = batch["attention_mask"].bool()

@@ -13,6 +13,7 @@ settings record: ids or directories and the model type.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -104,8 +105,8 @@ def placement(device: str | None, device_map: str | None):
         if not isinstance(chosen, dict):
             raise UsageError("--device-map JSON must map module names to devices")
         for value in chosen.values():
-            if not (isinstance(value, int) and value >= 0) and value != "disk":
-                check_device(str(value), "--device-map")
+            if value != "disk":  # an int is a CUDA device's index
+                check_device(f"cuda:{value}" if isinstance(value, int) else str(value), "--device-map")
         return chosen
     if device_map:
         if device_map not in MAP_STRATEGIES:
@@ -152,10 +153,11 @@ def load(
     """The ``ModelPair`` of ``models``."""
     import torch
 
+    from .experiments import registry
     from .pair import ModelPair
 
     torch.manual_seed(seed)
-    return ModelPair.from_pretrained(
+    pair = ModelPair.from_pretrained(
         models.pretrained,
         models.finetuned,
         adapter=models.adapter,
@@ -163,3 +165,6 @@ def load(
         device_map=placement(device, device_map),
         trust_remote_code=trust_remote_code,
     )
+    if models.pair in registry.PAIRS:  # the paper's prompt strings, never the checkpoint's template
+        pair.prompt_format = functools.partial(registry.paper_prompt, models.pair)
+    return pair

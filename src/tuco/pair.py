@@ -40,7 +40,9 @@ class ModelPair:
     memory; ``ModelPair(finetuned=peft_model, tokenizer=tok)`` is PEFT mode: the PT block is the
     same block with its adapter switched off. ``pretrained_tokenizer`` is checked against
     ``tokenizer`` (give ``use_finetuned_tokenizer=True`` to accept a mismatch).
-    ``block_path`` overrides block discovery (``"model.layers"``).
+    ``block_path`` overrides block discovery (``"model.layers"``). ``prompt_format(user_text,
+    system)``, when set, formats single-turn chats instead of the tokenizer's chat template (the
+    paper's pairs: ``tuco.experiments.registry.paper_prompt``).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class ModelPair:
         # PreTrainedModel or a PEFT model around one: transformers' API (generate, ...) either way
         self.finetuned: Any = finetuned
         self.pretrained, self.tokenizer = pretrained, tokenizer
+        self.prompt_format: inputs.ChatFormat | None = None
         self.adapter_mode = pretrained is None
         self.ft_blocks = find_blocks(finetuned, block_path)
         if pretrained is None:  # adapter mode
@@ -134,6 +137,11 @@ class ModelPair:
         return len(self.ft_blocks)
 
     @property
+    def formats_chats(self) -> bool:
+        """Whether chats can be formatted: a chat template, or a ``prompt_format``."""
+        return self.prompt_format is not None or getattr(self.tokenizer, "chat_template", None) is not None
+
+    @property
     def context_length(self) -> int | None:
         """Positions the model takes (``max_position_embeddings`` of its text config; None if unset)."""
         text_config = unwrap(self.finetuned).config.get_text_config()
@@ -145,7 +153,7 @@ class ModelPair:
 
     def encode(self, prompts: Prompts) -> list[list[int]]:
         """Token ids of each prompt (strings, chats, or a dict / BatchEncoding with input_ids)."""
-        return inputs.encode(self.tokenizer, prompts)
+        return inputs.encode(self.tokenizer, prompts, self.prompt_format)
 
     def steer(self, alpha: float = 1.0, *, last_only: bool = False) -> Decomposition:
         """Context manager: inside it, ``self.finetuned`` computes x + PTC + alpha * FTC at every block.

@@ -76,10 +76,8 @@ class Job:
             raise UsageError(f"--choices: {e}") from None
 
     def token_ids(self, record: PromptItem) -> list[int]:
-        tokenizer = self.pair.tokenizer
-        use_template = self.chat_template
-        if use_template is None:
-            use_template = getattr(tokenizer, "chat_template", None) is not None
+        can_format = self.pair.formats_chats  # a chat template, or a paper pair's prompt string
+        use_template = can_format if self.chat_template is None else self.chat_template
         prompt = record.prompt
         if isinstance(prompt, list) and not use_template:
             raise DataError(
@@ -91,7 +89,7 @@ class Job:
                 )
             )
         if use_template:
-            if getattr(tokenizer, "chat_template", None) is None:
+            if not can_format:
                 raise DataError("--chat-template was given but the tokenizer has no chat template.")
             prompt = as_chat(prompt, self.system_prompt)
         try:

@@ -29,7 +29,7 @@ def answer_items(
     batch_size: int = 8,
 ) -> list[dict]:
     """One record per item: the probability of each choice and the prediction under every alpha."""
-    prompts = [as_prompt(pair.tokenizer, item["prompt"], system) for item in items]
+    prompts = [as_prompt(pair, item["prompt"], system) for item in items]
     records = [
         dict(id=it["id"], task=it["task"], choices=it["choices"], answer=it["answer"], alphas=list(alphas))
         for it in items

@@ -24,10 +24,10 @@ from ..plots import png
 from ..store import OutputLock, ResultsFile, write_atomic
 
 
-def as_prompt(tokenizer, text: str, system: str | None = None) -> str | list[dict]:
-    """A chat (``inputs.as_chat``: formatted by the model's chat template) when the tokenizer has
-    one, else raw text."""
-    return as_chat(text, system) if getattr(tokenizer, "chat_template", None) else text
+def as_prompt(pair, text: str, system: str | None = None) -> str | list[dict]:
+    """A chat (``inputs.as_chat``) when the pair can format one (a paper pair's prompt string, or
+    the tokenizer's chat template), else raw text."""
+    return as_chat(text, system) if pair.formats_chats else text
 
 
 class RunDirectory:

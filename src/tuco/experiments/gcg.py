@@ -27,7 +27,7 @@ PLACEMENTS = ("before", "after")
 
 @dataclass(frozen=True)
 class GCGSettings:
-    steps: int = 250  # nanogcg's defaults (the paper used GCG's own: 500 steps, width 512)
+    steps: int = 250  # nanogcg's defaults (the paper does not give its GCG settings)
     search_width: int = 512
     topk: int = 256
     tokens: int = 20  # length of the adversarial string ("x x x ..." to start)

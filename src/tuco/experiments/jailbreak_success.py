@@ -102,7 +102,7 @@ def jailbreak_success(
         items.append(dict(id=f"gcg/{r['id']}", group="harmful + GCG", request=r["prompt"], prompt=attacked))
 
     def compute(batch: list[dict]) -> list[dict]:
-        chats = [as_prompt(pair.tokenizer, it["prompt"], system) for it in batch]
+        chats = [as_prompt(pair, it["prompt"], system) for it in batch]
         scores = pair.score(chats, batch_size=batch_size, progress=False)
         records = [it | s.to_dict() for it, s in zip(batch, scores, strict=True)]
         harmful = [i for i, it in enumerate(batch) if it["group"] != "benign"]

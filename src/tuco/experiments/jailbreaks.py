@@ -168,7 +168,7 @@ def gcg(
                     attack="gcg",
                     attacked=attacked,
                     prompt=prompt,
-                    chat=as_prompt(pair.tokenizer, prompt, system),
+                    chat=as_prompt(pair, prompt, system),
                 )
             )
     records = out.step("gcg", items, _scored(pair, answer_tokens, batch_size), batch_size, desc="E3 GCG")
@@ -206,10 +206,7 @@ def conjugate(
     batch_size: int = 8,
 ) -> Section:
     """The same requests in several languages (``language`` field); TuCo by language."""
-    items = [
-        it | dict(attack="conjugate", chat=as_prompt(pair.tokenizer, it["prompt"], system))
-        for it in translated
-    ]
+    items = [it | dict(attack="conjugate", chat=as_prompt(pair, it["prompt"], system)) for it in translated]
     records = out.step(
         "conjugate", items, _scored(pair, answer_tokens, batch_size), batch_size, desc="E3 conjugate"
     )

@@ -1,9 +1,13 @@
-"""The TuCo paper's nine model pairs (and its appendix E.2 prompts), selectable by name
+"""The TuCo paper's nine model pairs and its prompt strings (appendix E.2), selectable by name
 (``--pair llama2-7b``).
 
-Prompts go through each fine-tuned model's own chat template; ``system`` is the system prompt the
-paper used (None: no system message). Which v0.2 base the paper paired with Mistral-7B-Instruct-v0.2
-is unknown; Mistral-7B-v0.1 is the closest public base and is marked as such.
+A registered pair formats every single-turn chat with ``paper_prompt`` (the paper's exact string,
+not the checkpoint's own chat template, which differs for Mistral and Llama-3 and is missing for
+Vicuna v1.5): ``ModelPair.prompt_format`` is set when such a pair loads, so chats never fall back to
+raw text. The text has no BOS: the tokenizer adds exactly one. ``system`` is the paper's system
+prompt (None: the format has none). Which v0.2 base the paper paired with Mistral-7B-Instruct-v0.2
+is unknown; the community upload of the v0.2 base (rope theta 1e6, no sliding window, like the
+Instruct model) is used.
 """
 
 from __future__ import annotations
@@ -24,40 +28,69 @@ MISTRAL_SYSTEM = (
 )
 
 
+# The paper's strings, {system} and {prompt} filled in (appendix E.2); each ends on the last token
+# before the answer (no newline after Gemma's "model" or Llama-3's header).
+FORMATS = {
+    "llama2": "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{prompt} [/INST]",
+    "mistral": "[INST] <<SYS>>\n{system}\n<</SYS>>\n{prompt} [/INST]",
+    "llama3": (
+        "<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>"
+    ),
+    "gemma": "<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model",
+}
+
+
 @dataclass(frozen=True)
 class PairSpec:
     name: str
     pretrained: str
     finetuned: str
     system: str | None
+    format: str  # a key of FORMATS
     note: str = ""
 
 
 PAIRS = {
     p.name: p
     for p in (
-        PairSpec("llama2-7b", "meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", LLAMA2_SYSTEM),
-        PairSpec("llama2-13b", "meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-13b-chat-hf", LLAMA2_SYSTEM),
         PairSpec(
-            "llama3-8b", "meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B-Instruct", LLAMA2_SYSTEM
+            "llama2-7b", "meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf", LLAMA2_SYSTEM, "llama2"
         ),
-        PairSpec("gemma-7b", "google/gemma-7b", "google/gemma-7b-it", None),
-        PairSpec("vicuna-7b", "meta-llama/Llama-2-7b-hf", "lmsys/vicuna-7b-v1.5", LLAMA2_SYSTEM),
-        PairSpec("vicuna-13b", "meta-llama/Llama-2-13b-hf", "lmsys/vicuna-13b-v1.5", LLAMA2_SYSTEM),
+        PairSpec(
+            "llama2-13b",
+            "meta-llama/Llama-2-13b-hf",
+            "meta-llama/Llama-2-13b-chat-hf",
+            LLAMA2_SYSTEM,
+            "llama2",
+        ),
+        PairSpec(
+            "llama3-8b",
+            "meta-llama/Meta-Llama-3-8B",
+            "meta-llama/Meta-Llama-3-8B-Instruct",
+            LLAMA2_SYSTEM,
+            "llama3",
+        ),
+        PairSpec("gemma-7b", "google/gemma-7b", "google/gemma-7b-it", None, "gemma"),
+        PairSpec("vicuna-7b", "meta-llama/Llama-2-7b-hf", "lmsys/vicuna-7b-v1.5", LLAMA2_SYSTEM, "llama2"),
+        PairSpec("vicuna-13b", "meta-llama/Llama-2-13b-hf", "lmsys/vicuna-13b-v1.5", LLAMA2_SYSTEM, "llama2"),
         PairSpec(
             "mistral-7b-v0.1",
             "mistralai/Mistral-7B-v0.1",
             "mistralai/Mistral-7B-Instruct-v0.1",
             MISTRAL_SYSTEM,
+            "mistral",
         ),
         PairSpec(
             "mistral-7b-v0.2",
-            "mistralai/Mistral-7B-v0.1",
+            "mistral-community/Mistral-7B-v0.2",
             "mistralai/Mistral-7B-Instruct-v0.2",
             MISTRAL_SYSTEM,
-            note="the paper's v0.2 base is unknown; v0.1 base used",
+            "mistral",
+            note="the paper's v0.2 base is unknown; the community upload of the v0.2 base is used",
         ),
-        PairSpec("zephyr-gemma-7b", "google/gemma-7b", "HuggingFaceH4/zephyr-7b-gemma-v0.1", None),
+        PairSpec("zephyr-gemma-7b", "google/gemma-7b", "HuggingFaceH4/zephyr-7b-gemma-v0.1", None, "gemma"),
     )
 }
 
@@ -66,3 +99,15 @@ def get_pair(name: str) -> PairSpec:
     if name not in PAIRS:
         raise KeyError(f"unknown pair {name!r}; known: {', '.join(PAIRS)} (or give --pretrained/--finetuned)")
     return PAIRS[name]
+
+
+def paper_prompt(pair_name: str, user_text: str, system: str | None = None) -> str:
+    """The paper's prompt string for ``user_text`` on pair ``pair_name`` (no BOS: the tokenizer adds
+    it). ``system`` replaces the paper's system prompt; a format without one refuses it."""
+    spec = get_pair(pair_name)
+    template = FORMATS[spec.format]
+    if system is not None and "{system}" not in template:
+        raise ValueError(f"the paper's {spec.format} format ({pair_name}) has no system prompt")
+    head, tail = template.split("{prompt}")
+    fill = spec.system if system is None else system
+    return head.replace("{system}", fill or "") + user_text + tail.replace("{system}", fill or "")

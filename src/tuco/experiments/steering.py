@@ -31,7 +31,7 @@ def steering(
         "benign": [t.format(task=task) for task in safety.BENIGN_HELD_OUT for t in templates][:limit],
     }
     items = [
-        dict(id=f"{name}/{i}", group=name, prompt=p, chat=as_prompt(pair.tokenizer, p, system))
+        dict(id=f"{name}/{i}", group=name, prompt=p, chat=as_prompt(pair, p, system))
         for name, prompts in sets.items()
         for i, p in enumerate(prompts)
     ]

@@ -15,7 +15,7 @@ from .prompts import refusal_many_shot
 def tuco_vs_outputco(
     pair: ModelPair, out: RunDirectory, max_shots: int = 32, system: str | None = None, batch_size: int = 8
 ) -> str:
-    prompts = {k: as_prompt(pair.tokenizer, refusal_many_shot(k), system) for k in range(1, max_shots + 1)}
+    prompts = {k: as_prompt(pair, refusal_many_shot(k), system) for k in range(1, max_shots + 1)}
     fits = context_length(pair)
     shots = [k for k, prompt in prompts.items() if len(pair.encode([prompt])[0]) <= fits]
     if not shots:

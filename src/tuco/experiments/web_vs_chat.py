@@ -69,7 +69,7 @@ def web_vs_chat(
     web, chat, source = web_and_chat_prompts(pair.tokenizer, limit, seed, offline)
     items = [dict(id=f"web/{i}", group="web", label=0, prompt=p, text=p) for i, p in enumerate(web)]
     items += [
-        dict(id=f"chat/{i}", group="chat", label=1, prompt=as_prompt(pair.tokenizer, p, system), text=p)
+        dict(id=f"chat/{i}", group="chat", label=1, prompt=as_prompt(pair, p, system), text=p)
         for i, p in enumerate(chat)
     ]
 
