@@ -89,7 +89,8 @@ def test_alpha_sweep_offline_standins_and_resume(pair_dirs, tmp_path, capsys):
     assert cli.main([*args, "--out", str(out)]) == 0
     records = lines(out / "results.jsonl")
     tasks = {r["task"] for r in records}
-    assert tasks == {"standin/refuses-harmful-requests", "standin/arithmetic"}
+    assert tasks == {"standin/refuses-harmful-first-token", "standin/arithmetic"}
+    assert {r["answer"] for r in records if r["task"].startswith("standin/refuses")} == {"I", "To"}
     assert len(records) == 2 * 10 * 3
     assert all(r["pred"] in r["choices"] and r["correct"] == (r["pred"] == r["answer"]) for r in records)
     table = (out / "table.md").read_text()
@@ -98,6 +99,8 @@ def test_alpha_sweep_offline_standins_and_resume(pair_dirs, tmp_path, capsys):
     assert (out / "accuracy_vs_alpha.png").stat().st_size > 1000
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tasks"] == 2 and set(metrics["per_task"]) == tasks
+    assert 0 <= metrics["p_max"] <= 1 and all(0 <= m["p_max"] <= 1 for m in metrics["per_task"].values())
+    assert "95% CI" in table and "McNemar" in table
     deltas = [m["delta_max"] for m in metrics["per_task"].values()]
     assert metrics["delta_max"] == pytest.approx(sum(deltas) / 2) and metrics["accuracy_vs_alpha"][
         "alphas"

@@ -104,8 +104,14 @@ def test_advbench_csv_and_standins(tmp_path):
     ]
     requests = sources.standin_requests(3)
     assert len(requests) == 3 and all(r["target"].startswith("Sure, here is how to") for r in requests)
-    behaviour = sources.standin_behaviour()
-    assert {it["answer"] for it in behaviour} == {"Yes", "No"}
+    behaviour = sources.standin_refusal()
+    assert {it["answer"] for it in behaviour} == {"I", "To"} and all(
+        it["choices"] == ["I", "To"] for it in behaviour
+    )
+    assert len(sources.PAPER_PERSONAS) == len(set(sources.PAPER_PERSONAS)) == 23
+    assert [len(v) for v in sources.PERSONA_CATEGORIES.values()] == [4, 5, 6, 5, 3]
+    assert len(sources.MMLU_CATEGORIES) == 57 and sources.category("mmlu/jurisprudence") == "Humanities"
+    assert sources.category("persona/narcissism") == "Personality" and sources.category("standin/x") is None
     arithmetic = sources.standin_arithmetic(20)
     for it in arithmetic:  # the right letter names the sum
         a, b = map(int, it["prompt"].rsplit("What is ", 1)[1].split("?")[0].split(" + "))

@@ -110,3 +110,15 @@ def test_output_step_checks_what_compute_returns(tmp_path):
     out = RunDirectory(tmp_path, {})
     with pytest.raises(RuntimeError, match="other items"):
         out.step("bad", [dict(id=1)], lambda batch: [dict(id=2)])
+
+
+def test_significance_of_delta():
+    from tuco.experiments.stats import significance
+
+    cv, base = [True] * 10 + [False] * 10, [False] * 10 + [False] * 10
+    result = significance(cv, base)
+    assert result["gained"] == 10 and result["lost"] == 0
+    assert result["p_mcnemar"] == pytest.approx(2 * 0.5**10)  # two-sided exact binomial
+    assert 0 < result["ci_low"] <= 0.5 <= result["ci_high"] <= 1
+    same = significance([True, False] * 5, [True, False] * 5)
+    assert same["p_mcnemar"] == 1.0 and same["ci_low"] == same["ci_high"] == 0.0

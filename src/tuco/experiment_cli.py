@@ -54,7 +54,10 @@ def add_parser(sub, model_options) -> None:
     g.add_argument("--mmlu", nargs="+", metavar="SUBJECT", help="MMLU subjects, or 'all' (5-shot)")
     g.add_argument("--mmlu-dir", help="local MMLU copy (the original data/ layout) instead of the hub")
     g.add_argument(
-        "--persona", nargs="+", metavar="BEHAVIOUR", help="Anthropic persona evals (e.g. narcissism) or all"
+        "--persona",
+        nargs="+",
+        metavar="BEHAVIOUR",
+        help="Anthropic persona evals: names (e.g. narcissism), 'paper' (the paper's 23) or 'all'",
     )
     g.add_argument("--persona-dir", help="local directory of <behaviour>.jsonl persona files")
     g.add_argument(
@@ -135,8 +138,11 @@ def _alpha_sweep(pair, out, args, system) -> str:
         items += sources.multiple_choice_file(path, limit=args.limit)
         names.append(path)
     if not items:
-        items = sources.standin_behaviour()[: args.limit] + sources.standin_arithmetic(args.limit or 40)
-        names.append("offline stand-ins: a refusal 'persona' behaviour and generated 5-shot arithmetic")
+        items = sources.standin_refusal()[: args.limit] + sources.standin_arithmetic(args.limit or 40)
+        names.append(
+            "offline stand-ins (not the paper's data): first-token refusal ('I') vs compliance ('To') on "
+            "the demo recipe's held-out requests, and generated 5-shot arithmetic"
+        )
     alphas = tuple(args.alpha) if args.alpha else PAPER_ALPHAS
     return alpha_sweep(
         pair,

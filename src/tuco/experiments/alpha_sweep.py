@@ -16,7 +16,8 @@ from ..pair import ModelPair
 from ..plots import figure
 from ..tables import markdown_table
 from .common import RunDirectory, as_prompt, mean
-from .stats import cross_validated_alpha
+from .sources import category
+from .stats import cross_validated_alpha, significance
 
 PAPER_ALPHAS = (0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25)
 
@@ -91,8 +92,12 @@ def alpha_sweep(
             continue
         up = cross_validated_alpha(correct, folds, maximize=True)
         down = cross_validated_alpha(correct, folds, maximize=False)
+        for result in (up, down):
+            result |= significance(result["cv_correct"], result["base_correct"])
         rows.append(dict(task=task, n=len(mine), base=up["baseline"], up=up, down=down))
-    table = _table(rows, alphas, curves, folds, source) + _probability_table(right, alphas)
+    table = (
+        _table(rows, alphas, curves, folds, source) + _categories(rows) + _probability_table(right, alphas)
+    )
     fig, ax = figure()
     for task, accuracy in curves.items():
         ax.plot(alphas, accuracy, marker="o", label=task if len(curves) <= 10 else None)
@@ -101,9 +106,16 @@ def alpha_sweep(
     if len(curves) <= 10:
         ax.legend(fontsize=7)
     scored = [row for row in rows if row["up"] is not None]
+    pooled = {way: _pooled(scored, way) for way in ("up", "down")}
     metrics = {
         "delta_max": mean([row["up"]["delta"] for row in scored]),
         "delta_min": mean([row["down"]["delta"] for row in scored]),
+        "p_max": pooled["up"]["p_mcnemar"],
+        "p_min": pooled["down"]["p_mcnemar"],
+        "categories": {
+            name: {"tasks": len(group), "delta_max": mean([r["up"]["delta"] for r in group])}
+            for name, group in _by_category(scored).items()
+        },
         "tasks_gaining": sum(row["up"]["delta"] > 0 for row in scored),
         "tasks": len(scored),
         "per_task": {
@@ -112,12 +124,56 @@ def alpha_sweep(
                 "accuracy_alpha_1": row["base"],
                 "delta_max": row["up"] and row["up"]["delta"],
                 "delta_min": row["down"] and row["down"]["delta"],
+                "p_max": row["up"] and row["up"]["p_mcnemar"],
+                "p_min": row["down"] and row["down"]["p_mcnemar"],
             }
             for row in rows
         },
         "accuracy_vs_alpha": {"alphas": list(alphas), **curves},
     }
     return out.finish(records, table, {"accuracy_vs_alpha": fig}, metrics)
+
+
+def _pooled(rows: list[dict], way: str) -> dict:
+    """``significance`` over the items of every task together (each task's CV answers)."""
+    if not rows:
+        return {"p_mcnemar": None}
+    cv = [c for row in rows for c in row[way]["cv_correct"]]
+    base = [c for row in rows for c in row[way]["base_correct"]]
+    return significance(cv, base)
+
+
+def _by_category(rows: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        name = category(row["task"])
+        if name is not None:
+            groups.setdefault(name, []).append(row)
+    return groups
+
+
+def _categories(rows: list[dict]) -> str:
+    """Mean Delta per category of the paper (persona: its five; MMLU: Humanities / STEM / Social
+    sciences, and Other), as in its Tables 1 and 3."""
+    groups = _by_category([r for r in rows if r["up"] is not None])
+    if not groups:
+        return ""
+    cells = [
+        [
+            name,
+            len(group),
+            100 * mean([r["up"]["delta"] for r in group]),
+            100 * mean([r["down"]["delta"] for r in group]),
+        ]
+        for name, group in groups.items()
+    ]
+    lines = [
+        "",
+        "Mean Delta (points) per category:",
+        "",
+        *markdown_table(["category", "tasks", "Delta max", "Delta min"], cells, "{:+.2f}"),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _p_right(record: dict, j: int) -> float:
@@ -149,13 +205,32 @@ def _table(rows: list[dict], alphas, curves: dict, folds: int, source: str) -> s
     for row in rows:
         accuracy = [f"{100 * v:.1f}" for v in curves[row["task"]]]
         if row["up"] is None:
-            cells.append([row["task"], row["n"], *accuracy, f"(fewer than {folds} items)", "", ""])
+            cells.append([row["task"], row["n"], *accuracy, f"(fewer than {folds} items)", "", "", "", ""])
             continue
         chosen = "/".join(f"{a:g}" for a in row["up"]["alphas"])
+        up, down = row["up"], row["down"]
         cells.append(
-            [row["task"], row["n"], *accuracy, pts(row["up"]["delta"]), chosen, pts(row["down"]["delta"])]
+            [
+                row["task"],
+                row["n"],
+                *accuracy,
+                f"{pts(up['delta'])} [{pts(up['ci_low'])}, {pts(up['ci_high'])}]",
+                f"{up['p_mcnemar']:.3g}",
+                chosen,
+                f"{pts(down['delta'])} [{pts(down['ci_low'])}, {pts(down['ci_high'])}]",
+                f"{down['p_mcnemar']:.3g}",
+            ]
         )
-    header = ["task", "n", *(f"a={a:g}" for a in alphas), "Delta max (pts)", "alpha* max", "Delta min (pts)"]
+    header = [
+        "task",
+        "n",
+        *(f"a={a:g}" for a in alphas),
+        "Delta max (pts) [95% CI]",
+        "p",
+        "alpha* max",
+        "Delta min (pts) [95% CI]",
+        "p",
+    ]
     lines = [
         "# E1: accuracy / behaviour agreement vs alpha",
         "",
@@ -168,10 +243,13 @@ def _table(rows: list[dict], alphas, curves: dict, folds: int, source: str) -> s
     if scored:
         gains = sum(r["up"]["delta"] > 0 for r in scored)
         up, down = mean([r["up"]["delta"] for r in scored]), mean([r["down"]["delta"] for r in scored])
+        p_up, p_down = _pooled(scored, "up")["p_mcnemar"], _pooled(scored, "down")["p_mcnemar"]
         lines += [
             "",
             f"Mean Delta over {len(scored)} tasks: maximising **{pts(up)}** points (gain on {gains} of "
-            f"{len(scored)} tasks), minimising **{pts(down)}** points.",
+            f"{len(scored)} tasks; McNemar p = {p_up:.3g} over all items), minimising **{pts(down)}** "
+            f"points (p = {p_down:.3g}). Significance (the paper does not name its test): McNemar's exact "
+            "test on the items whose answer changes, and a paired bootstrap 95% interval over items.",
             "",
             "Paper: behaviours +1.55..+5.18 points maximising, -2.80..-25.24 minimising; MMLU gains on 71% "
             "of tasks, mean +1.03..+2.69 points.",
