@@ -30,13 +30,31 @@ GCG_TINY = ["--gcg-steps", "1", "--gcg-width", "8", "--gcg-topk", "8", "--gcg-to
 def test_tuco_vs_outputco(pair_dirs, tmp_path, capsys):
     out = tmp_path / "e5"
     assert (
-        cli.main(["experiment", "tuco-vs-outputco", *pair_dirs, "--max-shots", "4", "--out", str(out)]) == 0
+        cli.main(
+            [
+                "experiment",
+                "tuco-vs-outputco",
+                *pair_dirs,
+                "--max-shots",
+                "4",
+                "--draws",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
     )
     records = lines(out / "results.jsonl")
-    assert [r["shots"] for r in records] == [1, 2, 3, 4]
+    assert [(r["form"], r["shots"], r["draw"]) for r in records] == [
+        (form, k, d) for form in ("raw", "chat") for k in (1, 2, 3, 4) for d in (0, 1)
+    ]
     assert all(0 < r["tuco"] < 1 and 0 < r["outputco"] < 1 and r["distance"] > 0 for r in records)
     table = (out / "table.md").read_text()
-    assert "| 4 |" in table and "OutputCo" in table and (out / "tuco_vs_shots.png").stat().st_size > 1000
+    assert "## raw" in table and "## chat" in table and " ± " in table and "| 4 | 2 |" in table
+    assert (out / "tuco_vs_shots.png").stat().st_size > 1000
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["raw"]["shots"] == [1, 2, 3, 4] and len(metrics["chat"]["tuco_sd"]) == 4
     assert table in capsys.readouterr().out
 
 

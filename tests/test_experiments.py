@@ -122,3 +122,13 @@ def test_significance_of_delta():
     assert 0 < result["ci_low"] <= 0.5 <= result["ci_high"] <= 1
     same = significance([True, False] * 5, [True, False] * 5)
     assert same["p_mcnemar"] == 1.0 and same["ci_low"] == same["ci_high"] == 0.0
+
+
+def test_e5_draws_keep_the_papers_order_first():
+    from tuco.experiments.prompts import FACTS
+    from tuco.experiments.tuco_vs_outputco import facts_of
+
+    assert facts_of(5, 0) == FACTS[:5]
+    assert facts_of(5, 1) == facts_of(5, 1) != facts_of(5, 2)  # reproducible, and draws differ
+    assert len(set(facts_of(32, 3))) == 32 and set(facts_of(32, 3)) == set(FACTS)
+    assert prompts.refusal_many_shot(2, facts_of(2, 0)).endswith("it's going to rain today?\nA:")

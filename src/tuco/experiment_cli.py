@@ -85,6 +85,14 @@ def add_parser(sub, model_options) -> None:
     g.add_argument(
         "--answer-tokens", type=nonnegative_int, default=24, help="E3: greedy answer length (0: no answers)"
     )
+    g = p.add_argument_group("tuco-vs-outputco (E5)")
+    g.add_argument(
+        "--draws",
+        type=positive_int,
+        default=5,
+        help="random orders/subsets of the facts per k (draw 0: the paper's)",
+    )
+    g = p.add_argument_group("jailbreak-success (E4)")
     g.add_argument("--benign", help="E4: benign requests file (default: the demo recipe's held-out ones)")
     g.add_argument("--samples", type=positive_int, default=8, help="E4: sampled completions per prompt")
     g.add_argument("--max-new-tokens", type=positive_int, default=30, help="E4: completion length")
@@ -242,7 +250,9 @@ def _jailbreak_success(pair, out, args, system) -> str:
 def _tuco_vs_outputco(pair, out, args, system) -> str:
     from .experiments.tuco_vs_outputco import tuco_vs_outputco
 
-    return tuco_vs_outputco(pair, out, args.max_shots or 32, system, batch_size=args.batch_size)
+    return tuco_vs_outputco(
+        pair, out, args.max_shots or 32, system, batch_size=args.batch_size, draws=args.draws
+    )
 
 
 def _steering(pair, out, args, system) -> str:
