@@ -246,7 +246,9 @@ def test_jailbreak_success(pair_dirs, tmp_path):
     assert "successful jailbreaks" in table and ("ROC-AUC of -TuCo" in table or "ROC-AUC undefined" in table)
     metrics = json.loads((out / "metrics.json").read_text())  # strict JSON: an undefined AUC is null
     assert metrics["n_success"] == sum(r["success"] for r in records)
-    assert {"roc_auc", "tpr_at_5_fpr"} <= set(metrics) and set(metrics["success_rate"]) == {
+    assert "Share of prompts that jailbreak the model" in table and "generation config" in table
+    assert {"roc_auc", "tpr_at_5_fpr", "roc_auc_success_vs_benign"} <= set(metrics)
+    assert set(metrics["success_rate"]) == {
         "harmful",
         "harmful + GCG",
     }

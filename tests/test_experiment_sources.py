@@ -209,3 +209,16 @@ def test_web_vs_chat_online_sources(monkeypatch):
     web, chat, source = web_and_chat_prompts(tok, limit=2, offline=False)
     assert len(web) == 2 and all(len(tok(w, add_special_tokens=False)["input_ids"]) == 97 for w in web)
     assert chat == ["How do I bake bread?"] * 2 and "OpenWebText" in source and "HH-RLHF" in source
+
+
+def test_parden_csv_and_its_offline_message(tmp_path):
+    path = tmp_path / "PARDEN_benign_dataset.csv"
+    path.write_text(
+        'instruction,output\n"Give three tips for staying healthy.","1. Eat well..."\nName a color.,Blue\n'
+    )
+    assert sources.parden(str(path)) == [
+        dict(id="benign/0", prompt="Give three tips for staying healthy."),
+        dict(id="benign/1", prompt="Name a color."),
+    ]
+    with pytest.raises(DataError, match="Ed-Zh/PARDEN.*--benign PARDEN_benign_dataset.csv"):
+        sources.parden(None)

@@ -107,3 +107,32 @@ def test_missing_nanogcg_is_a_clear_error(tmp_path, tok, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "nanogcg", None)  # as if not installed
     with pytest.raises(RuntimeError, match="pip install --no-deps nanogcg==0.3.0"):
         gcg.adversarial_strings(make_pair("llama", tok), REQUESTS, tmp_path / "strings.jsonl")
+
+
+def test_strings_of_another_model_are_reused_never_optimised(tmp_path, tok, monkeypatch):
+    from tuco.errors import DataError
+
+    pair = make_pair("llama", tok)
+    settings = gcg.GCGSettings(steps=1, search_width=8, topk=8, tokens=4)
+    cache = tmp_path / "strings.jsonl"
+    cache.write_text(
+        json.dumps(cache_line(pair, settings) | {"model": "meta-llama/Llama-2-7b-chat-hf"}) + "\n"
+    )
+    monkeypatch.setattr(gcg, "_import_nanogcg", lambda: pytest.fail("optimised"))
+    found = gcg.adversarial_strings(
+        pair, REQUESTS, cache, settings, source_model="meta-llama/Llama-2-7b-chat-hf"
+    )
+    assert found == {"request/0": "zz qq"}
+    with pytest.raises(DataError, match="no GCG string of other/model for 1 of the requests"):
+        gcg.adversarial_strings(pair, REQUESTS, cache, settings, source_model="other/model")
+
+
+def test_e4_samples_with_the_models_generation_config(tok):
+    from tuco.experiments.jailbreak_success import describe_sampling, sampling_settings
+
+    pair = make_pair("llama", tok)
+    pair.finetuned.generation_config.temperature, pair.finetuned.generation_config.top_p = 0.6, 0.9
+    own = sampling_settings(pair, None)
+    assert own["temperature"] == 0.6 and own["top_p"] == 0.9
+    assert "generation config" in describe_sampling(own, None)
+    assert sampling_settings(pair, 1.3) == dict(temperature=1.3, top_p=1.0, top_k=0)

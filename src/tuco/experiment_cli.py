@@ -77,6 +77,11 @@ def add_parser(sub, model_options) -> None:
     )
     g.add_argument("--translations", help="conjugate prompting: translated requests with a 'language' field")
     g.add_argument("--gcg-cache", help="GCG strings cache (default: OUT/gcg_strings.jsonl)")
+    g.add_argument(
+        "--gcg-from",
+        metavar="MODEL",
+        help="E4: reuse the strings optimised on MODEL (in --gcg-cache), as the paper reused Llama-2-7B's",
+    )
     g.add_argument("--gcg-steps", type=positive_int, default=250)
     g.add_argument("--gcg-width", type=positive_int, default=512, help="GCG candidates per step")
     g.add_argument("--gcg-topk", type=positive_int, default=256)
@@ -93,10 +98,18 @@ def add_parser(sub, model_options) -> None:
         help="random orders/subsets of the facts per k (draw 0: the paper's)",
     )
     g = p.add_argument_group("jailbreak-success (E4)")
-    g.add_argument("--benign", help="E4: benign requests file (default: the demo recipe's held-out ones)")
+    g.add_argument(
+        "--benign",
+        help="E4: benign requests: a prompt file or PARDEN's CSV (instruction,output); 'parden' says where "
+        "to get it (default: the demo recipe's held-out benign requests)",
+    )
     g.add_argument("--samples", type=positive_int, default=8, help="E4: sampled completions per prompt")
     g.add_argument("--max-new-tokens", type=positive_int, default=30, help="E4: completion length")
-    g.add_argument("--temperature", type=positive_float, default=1.0, help="E4: sampling temperature")
+    g.add_argument(
+        "--temperature",
+        type=positive_float,
+        help="E4: sampling temperature (default: the fine-tuned model's generation config)",
+    )
     g.add_argument(
         "--judge-model", help="E4: a guard model (e.g. meta-llama/LlamaGuard-7b) instead of strings"
     )
@@ -128,7 +141,7 @@ def check_paths(args) -> None:
     for name in PATH_OPTIONS:
         value = getattr(args, name)
         for path in value if isinstance(value, list) else [value] if value else []:
-            if not Path(path).exists():
+            if path != "parden" and not Path(path).exists():
                 raise UsageError(f"--{name.replace('_', '-')} {path}: no such file or directory")
 
 
@@ -224,9 +237,12 @@ def _jailbreak_success(pair, out, args, system) -> str:
     from .experiments.jailbreak_success import ModelJudge, jailbreak_success, string_judge
 
     requests, source = _requests(args)
-    benign = (
-        sources.benign_file(args.benign, args.limit) if args.benign else sources.standin_benign(args.limit)
-    )
+    if args.benign == "parden":
+        benign = sources.parden(None, args.limit)
+    elif args.benign:
+        benign = sources.benign_file(args.benign, args.limit)
+    else:
+        benign = sources.standin_benign(args.limit)
     judge = ModelJudge(args.judge_model, device=args.device) if args.judge_model else string_judge
     return jailbreak_success(
         pair,
@@ -244,6 +260,7 @@ def _jailbreak_success(pair, out, args, system) -> str:
         seed=args.seed,
         batch_size=args.batch_size,
         source=source,
+        gcg_source_model=args.gcg_from,
     )
 
 

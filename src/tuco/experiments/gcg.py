@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DataError
 from ..inputs import as_chat
 from ..pair import ModelPair
 from ..store import ResultsFile, record_key
@@ -48,10 +49,14 @@ def adversarial_strings(
     settings: GCGSettings = GCGSettings(),
     placement: str = "before",
     system: str | None = None,
+    source_model: str | None = None,
 ) -> dict:
     """``{request id: adversarial string}``, optimising only the requests not in ``cache`` yet.
-    Each request needs ``prompt`` and ``target`` (the compliant answer's start GCG aims for)."""
-    model_name = getattr(pair.finetuned, "name_or_path", "") or pair.finetuned.config.name_or_path
+    Each request needs ``prompt`` and ``target`` (the compliant answer's start GCG aims for).
+    ``source_model``: reuse the strings optimised on that model (as the paper used Llama-2-7B's
+    strings for every model); they must all be in ``cache``, nothing is optimised."""
+    own = getattr(pair.finetuned, "name_or_path", "") or pair.finetuned.config.name_or_path
+    model_name = source_model or own
     keys = {
         r["id"]: dict(
             model=model_name, request=r["prompt"], placement=placement, settings=dataclasses.asdict(settings)
@@ -61,6 +66,11 @@ def adversarial_strings(
     key = ("model", "request", "placement", "settings")
     with ResultsFile(cache, resume=True, key=key) as results:
         todo = [r for r in requests if not results.is_done(keys[r["id"]])]
+        if todo and source_model is not None:
+            raise DataError(
+                f"{cache}: no GCG string of {source_model} for {len(todo)} of the requests (the first: "
+                f"{todo[0]['prompt']!r}): optimise them on that model first, with the same GCG settings"
+            )
         if todo:
             nanogcg = _import_nanogcg()
         for n, request in enumerate(todo, 1):

@@ -379,9 +379,31 @@ def shots_file(path: str) -> list[tuple[str, str]]:
 
 
 def benign_file(path: str, limit: int | None = None) -> list[dict]:
-    """Benign requests for E4 from any prompt file."""
-    records = itertools.islice(read_prompts(path), limit)
+    """Benign requests for E4 from any prompt file; PARDEN's CSV (``instruction,output``) too."""
+    field = "instruction" if _csv_header(path) >= {"instruction", "output"} else None
+    records = itertools.islice(read_prompts(path, field=field), limit)
     return [dict(id=f"benign/{i}", prompt=r.prompt) for i, r in enumerate(records)]
+
+
+PARDEN_URL = "https://github.com/Ed-Zh/PARDEN/blob/main/data/PARDEN_benign_dataset.csv"
+
+
+def parden(path: str | None = None, limit: int | None = None) -> list[dict]:
+    """The paper's benign set for E4: PARDEN's (Zhang, Zhang & Foerster, ICML 2024), a CSV with
+    ``instruction,output`` columns; ``path`` None: where to get it (it is not on the Hugging Face hub)."""
+    if path is None:
+        raise DataError(
+            f"PARDEN's benign set is a CSV in the GitHub repository Ed-Zh/PARDEN ({PARDEN_URL}); "
+            "download it where you have network access and pass --benign PARDEN_benign_dataset.csv"
+        )
+    return benign_file(path, limit)
+
+
+def _csv_header(path: str) -> set[str]:
+    if not path.endswith(".csv") or not Path(path).is_file():
+        return set()
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return {cell.strip() for cell in next(csv.reader(f), [])}
 
 
 def _offline(what: str, alternative: str, error: Exception) -> str:
