@@ -46,7 +46,7 @@ def test_a_registered_pair_formats_chats_with_the_paper_string_never_raw_text():
     pt = tiny_model("llama")
     pair = ModelPair(pt, perturbed_copy(pt), tok)
     assert as_prompt(pair, "Hi") == "Hi"  # an unregistered pair without a template: raw text
-    pair.prompt_format = functools.partial(registry.paper_prompt, "vicuna-7b")
+    pair.prompt_format = functools.partial(registry.paper_chat, "vicuna-7b")
     chat = as_prompt(pair, "Hi")
     assert chat == [{"role": "user", "content": "Hi"}]
     ids = pair.encode([chat])[0]
@@ -55,16 +55,15 @@ def test_a_registered_pair_formats_chats_with_the_paper_string_never_raw_text():
     assert tok.decode(ids[-7:]) == "[/INST]"
     with_system = pair.encode([as_prompt(pair, "Hi", "Be brief.")])[0]
     assert tok.decode(with_system).startswith("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>")
-    with pytest.raises(ValueError, match="one user message"):
-        pair.encode(
-            [
-                [
-                    {"role": "user", "content": "a"},
-                    {"role": "assistant", "content": "b"},
-                    {"role": "user", "content": "c"},
-                ]
-            ]
-        )
+    turns = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    text = tok.decode(pair.encode([turns])[0])
+    assert text.endswith("\n\na [/INST] b </s><s>[INST] c [/INST]")  # many-shot: later turns (ours)
+    with pytest.raises(ValueError, match="prompt 0: the paper's llama2 format takes user and assistant"):
+        pair.encode([[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]])
 
 
 def test_loading_a_registered_pair_sets_its_prompt_format(tmp_path):
@@ -77,8 +76,26 @@ def test_loading_a_registered_pair_sets_its_prompt_format(tmp_path):
         tok.save_pretrained(tmp_path / name)
     chosen = models.Models("gemma-7b", str(tmp_path / "pt"), str(tmp_path / "ft"), None, "llama")
     pair = models.load(chosen, dtype="float32", device="cpu")
-    assert pair.prompt_format("Hi", None) == registry.paper_prompt("gemma-7b", "Hi")
+    assert pair.prompt_format([{"role": "user", "content": "Hi"}]) == registry.paper_prompt("gemma-7b", "Hi")
     plain = models.load(
         models.Models(None, str(tmp_path / "pt"), str(tmp_path / "ft"), None, "llama"), device="cpu"
     )
     assert plain.prompt_format is None
+
+
+def test_multi_turn_chats_in_each_family():
+    chat = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    gemma = registry.paper_chat("gemma-7b", chat)
+    assert gemma == (
+        "<start_of_turn>user\na<end_of_turn>\n<start_of_turn>model\nb<end_of_turn>\n"
+        "<start_of_turn>user\nc<end_of_turn>\n<start_of_turn>model"
+    )
+    assert registry.paper_chat("mistral-7b-v0.1", chat).endswith("\na [/INST] b</s>[INST] c [/INST]")
+    assert registry.paper_chat("llama3-8b", chat).endswith(
+        "assistant<|end_header_id|>\n\nb<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nc<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>"
+    )

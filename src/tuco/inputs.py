@@ -22,7 +22,7 @@ log = logging.getLogger("tuco")
 Chat = list[dict[str, str]]
 Prompts = str | Chat | Sequence[str | Chat] | Mapping[str, Any]
 Side = Literal["left", "right"]
-ChatFormat = Callable[[str, str | None], str]  # (user text, system prompt or None) -> prompt text
+ChatFormat = Callable[[list[dict]], str]  # a chat -> its prompt text (without BOS)
 
 
 def _is_chat(x: Any) -> bool:
@@ -51,8 +51,8 @@ def chat_problem(messages: list) -> str | None:
 def encode(tokenizer, prompts: Prompts, chat_format: ChatFormat | None = None) -> list[list[int]]:
     """Token ids of every prompt (see the module docstring for the accepted forms). Empty prompts
     (or only whitespace), malformed chats and other types raise ``ValueError``/``TypeError``
-    naming the prompt. ``chat_format(user_text, system)`` (a paper pair's prompt string) formats
-    single-turn chats instead of the chat template."""
+    naming the prompt. ``chat_format(chat) -> text`` (a paper pair's prompt strings) formats
+    chats instead of the chat template."""
     if isinstance(prompts, Mapping):
         return _from_encoding(prompts)
     if isinstance(prompts, str) or _is_chat(prompts):
@@ -89,7 +89,11 @@ def encode(tokenizer, prompts: Prompts, chat_format: ChatFormat | None = None) -
         if isinstance(prompt, str):
             ids = tokenizer(prompt)["input_ids"]
         elif chat_format is not None:
-            ids = tokenizer(_formatted(chat_format, prompt, i))["input_ids"]  # the tokenizer adds one BOS
+            try:
+                text = chat_format(prompt)
+            except ValueError as e:
+                raise ValueError(f"prompt {i}: {e}") from None
+            ids = tokenizer(text)["input_ids"]  # the tokenizer adds one BOS
         else:
             ids = _chat_ids(tokenizer, prompt)
         if len(ids) == 0:
@@ -98,17 +102,6 @@ def encode(tokenizer, prompts: Prompts, chat_format: ChatFormat | None = None) -
             )
         out.append(list(ids))
     return out
-
-
-def _formatted(chat_format: ChatFormat, chat: Chat, i: int) -> str:
-    system = chat[0]["content"] if chat[0]["role"] == "system" else None
-    turns = chat[1:] if system is not None else chat
-    if len(turns) != 1 or turns[0]["role"] != "user":
-        raise ValueError(
-            f"prompt {i}: this pair's prompt format (the paper's string) takes one user message and "
-            "an optional system message first, not a multi-turn chat."
-        )
-    return chat_format(turns[0]["content"], system)
 
 
 def _chat_ids(tokenizer, chat: Chat) -> list[int]:

@@ -166,5 +166,5 @@ def load(
         trust_remote_code=trust_remote_code,
     )
     if models.pair in registry.PAIRS:  # the paper's prompt strings, never the checkpoint's template
-        pair.prompt_format = functools.partial(registry.paper_prompt, models.pair)
+        pair.prompt_format = functools.partial(registry.paper_chat, models.pair)
     return pair

@@ -40,9 +40,9 @@ class ModelPair:
     memory; ``ModelPair(finetuned=peft_model, tokenizer=tok)`` is PEFT mode: the PT block is the
     same block with its adapter switched off. ``pretrained_tokenizer`` is checked against
     ``tokenizer`` (give ``use_finetuned_tokenizer=True`` to accept a mismatch).
-    ``block_path`` overrides block discovery (``"model.layers"``). ``prompt_format(user_text,
-    system)``, when set, formats single-turn chats instead of the tokenizer's chat template (the
-    paper's pairs: ``tuco.experiments.registry.paper_prompt``).
+    ``block_path`` overrides block discovery (``"model.layers"``). ``prompt_format(chat) ->
+    text``, when set, formats chats instead of the tokenizer's chat template (the paper's pairs:
+    ``tuco.experiments.registry.paper_chat``).
     """
 
     def __init__(

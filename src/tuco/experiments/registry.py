@@ -40,6 +40,17 @@ FORMATS = {
     ),
     "gemma": "<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model",
 }
+# [ours] Later turns of a multi-turn chat (many-shot jailbreaking): the answer, then the next user
+# turn, in each family's own convention (the paper gives single-turn strings only).
+NEXT_TURNS = {
+    "llama2": " {answer} </s><s>[INST] {prompt} [/INST]",
+    "mistral": " {answer}</s>[INST] {prompt} [/INST]",
+    "llama3": (
+        "\n\n{answer}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>"
+    ),
+    "gemma": "\n{answer}<end_of_turn>\n<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model",
+}
 
 
 @dataclass(frozen=True)
@@ -104,10 +115,31 @@ def get_pair(name: str) -> PairSpec:
 def paper_prompt(pair_name: str, user_text: str, system: str | None = None) -> str:
     """The paper's prompt string for ``user_text`` on pair ``pair_name`` (no BOS: the tokenizer adds
     it). ``system`` replaces the paper's system prompt; a format without one refuses it."""
+    messages = [{"role": "user", "content": user_text}]
+    return paper_chat(
+        pair_name, messages if system is None else [{"role": "system", "content": system}, *messages]
+    )
+
+
+def paper_chat(pair_name: str, chat: list[dict]) -> str:
+    """A chat (an optional system message, then user / assistant turns ending on a user turn) in the
+    paper's format of ``pair_name``: its single-turn string, later turns as ``NEXT_TURNS``."""
     spec = get_pair(pair_name)
+    system = chat[0]["content"] if chat and chat[0]["role"] == "system" else None
+    turns = chat[1:] if system is not None else chat
+    roles = [m["role"] for m in turns]
+    if not turns or roles != ["user", "assistant"] * (len(turns) // 2) + ["user"]:
+        raise ValueError(
+            f"the paper's {spec.format} format takes user and assistant turns in turn, ending on a user "
+            f"turn (after an optional system message), not {roles}"
+        )
     template = FORMATS[spec.format]
     if system is not None and "{system}" not in template:
         raise ValueError(f"the paper's {spec.format} format ({pair_name}) has no system prompt")
+    fill = (spec.system if system is None else system) or ""
     head, tail = template.split("{prompt}")
-    fill = spec.system if system is None else system
-    return head.replace("{system}", fill or "") + user_text + tail.replace("{system}", fill or "")
+    text = head.replace("{system}", fill) + turns[0]["content"] + tail.replace("{system}", fill)
+    for answer, user in zip(turns[1::2], turns[2::2], strict=True):
+        before, after = NEXT_TURNS[spec.format].split("{prompt}")
+        text += before.replace("{answer}", answer["content"]) + user["content"] + after
+    return text
