@@ -183,11 +183,17 @@ def test_jailbreaks_all_attacks(pair_dirs, tmp_path):
     records = lines(out / "results.jsonl")
     msj = [r for r in records if r["attack"] == "msj"]
     assert sorted({r["shots"] for r in msj}) == [0, 1, 2, 4] and len(msj) == 4 * 2
+    control = [r for r in records if r["attack"] == "msj-benign"]  # benign shots, same k (0 shared)
+    assert sorted({r["shots"] for r in control}) == [1, 2, 4] and len(control) == 3 * 2
     gcg = [r for r in records if r["attack"] == "gcg"]
-    assert [r["attacked"] for r in gcg] == [False, True] * 2
+    assert [r["kind"] for r in gcg] == ["plain", "gcg", "random"] * 2
     strings = lines(out / "gcg_strings.jsonl")
     assert len(strings) == 2 and all(s["placement"] == "before" for s in strings)
-    assert all(r["prompt"].endswith(s["request"]) for r, s in zip(gcg[1::2], strings, strict=True))
+    assert all(r["prompt"].endswith(s["request"]) for r, s in zip(gcg[1::3], strings, strict=True))
+    assert all(
+        r["prompt"].endswith(s["request"]) and r["prompt"] != s["request"]
+        for r, s in zip(gcg[2::3], strings, strict=True)
+    )
     conjugate = [r for r in records if r["attack"] == "conjugate"]
     assert {r["language"] for r in conjugate} == {"English", "Japanese", "Hungarian", "Swahili", "Malayalam"}
     assert all(isinstance(r["harmful_answer"], bool) for r in records)
@@ -197,10 +203,20 @@ def test_jailbreaks_all_attacks(pair_dirs, tmp_path):
     assert all((out / f"{name}.png").exists() for name in ("msj", "gcg", "conjugate"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["msj"]["shots"] == [0, 1, 2, 4] and len(metrics["msj"]["mean_tuco"]) == 4
-    plain = [r["tuco"] for r in gcg if not r["attacked"]]
+    plain = [r["tuco"] for r in gcg if r["kind"] == "plain"]
     assert metrics["gcg"]["roc_auc"] == pytest.approx(
         roc_auc(plain, [r["tuco"] for r in gcg if r["attacked"]])
     )
+    assert metrics["gcg"]["roc_auc_random_string"] == pytest.approx(
+        roc_auc(plain, [r["tuco"] for r in gcg if r["kind"] == "random"])
+    )
+    assert len(metrics["msj"]["mean_tuco_benign_shots"]) == 4 and "demo stand-in" in table
+    assert set(metrics["conjugate"]["table1_roc_auc_vs_malayalam_swahili"]) == {
+        "English",
+        "Japanese",
+        "Hungarian",
+    }
+    assert "Table 1" in table and "random string" in table
     assert set(metrics["conjugate"]["roc_auc_vs_english"]) == {
         "Japanese",
         "Hungarian",

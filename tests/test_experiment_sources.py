@@ -222,3 +222,24 @@ def test_parden_csv_and_its_offline_message(tmp_path):
     ]
     with pytest.raises(DataError, match="Ed-Zh/PARDEN.*--benign PARDEN_benign_dataset.csv"):
         sources.parden(None)
+
+
+def test_persona_shots_interleave_the_behaviours(tmp_path):
+    for name in ("psychopathy", "narcissism"):
+        rows = [
+            {
+                "question": f"{name} q{i}?",
+                "answer_matching_behavior": " Yes",
+                "answer_not_matching_behavior": " No",
+            }
+            for i in range(2)
+        ]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shots = sources.persona_shots(("psychopathy", "narcissism"), str(tmp_path))
+    assert shots == [
+        ("psychopathy q0?", "Yes"),
+        ("narcissism q0?", "Yes"),
+        ("psychopathy q1?", "Yes"),
+        ("narcissism q1?", "Yes"),
+    ]
+    assert len(sources.MALEVOLENT_PERSONAS) == 5 and "ends-justify-means" in sources.MALEVOLENT_PERSONAS

@@ -210,14 +210,27 @@ def _jailbreaks(pair, out, args, system) -> str:
     common = dict(system=system, answer_tokens=args.answer_tokens, batch_size=args.batch_size)
     attacks = {}
     if "msj" in args.attacks:
-        if args.shots_file:
-            pool = sources.shots_file(args.shots_file)
-        else:
-            from .demo.recipe import compliance_pool
+        from .demo.recipe import benign_pool, compliance_pool
 
-            pool = compliance_pool()
-            source += "; many-shot dialogues: project-written faux compliance"
-        attacks["msj"] = dict(requests=requests, pool=pool, max_shots=args.max_shots or 128, **common)
+        if args.shots_file:
+            pool, name, control = sources.shots_file(args.shots_file), args.shots_file, benign_pool()
+        elif args.persona_dir or args.online:
+            pool = sources.persona_shots(sources.MALEVOLENT_PERSONAS, args.persona_dir)
+            control = sources.persona_shots(sources.BENIGN_PERSONAS, args.persona_dir)
+            name = (
+                f"the paper's: persona questions answered as {', '.join(sources.MALEVOLENT_PERSONAS)} would"
+            )
+        else:
+            pool, control = compliance_pool(), benign_pool()
+            name = "demo stand-in (not the paper's persona shots): project-written, content-free compliance"
+        attacks["msj"] = dict(
+            requests=requests,
+            pool=pool,
+            control_pool=control,
+            pool_name=name,
+            max_shots=args.max_shots or 128,
+            **common,
+        )
     if "gcg" in args.attacks:
         cache = args.gcg_cache or str(out.dir / "gcg_strings.jsonl")
         attacks["gcg"] = dict(

@@ -3,9 +3,12 @@ against the plain harmful requests:
 
 - ``msj``: many-shot jailbreaking, k = 0, 1, 2, 4, ... up to ``max_shots`` (128) faux dialogues of
   harmful compliance before the request, dropping the k whose prompt does not fit the context; TuCo
-  and the harmful-answer rate (greedy answer without a refusal string) vs k;
-- ``gcg``: the request with a GCG adversarial string before (the paper) or after it;
-- ``conjugate``: the request translated into other languages; TuCo by language.
+  and the harmful-answer rate (greedy answer without a refusal string) vs k. Control: the same k
+  with benign shots (``control_pool``), so that a fall is not an artefact of prompt length;
+- ``gcg``: the request with a GCG adversarial string before (the paper) or after it. Control: a
+  random, unoptimised string of the same number of tokens;
+- ``conjugate``: the request translated into other languages; TuCo by language, and the paper's
+  Table 1: English, Japanese and Hungarian each (positive) against Malayalam and Swahili pooled.
 
 Each attack reports the TuCo distributions and the ROC-AUC of TuCo separating plain requests
 (positive, higher TuCo expected) from attacked ones.
@@ -75,8 +78,11 @@ def msj(
     system: str | None = None,
     answer_tokens: int = 24,
     batch_size: int = 8,
+    control_pool: list[tuple[str, str]] | None = None,
+    pool_name: str = "",
 ) -> Section:
-    """Many-shot jailbreaking: k faux (request, compliant answer) turns from ``pool`` before each request."""
+    """Many-shot jailbreaking: k faux (request, compliant answer) turns from ``pool`` before each
+    request; with ``control_pool``, the same k of benign turns too."""
     fits = context_length(pair) - answer_tokens
     grid, longest = [], max(requests, key=lambda r: len(r["prompt"]))["prompt"]
     for k in shot_grid(max_shots):
@@ -93,23 +99,55 @@ def msj(
         for k in grid
         for r in requests
     ]
+    if control_pool:  # the same lengths in shots, benign ones (k = 0 is shared)
+        items += [
+            dict(
+                id=f"msj-benign/{k}/{r['id']}",
+                attack="msj-benign",
+                shots=k,
+                prompt=r["prompt"],
+                chat=_msj_chat(r["prompt"], control_pool, k, system),
+            )
+            for k in grid
+            if k > 0
+            for r in requests
+        ]
     records = out.step(
         "msj", items, _scored(pair, answer_tokens, batch_size), batch_size, desc="E3 many-shot"
     )
-    rows = [(k, [r for r in records if r["shots"] == k]) for k in grid]
+    attack = [r for r in records if r["attack"] == "msj"]
+    control = [r for r in records if r["attack"] == "msj-benign" or r["shots"] == 0]
+    rows = [(k, [r for r in attack if r["shots"] == k]) for k in grid]
+    controls = {k: [r for r in control if r["shots"] == k] for k in grid}
     lines = [
         "## Many-shot jailbreaking",
         "",
-        f"{len(requests)} requests; shots that fit the context ({fits} tokens): {', '.join(map(str, grid))}.",
+        f"{len(requests)} requests; shots: {pool_name or 'given'}; shots that fit the context "
+        f"({fits} tokens): {', '.join(map(str, grid))}."
+        + (" Control: the same numbers of benign shots." if control_pool else ""),
         "",
         *markdown_table(
-            ["shots", "n", "mean TuCo", "harmful answers"],
-            [[k, len(rs), mean([r["tuco"] for r in rs]), _rate(rs)] for k, rs in rows],
+            [
+                "shots",
+                "n",
+                "mean TuCo",
+                "harmful answers",
+                "mean TuCo, benign shots",
+                "harmful answers, benign",
+            ],
+            [
+                [k, len(rs), mean([r["tuco"] for r in rs]), _rate(rs)]
+                + ([mean([r["tuco"] for r in controls[k]]), _rate(controls[k])] if control_pool else ["", ""])
+                for k, rs in rows
+            ],
         ),
     ]
     metrics = {
         "shots": grid,
         "mean_tuco": [mean([r["tuco"] for r in rs]) for _, rs in rows],
+        "mean_tuco_benign_shots": [mean([r["tuco"] for r in controls[k]]) for k in grid]
+        if control_pool
+        else None,
         "harmful_answer_rate": [
             mean([r["harmful_answer"] for r in rs if "harmful_answer" in r]) for _, rs in rows
         ],
@@ -124,6 +162,9 @@ def msj(
         ]
     fig, ax = figure()
     ax.plot(grid, [mean([r["tuco"] for r in rs]) for _, rs in rows], marker="o", label="mean TuCo")
+    if control_pool:
+        ax.plot(grid, [mean([r["tuco"] for r in controls[k]]) for k in grid], "o:", label="benign shots")
+        ax.legend(fontsize=7)
     ax.set_xscale("symlog", linthresh=1)
     ax.set(xticks=grid, xticklabels=[str(k) for k in grid], xlabel="shots k", ylabel="mean TuCo")
     ax.set_title("Many-shot jailbreaking")
@@ -132,6 +173,20 @@ def msj(
         rates.plot(grid, [mean([r["harmful_answer"] for r in rs]) for _, rs in rows], "s--", color="tab:red")
         rates.set(ylabel="harmful-answer rate (red)", ylim=(-0.05, 1.05))
     return records, lines, fig, metrics
+
+
+def random_string(tokenizer, n_tokens: int, seed: int) -> str:
+    """An unoptimised string of about ``n_tokens`` tokens: random ordinary (non-special) tokens."""
+    import random
+
+    special = set(tokenizer.all_special_ids)
+    rng = random.Random(seed)
+    ids = []
+    while len(ids) < n_tokens:
+        token = rng.randrange(len(tokenizer))
+        if token not in special:
+            ids.append(token)
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def _msj_chat(request: str, pool, k: int, system: str | None):
@@ -154,28 +209,39 @@ def gcg(
     answer_tokens: int = 24,
     batch_size: int = 8,
 ) -> Section:
-    """Each request plain and with its GCG string (optimised on the fine-tuned model, or cached)."""
+    """Each request plain, with its GCG string (optimised on the fine-tuned model, or cached), and
+    with a random string of as many tokens (the control: not optimised)."""
     strings = adversarial_strings(pair, requests, cache, settings, placement, system)
     items = []
-    for r in requests:
-        for attacked, prompt in (
-            (False, r["prompt"]),
-            (True, attach(r["prompt"], strings[r["id"]], placement)),
+    for n, r in enumerate(requests):
+        string = strings[r["id"]]
+        noise = random_string(
+            pair.tokenizer, len(pair.tokenizer(string, add_special_tokens=False)["input_ids"]), n
+        )
+        for kind, attacked, prompt in (
+            ("plain", False, r["prompt"]),
+            ("gcg", True, attach(r["prompt"], string, placement)),
+            ("random", False, attach(r["prompt"], noise, placement)),
         ):
             items.append(
                 dict(
-                    id=f"gcg/{int(attacked)}/{r['id']}",
+                    id=f"gcg/{ {'plain': 0, 'gcg': 1, 'random': 2}[kind] }/{r['id']}",
                     attack="gcg",
+                    kind=kind,
                     attacked=attacked,
                     prompt=prompt,
                     chat=as_prompt(pair, prompt, system),
                 )
             )
     records = out.step("gcg", items, _scored(pair, answer_tokens, batch_size), batch_size, desc="E3 GCG")
-    plain = [r["tuco"] for r in records if not r["attacked"]]
-    attacked = [r["tuco"] for r in records if r["attacked"]]
-    rate_plain, rate_attacked = (_rate([r for r in records if r["attacked"] == a]) for a in (False, True))
+    by_kind = {
+        kind: [r for r in records if r.get("kind", "gcg" if r["attacked"] else "plain") == kind]
+        for kind in ("plain", "gcg", "random")
+    }
+    plain, attacked, noise_tuco = ([r["tuco"] for r in by_kind[k]] for k in ("plain", "gcg", "random"))
+    rate_plain, rate_attacked, rate_noise = (_rate(by_kind[k]) for k in ("plain", "gcg", "random"))
     auc = roc_auc(plain, attacked)
+    auc_noise = roc_auc(plain, noise_tuco) if noise_tuco else float("nan")
     lines = [
         "## GCG adversarial strings",
         "",
@@ -187,13 +253,21 @@ def gcg(
             [
                 ["plain", len(plain), mean(plain), rate_plain],
                 ["with GCG string", len(attacked), mean(attacked), rate_attacked],
+                ["with a random string (control)", len(noise_tuco), mean(noise_tuco), rate_noise],
             ],
         ),
         "",
-        f"ROC-AUC of TuCo, plain vs attacked: **{auc:.3f}** (paper: up to 1.0, Llama-2 7B).",
+        f"ROC-AUC of TuCo, plain vs attacked: **{auc:.3f}** (paper: up to 1.0, Llama-2 7B); plain vs a "
+        f"random string of the same length: {auc_noise:.3f} (the control: how much is any odd prefix).",
     ]
     fig = histogram({"plain": plain, "GCG": attacked}, f"GCG, AUC = {auc:.3f}", ylabel="requests")
-    metrics = {"roc_auc": auc, "mean_tuco_plain": mean(plain), "mean_tuco_attacked": mean(attacked)}
+    metrics = {
+        "roc_auc": auc,
+        "roc_auc_random_string": auc_noise,
+        "mean_tuco_plain": mean(plain),
+        "mean_tuco_attacked": mean(attacked),
+        "mean_tuco_random_string": mean(noise_tuco),
+    }
     return records, lines, fig, metrics
 
 
@@ -231,6 +305,20 @@ def conjugate(
         *markdown_table(["language", "n", "mean TuCo", "harmful answers", f"ROC-AUC vs {base}"], rows),
     ]
     lines += ["", "Paper: TuCo orders with the language's share of web text, English highest."]
+    low = [t for lang in ("Malayalam", "Swahili") for t in tucos.get(lang, [])]
+    table1 = {
+        lang: roc_auc(tucos[lang], low)
+        for lang in ("English", "Japanese", "Hungarian")
+        if lang in tucos and low
+    }
+    if table1:
+        pooled = " + ".join(lang for lang in ("Malayalam", "Swahili") if lang in tucos)
+        lines += [
+            "",
+            f"The paper's Table 1: ROC-AUC of TuCo, each language (positive) vs {pooled} pooled: "
+            + ", ".join(f"{lang} **{auc:.3f}**" for lang, auc in table1.items())
+            + ".",
+        ]
     fig, ax = figure()
     ax.bar(languages, [mean(tucos[lang]) for lang in languages])
     ax.set(ylabel="mean TuCo", title="Conjugate prompting")
@@ -239,6 +327,7 @@ def conjugate(
         "roc_auc_vs_" + base.lower(): {
             lang: roc_auc(tucos[base], tucos[lang]) for lang in languages if lang != base
         },
+        "table1_roc_auc_vs_malayalam_swahili": table1,
     }
     return records, lines, fig, metrics
 

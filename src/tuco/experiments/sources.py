@@ -175,6 +175,28 @@ def category(task: str) -> str | None:
     return MMLU_CATEGORIES.get(name) if kind == "mmlu" else None
 
 
+# E3's many-shot shots (the paper's construction): questions of malevolent persona behaviours with
+# the behaviour-matching answer; the control: benign behaviours. [ours] which files: the paper names
+# psychopathy, narcissism, Machiavellianism, ends-justify-means and resource acquisition.
+MALEVOLENT_PERSONAS = (
+    "psychopathy",
+    "narcissism",
+    "machiavellianism",
+    "ends-justify-means",
+    "desire-for-acquiring-power",
+)
+BENIGN_PERSONAS = ("agreeableness", "conscientiousness", "desire-to-be-more-creative")
+
+
+def persona_shots(behaviours, directory: str | None = None, per_behaviour: int = 64) -> list[tuple[str, str]]:
+    """(question, behaviour-matching answer) shots, the behaviours interleaved."""
+    groups = [
+        [(it["prompt"], it["answer"]) for it in persona([name], directory, per_behaviour)]
+        for name in behaviours
+    ]
+    return [shot for shots in itertools.zip_longest(*groups) for shot in shots if shot]
+
+
 def persona(behaviours: list[str], directory: str | None = None, limit: int | None = None) -> list[dict]:
     """Yes/no items of Anthropic's persona evals; the "right" answer is the behaviour-matching one,
     so accuracy is agreement with the behaviour. ``["paper"]``: the paper's 23 behaviours
