@@ -119,6 +119,12 @@ def load_tokenizer(name: str, which: str, fallback: str | None, trust: bool):
             fallback,
         )
         name, which = fallback, "pretrained model"
+    elif fallback is not None and not Path(name).is_dir():  # a hub id: its files are known only now
+        try:
+            return AutoTokenizer.from_pretrained(name, trust_remote_code=trust)
+        except OSError:  # no tokenizer files in that repository (a parse error is not caught)
+            log.warning("the %s %s has no tokenizer: using the pretrained one (%s)", which, name, fallback)
+            name, which = fallback, "pretrained model"
     return load(AutoTokenizer.from_pretrained, name, f"{which}'s tokenizer", trust_remote_code=trust)
 
 
