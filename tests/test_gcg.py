@@ -130,9 +130,14 @@ def test_strings_of_another_model_are_reused_never_optimised(tmp_path, tok, monk
 def test_e4_samples_with_the_models_generation_config(tok):
     from tuco.experiments.jailbreak_success import describe_sampling, sampling_settings
 
-    pair = make_pair("llama", tok)
-    pair.finetuned.generation_config.temperature, pair.finetuned.generation_config.top_p = 0.6, 0.9
-    own = sampling_settings(pair, None)
+    pair = make_pair("llama", tok)  # shared by other tests: its generation config is put back
+    config = pair.finetuned.generation_config
+    saved = config.temperature, config.top_p
+    config.temperature, config.top_p = 0.6, 0.9
+    try:
+        own = sampling_settings(pair, None)
+    finally:
+        config.temperature, config.top_p = saved
     assert own["temperature"] == 0.6 and own["top_p"] == 0.9
     assert "generation config" in describe_sampling(own, None)
     assert sampling_settings(pair, 1.3) == dict(temperature=1.3, top_p=1.0, top_k=0)
