@@ -38,9 +38,7 @@ def shot_grid(max_shots: int) -> list[int]:
 
 def context_length(pair: ModelPair) -> int:
     """Longest input the fine-tuned model takes (its config; a tokenizer's smaller limit wins)."""
-    config = pair.finetuned.config
-    config = getattr(config, "get_text_config", lambda: config)()
-    limit = getattr(config, "max_position_embeddings", None) or 2048
+    limit = pair.context_length or 2048
     tokenizer_limit = getattr(pair.tokenizer, "model_max_length", None) or limit
     return min(limit, tokenizer_limit) if tokenizer_limit < 10**7 else limit
 

@@ -355,11 +355,8 @@ def advbench(path: str | None = None, limit: int | None = None) -> list[dict]:
 
 
 def _request_field(path: str) -> str | None:
-    if path.endswith(".csv") and Path(path).is_file():  # (read_prompts names a missing file)
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            header = next(csv.reader(f), [])
-        return "goal" if "goal" in header and "prompt" not in header else None
-    return None
+    header = _csv_header(path)
+    return "goal" if "goal" in header and "prompt" not in header else None
 
 
 def standin_requests(limit: int | None = None) -> list[dict]:
