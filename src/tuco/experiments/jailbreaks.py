@@ -86,30 +86,23 @@ def msj(
     for k in shot_grid(max_shots):
         if len(pair.encode([_msj_chat(longest, pool, k, system)])[0]) <= fits:
             grid.append(k)
-    items = [
-        dict(
-            id=f"msj/{k}/{r['id']}",
-            attack="msj",
-            shots=k,
-            prompt=r["prompt"],
-            chat=_msj_chat(r["prompt"], pool, k, system),
-        )
-        for k in grid
-        for r in requests
-    ]
-    if control_pool:  # the same lengths in shots, benign ones (k = 0 is shared)
-        items += [
+
+    def shots(attack: str, shot_pool: list[tuple[str, str]], counts: list[int]) -> list[dict]:
+        return [
             dict(
-                id=f"msj-benign/{k}/{r['id']}",
-                attack="msj-benign",
+                id=f"{attack}/{k}/{r['id']}",
+                attack=attack,
                 shots=k,
                 prompt=r["prompt"],
-                chat=_msj_chat(r["prompt"], control_pool, k, system),
+                chat=_msj_chat(r["prompt"], shot_pool, k, system),
             )
-            for k in grid
-            if k > 0
+            for k in counts
             for r in requests
         ]
+
+    items = shots("msj", pool, grid)
+    if control_pool:  # the same lengths in shots, benign ones (k = 0 is shared)
+        items += shots("msj-benign", control_pool, [k for k in grid if k > 0])
     records = out.step(
         "msj", items, _scored(pair, answer_tokens, batch_size), batch_size, desc="E3 many-shot"
     )
