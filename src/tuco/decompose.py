@@ -215,6 +215,12 @@ class Decomposition:
 
         return hook
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Generation dropped finished rows from the FT cache (``cache.batch_select_indices(rows)``):
+        drop them from the PT blocks' cache too. ``rows``: [kept] indices into the current batch."""
+        if self._pt_cache is not None:
+            self._pt_cache.batch_select_indices(rows)
+
     def _pt_cache_for(self, ft_cache):
         """The PT blocks' own KV cache, twin of the FT cache that transformers passes to the blocks."""
         if ft_cache is self._ft_cache:

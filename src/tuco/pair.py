@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -22,11 +22,13 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import baselines, compat, inputs
+from . import monitor as monitoring
 from .blocks import embedding_weight, find_blocks, unwrap
 from .decompose import Decomposition, adapters_off
 from .errors import check_alpha, check_choice, check_int
 from .inputs import Prompts, Side
 from .loading import load_models
+from .monitor import Generation, Sampling, TokenEvent
 from .results import OutputContribution, TucoResult, from_record
 
 log = logging.getLogger("tuco")
@@ -317,6 +319,43 @@ class ModelPair:
         return self._each_batch(
             self.encode(prompts), batch_size, "left", f"generate a={alpha:g}", progress, compute, new_tokens
         )
+
+    def stream_with_tuco(
+        self,
+        prompts: Prompts,
+        alpha: float = 1.0,
+        *,
+        monitor: Literal["tokens", "prompt"] = "tokens",
+        norm: Literal["l1", "l2"] = "l1",
+        batch_size: int = 8,
+        **sampling: Any,
+    ) -> Iterator[TokenEvent]:
+        """Generate with the FTC-alpha model and report TuCo as it goes: one ``TokenEvent`` per new
+        token (its text and TuCo; the prompt's TuCo on a prompt's first), ``batch_size`` prompts
+        decoded together, in input order. ``sampling``: the fields of ``tuco.monitor.Sampling``
+        (``max_new_tokens``, ``temperature`` (0: greedy), ``top_p``, ``top_k``, ``seed``, ``stop``).
+        ``monitor="prompt"``: the prompt's TuCo only (at alpha = 1 decoding skips the PT blocks).
+        Same forward passes as generation: see ``tuco.monitor`` for where each TuCo is read."""
+        ids = self.encode(prompts)
+        return monitoring.stream(
+            self, ids, Sampling(**sampling), alpha=alpha, monitor=monitor, norm=norm, batch_size=batch_size
+        )
+
+    def generate_with_tuco(
+        self,
+        prompts: Prompts,
+        alpha: float = 1.0,
+        *,
+        monitor: Literal["tokens", "prompt"] = "tokens",
+        norm: Literal["l1", "l2"] = "l1",
+        batch_size: int = 8,
+        **sampling: Any,
+    ) -> list[Generation]:
+        """``stream_with_tuco`` collected: one ``Generation`` per prompt (text, token ids, prompt TuCo,
+        one TuCo per generated token, finish reason), in input order."""
+        ids = self.encode(prompts)
+        options = dict(alpha=alpha, monitor=monitor, norm=norm, batch_size=batch_size)
+        return monitoring.generate(self, ids, Sampling(**sampling), **options)
 
     # ------------------------------------------------------------------ output-only baselines
     @torch.inference_mode()

@@ -1,0 +1,291 @@
+"""Generation that reports TuCo as it goes: ``ModelPair.generate_with_tuco`` and ``stream_with_tuco``.
+
+    >>> for event in pair.stream_with_tuco(["Hi!", "Tell me a joke."], max_new_tokens=20):
+    ...     print(event.index, repr(event.text), event.tuco)
+    >>> gen = pair.generate_with_tuco(["Tell me a joke."], temperature=0.7, seed=1)[0]
+    >>> gen.text, gen.prompt_tuco, gen.tokens_tuco          # one TuCo per generated token
+
+Decoding is the FTC-alpha model's own, one forward pass per token with KV caches (the PT blocks keep
+their own), and TuCo is read off the pass that runs anyway, never from an extra one:
+
+- the prompt's TuCo: the prefill's components at the last prompt token (what ``score`` gives);
+- generated token k's TuCo: the components at the position that chose it. Token 1 was chosen at the
+  prompt's last token (``tokens_tuco[0] == prompt_tuco``), token k at token k-1; without a cache,
+  ``score(prompt + tokens[:-1], per_token=True)`` gives the same numbers at those positions.
+
+``monitor="prompt"`` records the prefill only; at alpha = 1 its PT blocks run at the last position
+only (``tuco.lastpos``) and decoding is the FT model alone, at plain generation's cost.
+
+Each prompt has its own ``Sampling`` (greedy at temperature 0, else its own seeded generator) and
+rows never mix, so a result does not depend on what else is in its batch; a finished row (end of
+sequence, a stop string, its token budget, or ``cancelled``) leaves the batch and both caches at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import inputs, metrics
+from .blocks import unwrap
+from .errors import check_alpha, check_choice, check_int
+
+MONITORS = ("tokens", "prompt")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one prompt is decoded: greedy at ``temperature`` 0, else sampled with ``top_p`` / ``top_k``
+    (0: off) from a generator seeded with ``seed`` (None: a random seed). Generation stops at the end
+    of sequence token, at any ``stop`` string (not included in the text), or after ``max_new_tokens``."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_int(self.max_new_tokens, "max_new_tokens")
+        check_int(self.top_k, "top_k", 0)
+        if not 0 <= check_alpha(self.temperature, "temperature"):
+            raise ValueError(f"temperature must be at least 0, not {self.temperature}")
+        if not 0 < check_alpha(self.top_p, "top_p") <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.seed is not None:
+            check_int(self.seed, "seed", 0)
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not all(isinstance(s, str) and s for s in stop):
+            raise ValueError(f"stop must be non-empty strings, not {self.stop!r}")
+        object.__setattr__(self, "stop", stop)
+
+
+@dataclass
+class TokenEvent:
+    """One generated token of prompt ``index``: the text it adds (may be "" while a character or a
+    possible stop string is incomplete), its TuCo (None with ``monitor="prompt"``); the prompt's
+    TuCo on its first token, the ``finish_reason`` ("stop" or "length") on its last."""
+
+    index: int
+    token_id: int
+    text: str
+    tuco: float | None
+    prompt_tuco: float | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class Generation:
+    """What ``generate_with_tuco`` returns for one prompt; ``tokens_tuco`` has one TuCo per entry of
+    ``token_ids`` (None with ``monitor="prompt"``)."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tuco: float
+    tokens_tuco: list[float] | None
+    finish_reason: str
+    prompt_tokens: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _Row:
+    """One prompt being decoded: its tokens, the text sent so far, its random generator."""
+
+    def __init__(self, index: int, sampling: Sampling, tokenizer, eos: set[int], device: torch.device):
+        self.index, self.sampling, self.tokenizer, self.eos = index, sampling, tokenizer, eos
+        self.token_ids: list[int] = []
+        self.done = False
+        self.text = ""  # sent so far: the concatenated events' text
+        self.generator = None
+        if sampling.temperature > 0:
+            self.generator = torch.Generator(device)
+            if sampling.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(sampling.seed)
+
+    def choose(self, logits: torch.Tensor, greedy: int) -> int:
+        """The next token from float32 ``logits`` [vocab] (``greedy``: their argmax, computed batched)."""
+        s = self.sampling
+        if s.temperature == 0:
+            return greedy
+        scores = logits / s.temperature
+        if s.top_k:
+            kth = torch.topk(scores, min(s.top_k, scores.shape[-1])).values[-1]
+            scores = scores.masked_fill(scores < kth, -torch.inf)
+        if s.top_p < 1:
+            ordered, order = scores.sort(descending=True)
+            probs = torch.softmax(ordered, -1)
+            outside = probs.cumsum(-1) - probs >= s.top_p  # the smallest set reaching top_p stays
+            scores = scores.index_fill(0, order[outside], -torch.inf)
+        probs = torch.softmax(scores, -1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def add(self, token_id: int) -> tuple[str, str | None]:
+        """Append a token: (the new text to send, the finish reason or None)."""
+        self.token_ids.append(token_id)
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        finish = "stop" if token_id in self.eos else None
+        stops = self.sampling.stop
+        cuts = [i for i in (text.find(s, max(0, len(self.text) - len(s))) for s in stops) if i >= 0]
+        if cuts:
+            text, finish = text[: min(cuts)], "stop"
+        elif finish is None and len(self.token_ids) >= self.sampling.max_new_tokens:
+            finish = "length"
+        if finish is None:  # hold back a half-decoded character and a possible start of a stop string
+            text = text.rstrip("\ufffd")
+            held = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            text = text[: len(text) - held]
+        new = text[len(self.text) :] if text.startswith(self.text) and len(text) > len(self.text) else ""
+        self.text += new
+        return new, finish
+
+
+def eos_ids(pair) -> set[int]:
+    """End-of-sequence ids: the generation config's (one or several) and the tokenizer's."""
+    ids = getattr(pair.finetuned.generation_config, "eos_token_id", None)
+    ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    if getattr(pair.tokenizer, "eos_token_id", None) is not None:
+        ids.add(pair.tokenizer.eos_token_id)
+    return ids
+
+
+@torch.inference_mode()
+def decode(
+    pair,
+    ids: list[list[int]],
+    samplings: Sequence[Sampling],
+    *,
+    alpha: float = 1.0,
+    monitor: str = "tokens",
+    norm: str = "l1",
+    cancelled: Callable[[int], bool] | None = None,
+) -> Iterator[list[TokenEvent]]:
+    """Decode one batch of prompts (token ids) together: one list of events per step, one event per
+    row still running. ``cancelled(i)`` true drops prompt i at the next step, with no more events."""
+    alpha = check_alpha(alpha)
+    check_choice(monitor, "monitor", MONITORS)
+    check_choice(norm, "norm", ("l1", "l2"))
+    if len(samplings) != len(ids):
+        raise ValueError(f"{len(ids)} prompts but {len(samplings)} sampling settings")
+    for i, (row, sampling) in enumerate(zip(ids, samplings, strict=True)):
+        try:
+            inputs.check_ids([row], pair.vocab_size, pair.context_length, sampling.max_new_tokens)
+        except ValueError as e:
+            raise ValueError(str(e).replace("prompt 0", f"prompt {i}", 1)) from None
+    p, light = int(norm[1]), monitor == "prompt" and alpha == 1.0
+    batch = {k: v.to(pair.device) for k, v in inputs.pad(ids, inputs.pad_id(pair.tokenizer), "left").items()}
+    if not pair._body_takes_positions:
+        batch.pop("position_ids")
+    eos = eos_ids(pair)
+    rows = [_Row(i, s, pair.tokenizer, eos, pair.device) for i, s in enumerate(samplings)]
+    dec = pair.steer(alpha, last_only=light)
+    dec.__enter__()
+    try:
+        rec = dec.record(torch.full((len(ids),), batch["input_ids"].shape[1] - 1), p=p)
+        out = pair.finetuned(**batch, use_cache=True, logits_to_keep=1)
+        prompt_tucos = tucos = metrics.tuco(rec.ptc_sum, rec.ftc_sum, p).tolist()
+        if light:  # decoding is the FT model alone
+            dec.__exit__(None, None, None)
+        cache, mask = out.get("cache", out.get("past_key_values")), batch["attention_mask"]
+        cache_name = (
+            "cache"
+            if "cache" in inspect.signature(unwrap(pair.finetuned).forward).parameters
+            else ("past_key_values")
+        )  # transformers >= 5.24 renamed it
+        positions = batch["position_ids"][:, -1:] if "position_ids" in batch else None
+        # rows leave the batch as they finish, where every cache layer can drop rows (not recurrent ones)
+        droppable = all(hasattr(layer, "batch_select_indices") for layer in getattr(cache, "layers", [cache]))
+        first = True
+        while True:
+            logits = out.logits[:, -1].float()
+            greedy = logits.argmax(-1).tolist()
+            chosen = [
+                greedy[j] if row.done else row.choose(logits[j], greedy[j]) for j, row in enumerate(rows)
+            ]
+            events = []
+            for j, (row, token) in enumerate(zip(rows, chosen, strict=True)):
+                if row.done or (cancelled is not None and cancelled(row.index)):
+                    row.done = True
+                    continue
+                text, finish = row.add(token)
+                tuco = tucos[j] if monitor == "tokens" else None
+                events.append(
+                    TokenEvent(row.index, token, text, tuco, prompt_tucos[j] if first else None, finish)
+                )
+                row.done = finish is not None
+            first = False
+            if events:
+                yield events
+            keep = [j for j, row in enumerate(rows) if not row.done]
+            if not keep:
+                return
+            if droppable and len(keep) < len(rows):  # finished rows leave the batch and both caches
+                index = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(index)
+                dec.keep_rows(index)
+                rows, chosen, mask = [rows[j] for j in keep], [chosen[j] for j in keep], mask[index]
+                positions = None if positions is None else positions[index]
+                prompt_tucos = [prompt_tucos[j] for j in keep]
+            step = {"attention_mask": torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)}
+            mask = step["attention_mask"]
+            if positions is not None:
+                positions = step["position_ids"] = positions + 1
+            if monitor == "tokens":
+                rec = dec.record(torch.zeros(len(rows), dtype=torch.long), p=p)
+            next_ids = torch.tensor(chosen, device=mask.device)[:, None]
+            out = pair.finetuned(input_ids=next_ids, **step, **{cache_name: cache}, use_cache=True)
+            if monitor == "tokens":
+                tucos = metrics.tuco(rec.ptc_sum, rec.ftc_sum, p).tolist()
+    finally:
+        dec.__exit__(None, None, None)
+
+
+def stream(
+    pair,
+    ids: list[list[int]],
+    sampling: Sampling,
+    *,
+    alpha: float = 1.0,
+    monitor: str = "tokens",
+    norm: str = "l1",
+    batch_size: int = 8,
+) -> Iterator[TokenEvent]:
+    """Every prompt's events as they come, ``batch_size`` prompts decoded together (in input order)."""
+    check_int(batch_size, "batch_size")
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        for events in decode(pair, chunk, [sampling] * len(chunk), alpha=alpha, monitor=monitor, norm=norm):
+            for event in events:
+                yield dataclasses.replace(event, index=event.index + start)
+
+
+def generate(pair, ids: list[list[int]], sampling: Sampling, **options) -> list[Generation]:
+    """``stream`` collected: one ``Generation`` per prompt, in input order."""
+    tokens: list[list[int]] = [[] for _ in ids]
+    tucos: list[list[float]] = [[] for _ in ids]
+    texts, prompt_tucos, finish = [""] * len(ids), [0.0] * len(ids), [""] * len(ids)
+    for event in stream(pair, ids, sampling, **options):
+        i = event.index
+        tokens[i].append(event.token_id)
+        texts[i] += event.text
+        if event.tuco is not None:
+            tucos[i].append(event.tuco)
+        if event.prompt_tuco is not None:
+            prompt_tucos[i] = event.prompt_tuco
+        if event.finish_reason is not None:
+            finish[i] = event.finish_reason
+    monitored = options.get("monitor", "tokens") == "tokens"
+    return [
+        Generation(
+            texts[i], tokens[i], prompt_tucos[i], tucos[i] if monitored else None, finish[i], len(ids[i])
+        )
+        for i in range(len(ids))
+    ]
