@@ -382,6 +382,32 @@ def test_generate_records_per_prompt_and_alpha(dirs, tmp_path):
     assert records[0]["text"] != records[2]["text"]
 
 
+def test_generate_tuco_records_token_tuco_and_the_report_draws_them(dirs, tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", ROWS[:3])
+    plain, monitored = tmp_path / "g.jsonl", tmp_path / "t.jsonl"
+    common = ["generate", *models(dirs), "--prompts", prompts, "--alpha", "0.5", "1", "--max-new-tokens", 5]
+    assert run_tuco(*common, "--out", plain, "--quiet").returncode == 0
+    proc = run_tuco(*common, "--out", monitored, "--tuco", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    scores = tmp_path / "s.jsonl"
+    assert run_tuco("score", *models(dirs), "--prompts", prompts, "--out", scores, "--quiet").returncode == 0
+    prompt_tuco = {r["id"]: r["tuco"] for r in read_jsonl(scores)}
+    for without, record in zip(read_jsonl(plain), read_jsonl(monitored), strict=True):
+        assert record["text"] == without["text"]  # greedy either way
+        assert len(record["tokens"]) == len(record["tokens_tuco"]) >= 1 and record["finish_reason"]
+        assert record["tokens_tuco"][0] == pytest.approx(record["tuco"], abs=1e-6)
+        if record["alpha"] == 1.0:
+            assert record["tuco"] == pytest.approx(prompt_tuco[record["id"]], abs=1e-5)
+    page = tmp_path / "r.html"
+    assert run_tuco("report", monitored, "--out", page).returncode == 0
+    html = page.read_text()
+    shown = read_jsonl(monitored)[:6]
+    assert html.count("class='tok'") == sum(len(r["tokens"]) for r in shown)
+    assert "TuCo of every generated token" in html and "colour scale: red = TuCo" in html
+    assert run_tuco("report", monitored, "--out", tmp_path / "r.md", "--format", "md").returncode == 0
+    assert "mean_token_tuco" in (tmp_path / "r.md").read_text()
+
+
 def test_sweep_prints_accuracy_per_alpha(dirs, tmp_path):
     rows = [
         {"id": 1, "prompt": "Is the sky blue? Answer:", "choices": ["Yes", "No"], "answer": "Yes"},

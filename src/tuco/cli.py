@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=positive_float, help="with --do-sample")
     p.add_argument("--top-p", type=probability, help="with --do-sample")
     p.add_argument("--top-k", type=positive_int, help="with --do-sample")
+    p.add_argument(
+        "--tuco",
+        action="store_true",
+        help="also the prompt's TuCo and one TuCo per generated token (tokens, tokens_tuco), read off "
+        "the same forward passes; sampling then seeds every prompt with --seed",
+    )
 
     p = sub.add_parser("sweep", help="multiple-choice answers vs alpha")
     _model_options(p)
@@ -210,7 +216,7 @@ def job_settings(args, chosen) -> dict:
     settings["alphas"] = args.alpha
     if args.command == "sweep":
         return settings | {"choices": args.choices}
-    sampling = {k: getattr(args, k) for k in ("do_sample", "temperature", "top_p", "top_k", "seed")}
+    sampling = {k: getattr(args, k) for k in ("do_sample", "temperature", "top_p", "top_k", "seed", "tuco")}
     return settings | {"max_new_tokens": args.max_new_tokens} | sampling
 
 
@@ -277,12 +283,16 @@ def run_job(args) -> int:
             kwargs = {
                 k: getattr(args, k) for k in ("temperature", "top_p", "top_k") if getattr(args, k) is not None
             }
+            if args.tuco:  # tuco's own decoding: greedy at temperature 0
+                kwargs = sampling_of(pair, args.do_sample, kwargs) | {"seed": args.seed}
+            else:
+                kwargs["do_sample"] = args.do_sample
             runs.generate(
                 job,
                 records(job._invalid),
                 args.alpha,
+                tuco=args.tuco,
                 max_new_tokens=args.max_new_tokens,
-                do_sample=args.do_sample,
                 **kwargs,
             )
         else:
@@ -310,6 +320,17 @@ def run_job(args) -> int:
     if args.command == "sweep":
         print(accuracy_table(store.load_results([args.out])))
     return 0
+
+
+def sampling_of(pair, do_sample: bool, given: dict) -> dict:
+    """``Sampling`` fields for ``--tuco``: greedy without --do-sample; with it, the options given, else
+    the model's generation config (temperature 1, no top-p/top-k where it sets none)."""
+    if not do_sample:
+        return {"temperature": 0.0}
+    config = pair.finetuned.generation_config
+    defaults = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+    chosen = {k: getattr(config, k, None) or v for k, v in defaults.items()}
+    return chosen | given
 
 
 def shard_path(out: str, rank: int, world: int) -> str:

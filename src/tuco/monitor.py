@@ -194,7 +194,8 @@ def decode(
         prompt_tucos = tucos = metrics.tuco(rec.ptc_sum, rec.ftc_sum, p).tolist()
         if light:  # decoding is the FT model alone
             dec.__exit__(None, None, None)
-        cache, mask = out.get("cache", out.get("past_key_values")), batch["attention_mask"]
+        cache = out["cache"] if "cache" in out else out["past_key_values"]  # renamed in transformers 5.24
+        mask = batch["attention_mask"]
         cache_name = (
             "cache"
             if "cache" in inspect.signature(unwrap(pair.finetuned).forward).parameters

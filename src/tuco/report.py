@@ -2,7 +2,8 @@
 
 From score results: TuCo histograms per group, per-layer PTC/FTC profiles, beta_l curves, ROC-AUC
 of TuCo between the two values of a label field, and a summary table. From sweep results: accuracy
-vs alpha per group. From generate results: sample texts per alpha.
+vs alpha per group. From generate results: sample texts per alpha, and with ``generate --tuco`` the
+answers as tokens coloured by their TuCo (a heat map).
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ def _sections(frame, label: str) -> list[dict]:
         sections.append(
             {"title": "Accuracy vs alpha", "table": accuracy.round(4), "figure": _vs_alpha(accuracy)}
         )
+    if "tokens_tuco" in frame:
+        monitored = frame[frame["tokens_tuco"].notna()].head(HEATMAP_RECORDS)
+        if len(monitored):
+            sections.append(_heatmap(monitored))
     if "text" in frame:
         generated = frame[frame["text"].notna()]
         samples = generated.groupby("alpha").head(5)[["id", "alpha", "text"]].set_index("id")
@@ -109,6 +114,46 @@ def _roc(scores, label: str) -> dict:
         f"ROC-AUC of TuCo for {label} = {positive!r} (positive) vs {values[0]!r}: {auc:.4f} (n = {len(data)})"
     )
     return {"title": f"ROC-AUC by {label}", "text": text, "figure": png(fig)}
+
+
+HEATMAP_RECORDS = 6
+
+
+def _heatmap(rows) -> dict:
+    """Answers as tokens coloured by their TuCo (``tuco generate --tuco``), on one shared scale."""
+    from matplotlib import colormaps
+
+    values = [float(v) for tucos in rows["tokens_tuco"] for v in tucos if v is not None]
+    low, high = min(values), max(values)
+    cmap = colormaps["RdYlBu"]  # red: low TuCo (little fine-tuning), blue: high
+
+    def span(token: str, value) -> str:
+        if value is None:
+            return html.escape(token)
+        r, g, b, _ = cmap((value - low) / (high - low) if high > low else 0.5)
+        colour = f"rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f})"
+        tip = f"TuCo {value:.4f}"
+        return f"<span class='tok' style='background:{colour}' title='{tip}'>{html.escape(token)}</span>"
+
+    blocks = []
+    for _, row in rows.iterrows():
+        tokens = row["tokens"] if "tokens" in row and isinstance(row["tokens"], list | np.ndarray) else None
+        if tokens is None:
+            tokens = [f"[{i}]" for i in range(len(row["tokens_tuco"]))]
+        body = "".join(span(t, v) for t, v in zip(tokens, row["tokens_tuco"], strict=False))
+        head = html.escape(f"id {row['id']}, alpha {row.get('alpha', 1.0):g}, prompt TuCo {row['tuco']:.4f}")
+        blocks.append(f"<div class='answer'><div class='meta'>{head}</div><div>{body}</div></div>")
+    scale = f"colour scale: red = TuCo {low:.3f} (least fine-tuning) ... blue = TuCo {high:.3f}"
+    table = rows[["id", "alpha", "tuco"]].assign(
+        mean_token_tuco=[float(np.mean(v)) for v in rows["tokens_tuco"]],
+        min_token_tuco=[float(np.min(v)) for v in rows["tokens_tuco"]],
+    )
+    return {
+        "title": f"TuCo of every generated token (first {len(rows)} records)",
+        "text": scale,
+        "html": "".join(blocks),
+        "table": table.set_index("id").round(4),
+    }
 
 
 def _layer_axis(ax) -> None:
@@ -168,13 +213,17 @@ def _html(title: str, sections: list[dict]) -> str:
         "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;max-width:40em;overflow-wrap:anywhere}"
-        "img{max-width:100%;display:block}",
+        "img{max-width:100%;display:block}"
+        ".answer{margin:1em 0;line-height:1.8}.meta{color:#666;font-size:90%}"
+        ".tok{white-space:pre-wrap;padding:1px 0;border-radius:2px}",
         f"</style></head><body><h1>{html.escape(title)}</h1>",
     ]
     for section in sections:
         parts.append(f"<h2>{html.escape(section['title'])}</h2>")
         if "text" in section:
             parts.append(f"<p>{html.escape(section['text'])}</p>")
+        if "html" in section:
+            parts.append(section["html"])
         if section.get("table") is not None:
             parts.append(section["table"].to_html(escape=True))
         if section.get("figure") is not None:

@@ -179,18 +179,41 @@ def score(job: Job, records: Iterable[PromptItem], *, per_token=False, norm="l1"
     job.run(records, compute, lambda r: [{"id": r.id, "alpha": 1.0}], "TuCo")
 
 
-def generate(job: Job, records: Iterable[PromptItem], alphas: list[float], **generate_kwargs) -> None:
+def generate(
+    job: Job, records: Iterable[PromptItem], alphas: list[float], *, tuco: bool = False, **generate_kwargs
+) -> None:
+    """Generated text per record and alpha; with ``tuco``, also the prompt's TuCo and one TuCo per
+    generated token (``ModelPair.generate_with_tuco``: ``generate_kwargs`` are ``Sampling``'s fields)."""
+
     def compute(batch: list[PromptItem], ids: list[list[int]]) -> list[dict]:
         out = []
         for alpha in alphas:
-            texts = job.pair.generate(
-                ids, alpha=alpha, batch_size=job.batch_size, progress=False, **generate_kwargs
-            )
-            for record, text, prompt_ids in zip(batch, texts, ids, strict=True):
-                out.append(job.row(record, alpha=alpha, text=text, n_tokens=len(prompt_ids)))
+            if tuco:
+                generations = job.pair.generate_with_tuco(
+                    ids, alpha, batch_size=job.batch_size, **generate_kwargs
+                )
+                values = [monitored(job.pair.tokenizer, g) for g in generations]
+            else:
+                texts = job.pair.generate(
+                    ids, alpha=alpha, batch_size=job.batch_size, progress=False, **generate_kwargs
+                )
+                values = [{"text": text} for text in texts]
+            for record, value, prompt_ids in zip(batch, values, ids, strict=True):
+                out.append(job.row(record, alpha=alpha, **value, n_tokens=len(prompt_ids)))
         return out
 
     job.run(records, compute, lambda r: [{"id": r.id, "alpha": a} for a in alphas], "generate")
+
+
+def monitored(tokenizer, generation) -> dict:
+    """A generation's record fields: the text, each token's own text (for the heat map), TuCo."""
+    return {
+        "text": generation.text,
+        "tokens": [tokenizer.decode([t]) for t in generation.token_ids],
+        "tuco": generation.prompt_tuco,
+        "tokens_tuco": generation.tokens_tuco,
+        "finish_reason": generation.finish_reason,
+    }
 
 
 def sweep(job: Job, records: Iterable[PromptItem], alphas: list[float], choices: list[str] | None) -> None:
