@@ -72,7 +72,9 @@ def test_a_result_does_not_depend_on_its_batch(arch, tok):
         for e in events:
             batched.setdefault(e.index, []).append((e.token_id, e.tuco))
     for i, (row, sampling) in enumerate(zip(ids, settings, strict=True)):
-        alone = [(e.token_id, e.tuco) for es in monitor.decode(pair, [row], [sampling], alpha=0.8) for e in es]
+        alone = [
+            (e.token_id, e.tuco) for es in monitor.decode(pair, [row], [sampling], alpha=0.8) for e in es
+        ]
         assert [t for t, _ in batched[i]] == [t for t, _ in alone]
         assert [u for _, u in batched[i]] == pytest.approx([u for _, u in alone], abs=1e-5)
         assert 0 < len(alone) <= sampling.max_new_tokens
@@ -96,7 +98,9 @@ def test_stream_events_concatenate_to_the_text(tok):
         assert "".join(e.text for e in mine) == gen.text
         assert [e.tuco for e in mine] == gen.tokens_tuco
         assert mine[0].prompt_tuco == gen.prompt_tuco and all(e.prompt_tuco is None for e in mine[1:])
-        assert mine[-1].finish_reason in ("length", "stop") and all(e.finish_reason is None for e in mine[:-1])
+        assert mine[-1].finish_reason in ("length", "stop") and all(
+            e.finish_reason is None for e in mine[:-1]
+        )
 
 
 def test_stop_strings_cut_the_text_and_are_never_sent(tok):

@@ -6,6 +6,8 @@
                   --out sweep.jsonl
     tuco check    --pretrained P --finetuned F
     tuco report   results.jsonl --out report.html [--group-by group]
+    tuco serve    --pair demo [--guard guard.json] [--port 8000]    (an OpenAI-compatible server)
+    tuco calibrate --pair demo --benign benign.jsonl --fpr 0.05 --out guard.json
 
 Exit codes: 0 ok, 1 model or runtime failure (loading, incompatible pair, disk full, overflow, out
 of memory, failed check), 2 usage or data error (bad options, bad prompt data, existing results
@@ -166,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiment_cli import add_parser as add_experiment_parser
 
     add_experiment_parser(sub, _model_options)
+
+    from .serve_cli import add_parsers as add_serve_parsers
+
+    add_serve_parsers(sub, _model_options)
 
     p = sub.add_parser("report", help="HTML or markdown report of results files")
     p.add_argument("results", nargs="+", help="results files (JSONL, Parquet or CSV)")
@@ -403,6 +409,18 @@ def run_experiment(args) -> int:
     return 0
 
 
+def run_serve(args) -> int:
+    from .serve_cli import run_serve
+
+    return run_serve(args)
+
+
+def run_calibrate(args) -> int:
+    from .serve_cli import run_calibrate
+
+    return run_calibrate(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -420,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         "report": run_report,
         "demo": run_demo,
         "experiment": run_experiment,
+        "serve": run_serve,
+        "calibrate": run_calibrate,
     }
     debug = args.debug or os.environ.get("TUCO_DEBUG", "") not in ("", "0")
     try:

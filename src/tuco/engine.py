@@ -1,0 +1,176 @@
+"""The serving loop behind ``tuco serve``: concurrent requests decoded together, TuCo on every token.
+
+    >>> engine = Engine(pair, max_batch=8)
+    >>> engine.start()
+    >>> job = engine.submit(ids, Sampling(max_new_tokens=20), alpha=1.0, deliver=print)
+    ...                                            # deliver(TokenEvent | Exception), from the thread
+    >>> job.cancel()                               # the client went away: the row leaves its batch
+    >>> engine.stop()
+
+One worker thread owns the model. It waits for a request, then up to ``window`` seconds for more
+(never past ``max_batch``), and decodes the requests that share the first one's alpha as one batch
+(``tuco.monitor.decode``): each with its own sampling settings, rows leaving the batch as they
+finish or are cancelled, so a result does not depend on its batch. Requests that arrive meanwhile
+wait for the next batch; past ``max_queue`` waiting or running, ``submit`` raises ``Overloaded``
+(the server answers 503 with Retry-After) instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .monitor import Sampling, TokenEvent, decode
+
+log = logging.getLogger("tuco")
+
+
+class Overloaded(Exception):
+    """Too many requests waiting or running: try again later."""
+
+
+@dataclass
+class Job:
+    """One request: its prompt ids, settings and where its events go (``deliver``, called from the
+    worker thread with each ``TokenEvent``, or with an exception if the batch failed)."""
+
+    ids: list[int]
+    sampling: Sampling
+    alpha: float
+    deliver: Callable[[TokenEvent | BaseException], None]
+    on_first: Callable[[TokenEvent], bool] | None = None  # True: stop here (the guard blocked it)
+    submitted: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    finished: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class Stats:
+    """What the engine has done, for ``/metrics`` and ``/health``."""
+
+    batches: int = 0
+    tokens: int = 0
+    busy_seconds: float = 0.0
+    last_batch_size: int = 0
+    last_tokens_per_second: float = 0.0
+
+
+class Engine:
+    def __init__(
+        self, pair, *, monitor: str = "tokens", max_batch: int = 8, window: float = 0.02, max_queue: int = 64
+    ):
+        if max_batch < 1 or max_queue < max_batch:
+            raise ValueError(f"need 1 <= max_batch ({max_batch}) <= max_queue ({max_queue})")
+        self.pair, self.monitor = pair, monitor
+        self.max_batch, self.window, self.max_queue = max_batch, window, max_queue
+        self.stats = Stats()
+        self._waiting: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ the server's side
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="tuco-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def submit(
+        self,
+        ids: list[int],
+        sampling: Sampling,
+        *,
+        alpha: float,
+        deliver: Callable,
+        on_first: Callable[[TokenEvent], bool] | None = None,
+    ) -> Job:
+        job = Job(ids, sampling, alpha, deliver, on_first)
+        with self._lock:
+            if self.load >= self.max_queue:
+                raise Overloaded(f"{self.load} requests waiting or running (--max-queue {self.max_queue})")
+            self._waiting.append(job)
+            self._lock.notify_all()
+        return job
+
+    @property
+    def load(self) -> int:
+        """Requests waiting or running (cancelled ones have freed their slot)."""
+        return sum(not j.cancelled for j in self._waiting) + sum(
+            not (j.cancelled or j.finished) for j in self._running
+        )
+
+    @property
+    def waiting(self) -> int:
+        return sum(not j.cancelled for j in self._waiting)
+
+    # ------------------------------------------------------------------ the worker thread
+    def _next_batch(self) -> list[Job] | None:
+        with self._lock:
+            while not self._stopping and not self._waiting:
+                self._lock.wait()
+            if self._stopping:
+                return None
+            deadline = time.monotonic() + self.window
+            while len(self._waiting) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                self._lock.wait(left)
+            alpha = self._waiting[0].alpha
+            batch = [j for j in self._waiting if j.alpha == alpha and not j.cancelled][: self.max_batch]
+            taken = set(map(id, batch))
+            self._waiting = deque(j for j in self._waiting if id(j) not in taken and not j.cancelled)
+            self._running = batch
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[Job]) -> None:
+        started, tokens = time.monotonic(), 0
+        try:
+            steps = decode(
+                self.pair,
+                [j.ids for j in batch],
+                [j.sampling for j in batch],
+                alpha=batch[0].alpha,
+                monitor=self.monitor,
+                cancelled=lambda i: batch[i].cancelled,
+            )
+            for events in steps:
+                for event in events:
+                    job = batch[event.index]
+                    tokens += 1
+                    if event.prompt_tuco is not None and job.on_first is not None and job.on_first(event):
+                        job.cancelled = True  # blocked: its first token is not sent
+                        continue
+                    job.finished = event.finish_reason is not None
+                    job.deliver(event)
+        except Exception as error:  # the batch failed: every request still waiting on it hears why
+            log.exception("tuco serve: a batch of %d failed", len(batch))
+            for job in batch:
+                if not (job.finished or job.cancelled):
+                    job.finished = True
+                    job.deliver(error)
+        finally:
+            elapsed = time.monotonic() - started
+            with self._lock:
+                self._running = []
+                self.stats.batches += 1
+                self.stats.tokens += tokens
+                self.stats.busy_seconds += elapsed
+                self.stats.last_batch_size = len(batch)
+                self.stats.last_tokens_per_second = tokens / elapsed if elapsed > 0 else 0.0

@@ -1,0 +1,160 @@
+"""``tuco serve`` and ``tuco calibrate``: the live monitor and the guard it uses.
+
+    tuco calibrate --pair demo --benign benign.jsonl --attacks attacks.jsonl --fpr 0.05 --out guard.json
+    tuco serve     --pair demo --guard guard.json [--guard-action block] [--port 8000] [--max-batch 8]
+
+``serve`` needs the ``serve`` extra (``pip install 'tuco[serve]'``: FastAPI, uvicorn, Prometheus
+client). It listens on 127.0.0.1 unless ``--host`` says otherwise; one pair per process, so scale
+out with replicas behind a load balancer (README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import DataError, UsageError, positive_float, positive_int, probability
+
+
+def add_parsers(sub, model_options) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible server reporting TuCo of every prompt and token")
+    model_options(p)
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    g.add_argument("--port", type=positive_int, default=8000)
+    g.add_argument("--name", help="the model name /v1/models reports (default: the pair's name)")
+    g.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together")
+    g.add_argument("--max-queue", type=positive_int, help="requests waiting or running before 503 (8x batch)")
+    g.add_argument("--batch-window", type=positive_float, default=0.02, help="seconds to wait for a batch")
+    g.add_argument(
+        "--monitor",
+        default="tokens",
+        choices=["tokens", "prompt"],
+        help="tokens: TuCo of every generated token (default); prompt: of the prompt only (cheaper)",
+    )
+    g.add_argument("--guard", help="guard.json from tuco calibrate: sets tuco.flagged")
+    g.add_argument(
+        "--guard-action",
+        default="flag",
+        choices=["flag", "block"],
+        help="flag (default): answer and report; block: refuse flagged prompts "
+        "(finish_reason content_filter)",
+    )
+
+    p = sub.add_parser("calibrate", help="fit a TuCo guard's threshold on benign prompts")
+    model_options(p)
+    p.add_argument("--benign", required=True, help="benign prompts (JSONL, CSV, Parquet or text)")
+    p.add_argument("--attacks", help="attack prompts: report the guard's true-positive rate on them")
+    p.add_argument("--field", help="field holding the prompt (default: prompt, messages or text)")
+    p.add_argument("--fpr", type=probability, default=0.05, help="target false-positive rate (default 0.05)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument(
+        "--chat-template",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="format prompts as chats, as the server does for /v1/chat/completions (default: when it can)",
+    )
+    p.add_argument("--out", required=True, help="guard JSON file")
+
+
+def _name(chosen) -> str:
+    if chosen.pair:
+        return chosen.pair
+    return os.path.basename(os.path.normpath(chosen.finetuned or chosen.adapter))
+
+
+def run_serve(args) -> int:
+    from . import models
+
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError as e:
+        raise UsageError(
+            f"tuco serve needs the serve extra ({e.name} is missing): pip install 'tuco[serve]'"
+        ) from None
+    from .guard import Guard
+
+    guard = Guard.load(args.guard) if args.guard else None
+    if args.guard_action == "block" and guard is None:
+        raise UsageError("--guard-action block needs --guard guard.json (make one with tuco calibrate)")
+    if args.max_queue is not None and args.max_queue < args.max_batch:
+        raise UsageError(f"--max-queue {args.max_queue} is less than --max-batch {args.max_batch}")
+    chosen = models.resolve_options(args)
+    models.placement(args.device, args.device_map)
+    pair = models.load_options(chosen, args)
+    if not pair.formats_chats:
+        print(
+            "tuco serve: the tokenizer has no chat template: /v1/chat/completions will refuse chats",
+            file=sys.stderr,
+        )
+    app = create_app(
+        pair,
+        name=args.name or _name(chosen),
+        guard=guard,
+        guard_action=args.guard_action,
+        monitor=args.monitor,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        window=args.batch_window,
+    )
+    print(f"tuco serve: {args.name or _name(chosen)} on http://{args.host}:{args.port}/", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def prompt_tucos(
+    pair, path: str, field: str | None, chat_template: bool | None, batch_size: int
+) -> list[float]:
+    """Prompt TuCo of every record of a prompts file, formatted as the server formats requests."""
+    from .data import read_prompts
+    from .inputs import as_chat
+
+    use_chat = pair.formats_chats if chat_template is None else chat_template
+    if use_chat and not pair.formats_chats:
+        raise UsageError("--chat-template was given but the tokenizer has no chat template")
+    prompts = [as_chat(r.prompt) if use_chat else r.prompt for r in read_prompts(path, field=field)]
+    if not prompts:
+        raise DataError(f"{path}: no prompts")
+    return [r.tuco for r in pair.score(prompts, batch_size=batch_size)]
+
+
+def run_calibrate(args) -> int:
+    from . import models
+    from .guard import calibrate
+    from .store import write_atomic
+
+    for path in (args.benign, args.attacks):
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"{path}: no such file")
+    if not 0 < args.fpr < 1:
+        raise UsageError(f"--fpr {args.fpr}: give a rate between 0 and 1 (exclusive)")
+    chosen = models.resolve_options(args)
+    models.placement(args.device, args.device_map)
+    pair = models.load_options(chosen, args)
+    benign = prompt_tucos(pair, args.benign, args.field, args.chat_template, args.batch_size)
+    attacks = (
+        prompt_tucos(pair, args.attacks, args.field, args.chat_template, args.batch_size)
+        if args.attacks
+        else None
+    )
+    guard = calibrate(benign, args.fpr, attacks)
+    guard.models = chosen.to_dict() | {"benign": os.path.abspath(args.benign)}
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    write_atomic(Path(args.out), json.dumps(asdict(guard), indent=1) + "\n")
+    lines = [
+        f"guard -> {args.out}: flag prompts with TuCo < {guard.threshold:.4f}",
+        f"  benign: {guard.benign} prompts, {guard.measured_fpr:.1%} flagged (target {guard.fpr:.1%})",
+    ]
+    if guard.tpr is not None:
+        lines.append(
+            f"  attacks: {guard.attacks} prompts, {guard.tpr:.1%} flagged; "
+            f"ROC-AUC of low TuCo {guard.auc:.3f}"
+        )
+    print("\n".join(lines))
+    return 0
