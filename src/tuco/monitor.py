@@ -175,9 +175,9 @@ def decode(
     check_choice(norm, "norm", ("l1", "l2"))
     if len(samplings) != len(ids):
         raise ValueError(f"{len(ids)} prompts but {len(samplings)} sampling settings")
-    for i, (row, sampling) in enumerate(zip(ids, samplings, strict=True)):
+    for i, (prompt, sampling) in enumerate(zip(ids, samplings, strict=True)):
         try:
-            inputs.check_ids([row], pair.vocab_size, pair.context_length, sampling.max_new_tokens)
+            inputs.check_ids([prompt], pair.vocab_size, pair.context_length, sampling.max_new_tokens)
         except ValueError as e:
             raise ValueError(str(e).replace("prompt 0", f"prompt {i}", 1)) from None
     p, light = int(norm[1]), monitor == "prompt" and alpha == 1.0
