@@ -100,3 +100,6 @@ class IdsOnlyTokenizer:
 
     def batch_decode(self, rows, skip_special_tokens=True):
         return [" ".join(map(str, row.tolist())) for row in rows]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))

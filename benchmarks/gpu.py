@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--monitor-only", action="store_true", help="only the monitoring-cost part")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     gib = 2**30
@@ -57,6 +58,9 @@ def main() -> None:
     torch.cuda.synchronize()
     weights = torch.cuda.memory_allocated() / gib
     print(f"built the pair in {time.perf_counter() - start:.0f} s; weights: {weights:.1f} GiB")
+    if args.monitor_only:
+        pair.tokenizer = IdsOnlyTokenizer()
+        return monitoring_cost(pair, args.new_tokens)
 
     ids = torch.randint(3, 32000, (args.batch, args.seq), device="cuda")
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -100,6 +104,32 @@ def main() -> None:
         rate = 4 * args.new_tokens / seconds
         print(f"alpha=0.5 generation {label:>14}: {rate:8.1f} tokens/s ({seconds:.1f} s)")
     print(f"identical greedy output: {out['with PT cache'] == out['no cache']}")
+    monitoring_cost(pair, args.new_tokens)
+
+
+def monitoring_cost(pair, new_tokens: int, batch: int = 16, length: int = 128) -> None:
+    """Generation that reports TuCo (tuco serve's loop) vs plain generation, alpha = 1, greedy."""
+    from tuco import monitor
+
+    monitor.eos_ids = lambda pair: set()  # every row runs to new_tokens: equal work for each way
+    prompts = [torch.randint(3, 32000, (length,)).tolist() for _ in range(batch)]
+    ways = {
+        "plain generate (no TuCo)": lambda n: pair.generate(
+            prompts, batch_size=batch, max_new_tokens=n, do_sample=False, eos_token_id=None, progress=False
+        ),
+        'monitor="prompt"': lambda n: pair.generate_with_tuco(
+            prompts, batch_size=batch, max_new_tokens=n, monitor="prompt"
+        ),
+        'monitor="tokens"': lambda n: pair.generate_with_tuco(
+            prompts, batch_size=batch, max_new_tokens=n, monitor="tokens"
+        ),
+    }
+    times = {name: median_time(lambda run=run: run(new_tokens), runs=3) for name, run in ways.items()}
+    base = times["plain generate (no TuCo)"]
+    print(f"monitoring cost, batch {batch} x {length}, {new_tokens} new tokens, alpha 1 (median of 3):")
+    for name, seconds in times.items():
+        rate = batch * new_tokens / seconds
+        print(f"  {name:>26}: {seconds:.2f} s, {rate:.0f} tokens/s, time / plain {seconds / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -49,12 +49,14 @@ class Record:
       (only with ``per_token=True``)
 
     Norms are L``p`` norms over d (``p=1``: the paper's TuCo; ``p=2``: the L2 variant).
+    ``layers=False`` keeps the sums only (no per-block norms: generation's per-token TuCo).
     """
 
-    def __init__(self, last_index: torch.Tensor, per_token: bool = False, p: float = 1):
+    def __init__(self, last_index: torch.Tensor, per_token: bool = False, p: float = 1, layers: bool = True):
         self.last_index = last_index
         self.per_token = per_token
         self.p = p
+        self.layers = layers
         self.ptc_sum: torch.Tensor | None = None
         self.ftc_sum: torch.Tensor | None = None
         self.ptc_tokens: torch.Tensor | None = None
@@ -74,8 +76,9 @@ class Record:
         else:  # the first block's device holds the sums (blocks may sit on several devices)
             self.ptc_sum = self.ptc_sum + ptc.to(self.ptc_sum.device)
             self.ftc_sum = self.ftc_sum + ftc.to(self.ftc_sum.device)
-        norms = (ptc, ftc, self.ptc_sum, self.ftc_sum)
-        self._norms.append(tuple(torch.linalg.vector_norm(t, self.p, dim=-1) for t in norms))
+        if self.layers:
+            norms = (ptc, ftc, self.ptc_sum, self.ftc_sum)
+            self._norms.append(tuple(torch.linalg.vector_norm(t, self.p, dim=-1) for t in norms))
         if self.per_token:
             ptc_t = pt_out.float() - x.float()
             ftc_t = ft_out.float() - pt_out.float()
@@ -153,12 +156,14 @@ class Decomposition:
         self._inside_pt = False  # PEFT mode calls the same module again: its hooks must stand aside
         self._ft_cache = self._pt_cache = None
 
-    def record(self, last_index: torch.Tensor, per_token: bool = False, p: float = 1) -> Record:
+    def record(
+        self, last_index: torch.Tensor, per_token: bool = False, p: float = 1, layers: bool = True
+    ) -> Record:
         """Keep the components of the next forward pass (one: the record closes at its last block)
         at token ``last_index[b]`` of row b. Call it again before each pass to record."""
         if self.last_only and per_token:
             raise ValueError("per_token=True needs every position of the PT blocks: use last_only=False")
-        self.recording = Record(last_index, per_token, p)
+        self.recording = Record(last_index, per_token, p, layers)
         return self.recording
 
     def __enter__(self) -> Decomposition:

@@ -189,7 +189,7 @@ def decode(
     dec = pair.steer(alpha, last_only=light)
     dec.__enter__()
     try:
-        rec = dec.record(torch.full((len(ids),), batch["input_ids"].shape[1] - 1), p=p)
+        rec = dec.record(torch.full((len(ids),), batch["input_ids"].shape[1] - 1), p=p, layers=False)
         out = pair.finetuned(**batch, use_cache=True, logits_to_keep=1)
         prompt_tucos = tucos = metrics.tuco(rec.ptc_sum, rec.ftc_sum, p).tolist()
         if light:  # decoding is the FT model alone
@@ -240,7 +240,7 @@ def decode(
             if positions is not None:
                 positions = step["position_ids"] = positions + 1
             if monitor == "tokens":
-                rec = dec.record(torch.zeros(len(rows), dtype=torch.long), p=p)
+                rec = dec.record(torch.zeros(len(rows), dtype=torch.long), p=p, layers=False)
             next_ids = torch.tensor(chosen, device=mask.device)[:, None]
             out = pair.finetuned(input_ids=next_ids, **step, **{cache_name: cache}, use_cache=True)
             if monitor == "tokens":
