@@ -96,12 +96,14 @@ async def one_client(client: httpx.AsyncClient, url: str, chat, max_tokens: int)
     }
 
 
-def load_test(pair, chats, max_tokens: int, max_batch: int, deadline: float) -> int:
+def load_test(pair, chats, max_tokens: int, max_batch: int, window: float, deadline: float) -> int:
     expected = pair.generate_with_tuco(chats, batch_size=max_batch, max_new_tokens=max_tokens)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(pair, name="demo", max_batch=max_batch, max_queue=max(len(chats), max_batch))
+    app = create_app(
+        pair, name="demo", max_batch=max_batch, max_queue=max(len(chats), max_batch), window=window
+    )
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -138,7 +140,7 @@ def load_test(pair, chats, max_tokens: int, max_batch: int, deadline: float) -> 
 
     print(
         f"\n## Load: {len(chats)} concurrent streaming clients, {max_tokens} tokens each, "
-        f"--max-batch {max_batch}"
+        f"--max-batch {max_batch}, --batch-window {window:g} s"
     )
     print(
         "| clients complete | lost or crossed | requests/s | tokens/s | latency p50 | p95 "
@@ -163,7 +165,8 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--cost-prompts", type=int, default=16, help="prompts of the monitoring-cost part")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="runs of the monitoring-cost part (0: skip it)")
+    parser.add_argument("--batch-window", type=float, default=0.02, help="the server's --batch-window")
     parser.add_argument("--deadline", type=float, default=900, help="seconds the load phase may take")
     args = parser.parse_args()
     pair = models.load(models.resolve(pair=args.pair), args.dtype)
@@ -174,12 +177,11 @@ def main() -> int:
     eos = monitor.eos_ids
     monitor.eos_ids = lambda pair: set()  # every answer runs to --max-tokens: equal work for each way
     try:
-        monitoring_cost(pair, prompts_for(args.cost_prompts), args.max_tokens, args.max_batch, args.runs)
-        return (
-            1
-            if load_test(pair, prompts_for(args.clients), args.max_tokens, args.max_batch, args.deadline)
-            else 0
-        )
+        if args.runs:
+            monitoring_cost(pair, prompts_for(args.cost_prompts), args.max_tokens, args.max_batch, args.runs)
+        chats = prompts_for(args.clients)
+        bad = load_test(pair, chats, args.max_tokens, args.max_batch, args.batch_window, args.deadline)
+        return 1 if bad else 0
     finally:
         monitor.eos_ids = eos
 
