@@ -111,8 +111,9 @@ def create_app(
         """The prompt's ids and the token budget, or BadRequest naming the field."""
         try:
             ids = pair.encode([parsed.prompt])[0]
-        except (ValueError, TypeError) as e:
-            raise BadRequest(str(e), "messages" if isinstance(parsed.prompt, list) else "prompt") from None
+        except Exception as e:  # bad text, or the chat template refuses the messages (jinja's errors)
+            where = "messages" if isinstance(parsed.prompt, list) else "prompt"
+            raise BadRequest(f"cannot format the {where}: {e}", where) from None
         context = pair.context_length
         room = context - len(ids) if context is not None else None
         field = "messages" if isinstance(parsed.prompt, list) else "prompt"
