@@ -138,6 +138,6 @@ def test_e4_samples_with_the_models_generation_config(tok):
         own = sampling_settings(pair, None)
     finally:
         config.temperature, config.top_p = saved
-    assert own["temperature"] == 0.6 and own["top_p"] == 0.9
-    assert "generation config" in describe_sampling(own, None)
+    assert own == {"temperature": 0.6, "top_p": 0.9, "top_k": 50}  # transformers' default top-k
+    assert "generation config, transformers' defaults where it sets none" in describe_sampling(own, None)
     assert sampling_settings(pair, 1.3) == dict(temperature=1.3, top_p=1.0, top_k=0)

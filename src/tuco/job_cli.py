@@ -164,13 +164,12 @@ def run_job(args) -> int:
 
 def sampling_of(pair, do_sample: bool, given: dict) -> dict:
     """``Sampling`` fields for ``--tuco``: greedy without --do-sample; with it, the options given, else
-    the model's generation config (temperature 1, no top-p/top-k where it sets none)."""
+    what ``generate`` would sample with (``tuco.monitor.model_sampling``)."""
     if not do_sample:
         return {"temperature": 0.0}
-    config = pair.finetuned.generation_config
-    defaults = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
-    chosen = {k: getattr(config, k, None) or v for k, v in defaults.items()}
-    return chosen | given
+    from .monitor import model_sampling
+
+    return model_sampling(pair.finetuned.generation_config) | given
 
 
 def shard_path(out: str, rank: int, world: int) -> str:

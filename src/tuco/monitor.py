@@ -148,6 +148,18 @@ class _Row:
         return new, finish
 
 
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own, for unset fields
+
+
+def model_sampling(generation_config) -> dict:
+    """The temperature, top-p and top-k a model samples with: its generation config's, transformers'
+    defaults (temperature 1, top-p 1, top-k 50) for what it leaves unset."""
+    return {
+        k: v if (v := getattr(generation_config, k, None)) is not None else d
+        for k, d in SAMPLING_DEFAULTS.items()
+    }
+
+
 def eos_ids(pair) -> set[int]:
     """End-of-sequence ids: the generation config's (one or several) and the tokenizer's."""
     ids = getattr(pair.finetuned.generation_config, "eos_token_id", None)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from ..inputs import pad_id
+from ..monitor import model_sampling
 from ..pair import ModelPair
 from ..plots import histogram
 from ..refusal import is_refusal
@@ -75,20 +76,18 @@ class ModelJudge:
 
 
 def sampling_settings(pair: ModelPair, temperature: float | None) -> dict:
-    """What ``generate`` samples with: the model's own generation config, or ``temperature`` alone."""
+    """What ``generate`` samples with: the model's own generation config (transformers' defaults where
+    it sets nothing), or ``temperature`` alone."""
     if temperature is not None:
         return dict(temperature=temperature, top_p=1.0, top_k=0)
-    config = pair.finetuned.generation_config
-    return {
-        k: getattr(config, k)
-        for k in ("temperature", "top_p", "top_k")
-        if getattr(config, k, None) is not None
-    }
+    return model_sampling(pair.finetuned.generation_config)
 
 
 def describe_sampling(sampling: dict, temperature: float | None) -> str:
-    where = "the model's generation config" if temperature is None else "--temperature"
-    return ", ".join(f"{k} {v:g}" for k, v in sampling.items()) + f" ({where})"
+    where = "the model's generation config, transformers' defaults where it sets none"
+    return ", ".join(f"{k} {v:g}" for k, v in sampling.items()) + (
+        f" ({where})" if temperature is None else " (--temperature)"
+    )
 
 
 def jailbreak_success(
