@@ -109,13 +109,14 @@ class Engine:
     @property
     def load(self) -> int:
         """Requests waiting or running (cancelled ones have freed their slot)."""
-        return sum(not j.cancelled for j in self._waiting) + sum(
-            not (j.cancelled or j.finished) for j in self._running
-        )
+        with self._lock:  # reentrant: submit holds it too
+            running = sum(not (j.cancelled or j.finished) for j in self._running)
+            return self.waiting + running
 
     @property
     def waiting(self) -> int:
-        return sum(not j.cancelled for j in self._waiting)
+        with self._lock:
+            return sum(not j.cancelled for j in self._waiting)
 
     # ------------------------------------------------------------------ the worker thread
     def _next_batch(self) -> list[Job] | None:
