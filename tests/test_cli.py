@@ -144,6 +144,22 @@ def test_resume_after_kill_equals_uninterrupted_run(dirs, tmp_path):
     assert part.read_bytes() == full.read_bytes()
 
 
+def test_resume_without_the_settings_file_checks_the_records(dirs, tmp_path):
+    """A run killed between its first records and its settings file (or made by an older tuco)."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", ROWS[:3])
+    out = tmp_path / "r.jsonl"
+    args = ["score", *models(dirs), "--prompts", prompts, "--out", out, "--quiet"]
+    assert run_tuco(*args).returncode == 0
+    (tmp_path / "r.jsonl.settings.json").unlink()
+    proc = run_tuco(*args, "--resume")  # --dtype auto vs the records' resolved float32: the same run
+    assert proc.returncode == 0 and "0 new records" in proc.stderr, proc.stderr
+    proc = run_tuco(*args, "--resume", "--dtype", "bfloat16")
+    assert proc.returncode == 2 and "dtype: 'float32' -> 'bfloat16'" in proc.stderr
+    same_twice = ["--pretrained", dirs / "pt", "--finetuned", dirs / "pt"]
+    other = run_tuco("score", *same_twice, "--prompts", prompts, "--out", out, "--quiet", "--resume")
+    assert other.returncode == 2 and "finetuned:" in other.stderr
+
+
 def main_rc(capsys, *args):
     rc = cli.main(list(args))
     return rc, capsys.readouterr().err

@@ -166,8 +166,10 @@ class ResultsFile:
         if sidecar.exists():
             old = json.loads(sidecar.read_text(encoding="utf-8"))
             keys = old.keys() | self.settings.keys()
-        else:  # results of an older tuco: what the records carry
-            old, keys = self.first or {}, (self.first or {}).keys() & self.settings.keys()
+        else:  # no sidecar (an older tuco, or killed between the first records and it): what records carry,
+            # less the dtype: records hold the resolved one, compared once the model has loaded
+            old = self.first or {}
+            keys = (old.keys() & self.settings.keys()) - {"dtype"}
         self.check_same(old, {k: self.settings.get(k) for k in keys})
 
     def check_same(self, old: dict, new: dict) -> None:
