@@ -295,3 +295,24 @@ def test_the_page_streams_tokens_coloured_by_tuco_in_chromium(url, pair, tmp_pat
     assert all(colour.startswith("rgb(") for _, _, colour in spans) and len({c for *_, c in spans}) > 1
     assert f"prompt TuCo {expected.prompt_tuco:.4f}" in status and "guard: not flagged" in status
     assert status.endswith(expected.finish_reason)
+
+
+def test_a_chat_the_template_refuses_is_a_400(pair):
+    import copy
+
+    from tuco import ModelPair
+
+    tok = copy.deepcopy(pair.tokenizer)
+    tok.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}" + pair.tokenizer.chat_template
+    )
+    strict = ModelPair(pair.pretrained, pair.finetuned, tok)
+    with serving(create_app(strict)) as base:
+        chat = [{"role": "system", "content": "Be brief."}, *CHAT]
+        response = httpx.post(f"{base}/v1/chat/completions", json={"messages": chat, "max_tokens": 2})
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["param"] == "messages" and "System role not supported" in error["message"]
+        ok = httpx.post(f"{base}/v1/chat/completions", json={"messages": CHAT, "max_tokens": 2}, timeout=30)
+        assert ok.status_code == 200

@@ -109,14 +109,13 @@ def create_app(
 
     def token_ids(parsed: Parsed) -> tuple[list[int], int]:
         """The prompt's ids and the token budget, or BadRequest naming the field."""
+        field = "messages" if isinstance(parsed.prompt, list) else "prompt"
         try:
             ids = pair.encode([parsed.prompt])[0]
         except Exception as e:  # bad text, or the chat template refuses the messages (jinja's errors)
-            where = "messages" if isinstance(parsed.prompt, list) else "prompt"
-            raise BadRequest(f"cannot format the {where}: {e}", where) from None
+            raise BadRequest(f"cannot format the {field}: {e}", field) from None
         context = pair.context_length
         room = context - len(ids) if context is not None else None
-        field = "messages" if isinstance(parsed.prompt, list) else "prompt"
         if room is not None and room < 1:
             raise BadRequest(
                 f"the prompt has {len(ids)} tokens; the model's context is {context}: shorten it", field
