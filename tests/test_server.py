@@ -254,6 +254,8 @@ def test_the_guard_flags_and_blocks(pair):
             and flagged.choices[0].finish_reason != "content_filter"
         )
         assert flagged.model_extra["tuco"]["threshold"] == pytest.approx(score + 0.01)
+        counted = flagged.usage.completion_tokens
+        assert f"tuco_generated_tokens_total {counted:.1f}" in httpx.get(f"{base}/metrics").text
     with serving(create_app(pair, guard=guard, guard_action="block")) as base:
         client = OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
         blocked = client.chat.completions.create(model="m", messages=CHAT, max_tokens=4, temperature=0)

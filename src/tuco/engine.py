@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .monitor import Sampling, TokenEvent, decode
 
@@ -43,7 +43,6 @@ class Job:
     alpha: float
     deliver: Callable[[TokenEvent | BaseException], None]
     on_first: Callable[[TokenEvent], bool] | None = None  # True: stop here (the guard blocked it)
-    submitted: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     finished: bool = False
 
@@ -57,8 +56,6 @@ class Stats:
 
     batches: int = 0
     tokens: int = 0
-    busy_seconds: float = 0.0
-    last_batch_size: int = 0
     last_tokens_per_second: float = 0.0
 
 
@@ -172,6 +169,4 @@ class Engine:
                 self._running = []
                 self.stats.batches += 1
                 self.stats.tokens += tokens
-                self.stats.busy_seconds += elapsed
-                self.stats.last_batch_size = len(batch)
                 self.stats.last_tokens_per_second = tokens / elapsed if elapsed > 0 else 0.0

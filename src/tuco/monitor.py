@@ -206,13 +206,11 @@ def decode(
         prompt_tucos = tucos = metrics.tuco(rec.ptc_sum, rec.ftc_sum, p).tolist()
         if light:  # decoding is the FT model alone
             dec.__exit__(None, None, None)
-        cache = out["cache"] if "cache" in out else out["past_key_values"]  # renamed in transformers 5.24
+        # transformers 5.24 renamed past_key_values to cache (argument and output)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        takes_cache = "cache" in inspect.signature(unwrap(pair.finetuned).forward).parameters
+        cache_name = "cache" if takes_cache else "past_key_values"
         mask = batch["attention_mask"]
-        cache_name = (
-            "cache"
-            if "cache" in inspect.signature(unwrap(pair.finetuned).forward).parameters
-            else ("past_key_values")
-        )  # transformers >= 5.24 renamed it
         positions = batch["position_ids"][:, -1:] if "position_ids" in batch else None
         # rows leave the batch as they finish, where every cache layer can drop rows (not recurrent ones)
         droppable = all(hasattr(layer, "batch_select_indices") for layer in getattr(cache, "layers", [cache]))
@@ -246,7 +244,6 @@ def decode(
                 dec.keep_rows(index)
                 rows, chosen, mask = [rows[j] for j in keep], [chosen[j] for j in keep], mask[index]
                 positions = None if positions is None else positions[index]
-                prompt_tucos = [prompt_tucos[j] for j in keep]
             step = {"attention_mask": torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)}
             mask = step["attention_mask"]
             if positions is not None:

@@ -163,15 +163,16 @@ def create_app(
                 seed=parsed.seed,
                 stop=parsed.stop,
             )
-        except BadRequest as e:
+        except ValueError as e:  # BadRequest names its field; Sampling's own checks are ValueErrors too
             metrics.requests.labels(route, "400").inc()
-            return _error(400, str(e), e.param)
-        except ValueError as e:
-            metrics.requests.labels(route, "400").inc()
-            return _error(400, str(e))
+            return _error(400, str(e), getattr(e, "param", None))
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
 
-        def deliver(item) -> None:
+        def deliver(item) -> None:  # from the engine's thread; every generated token is counted here
+            if isinstance(item, TokenEvent):
+                metrics.tokens.inc()
+                if item.tuco is not None:
+                    metrics.token.observe(item.tuco)
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def on_first(event: TokenEvent) -> bool:
@@ -197,7 +198,7 @@ def create_app(
         }
         shape = Shape(kind, meta, len(ids))
         if parsed.stream:
-            stream = events_as_sse(queue, job, shape, parsed.include_usage, summary, metrics)
+            stream = events_as_sse(queue, job, shape, parsed.include_usage, summary)
             return StreamingResponse(
                 finish_timing(stream, metrics, route, started), media_type="text/event-stream"
             )
@@ -208,10 +209,6 @@ def create_app(
         if result is None:  # the client went away
             return Response(status_code=499)
         text, finish, prompt_tuco, tucos = result
-        metrics.tokens.inc(len(tucos))
-        for t in tucos:
-            if t is not None:
-                metrics.token.observe(t)
         metrics.requests.labels(route, "200").inc()
         metrics.latency.labels(route).observe(time.monotonic() - started)
         return JSONResponse(shape.whole(text, finish, summary(prompt_tuco, tucos), len(tucos)))
@@ -316,9 +313,7 @@ def _sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def events_as_sse(
-    queue: asyncio.Queue, job, shape: Shape, include_usage: bool, summary, metrics: Metrics
-):
+async def events_as_sse(queue: asyncio.Queue, job, shape: Shape, include_usage: bool, summary):
     """The server-sent events of one streamed request; a client that leaves cancels its row."""
     tucos: list = []
     prompt_tuco = None
@@ -336,9 +331,6 @@ async def events_as_sse(
                 yield _sse(shape.chunk(None, "content_filter", tuco=summary(prompt_tuco, [])))
                 break
             tucos.append(item.tuco)
-            metrics.tokens.inc()
-            if item.tuco is not None:
-                metrics.token.observe(item.tuco)
             token = {"token": item.tuco}
             if item.prompt_tuco is not None:
                 prompt_tuco = token["prompt"] = item.prompt_tuco
