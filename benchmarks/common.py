@@ -26,10 +26,10 @@ def machine(device: str = "cpu") -> str:
     return f"cpu={cpu_capability()} threads={torch.get_num_threads()} torch={torch.__version__}{gpu}"
 
 
-def llama_512():
+def llama_512(vocab_size: int = 32000):
     return tiny_model(
         "llama",
-        vocab_size=32000,
+        vocab_size=vocab_size,
         hidden_size=512,
         intermediate_size=1376,
         num_hidden_layers=8,
@@ -41,11 +41,14 @@ def llama_512():
 
 def build_pair(name: str, finetuned: str | None = None, dtype: torch.dtype = torch.bfloat16) -> ModelPair:
     """tiny-llama (random, 8 blocks, d=256), llama-512 (random, 8 blocks, d=512, GQA 8/4 heads, MLP
-    1376, vocabulary 32000), smollm2 (real, vs a copy with perturbed blocks), or paths."""
+    1376, vocabulary 32000), llama-512-v256 (the same with a vocabulary of 256), smollm2 (real, vs a
+    copy with perturbed blocks), or paths."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == "llama-512":
         pt, tok = llama_512(), None
+    elif name == "llama-512-v256":  # a tiny vocabulary: the unembedding hides none of the blocks' cost
+        pt, tok = llama_512(vocab_size=256), None
     elif name == "tiny-llama":
         pt, tok = (
             tiny_model("llama", hidden_size=256, intermediate_size=768, num_hidden_layers=8, head_dim=64),

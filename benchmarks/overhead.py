@@ -54,8 +54,8 @@ def main() -> None:
     parser.add_argument(
         "--model",
         nargs="+",
-        default=["llama-512", "smollm2"],
-        help="llama-512, tiny-llama, smollm2, or a path",
+        default=["llama-512", "llama-512-v256", "smollm2"],
+        help="llama-512, llama-512-v256, tiny-llama, smollm2, or a path",
     )
     parser.add_argument("--finetuned", default=None, help="FT model path/id (default: perturbed copy of PT)")
     parser.add_argument("--batch", type=int, default=8)

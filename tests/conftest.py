@@ -1,6 +1,10 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# What dtype="auto" resolves to must not depend on the CPU the suite runs on: the suite pins the
+# probe to "no native bf16" (float32), and the tests of the other branch ask for it (cpu_branch,
+# hardware.assume_cpu), so every machine runs both. Subprocesses inherit the pin.
+os.environ["TUCO_CPU_NATIVE_BF16"] = "0"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -31,6 +35,14 @@ def make_pair(arch: str, tokenizer, scale: float = 0.3) -> ModelPair:
         pt = tiny_model(arch)
         _PAIRS[key] = ModelPair(pt, perturbed_copy(pt, scale=scale), tokenizer)
     return _PAIRS[key]
+
+
+@pytest.fixture(params=[False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
+def cpu_branch(request, monkeypatch) -> bool:
+    """Run the test on both sides of the hardware rule: a CPU without (False) and with (True) native
+    bf16, whatever this machine has (subprocesses see it too). The value: native bf16 or not."""
+    monkeypatch.setenv("TUCO_CPU_NATIVE_BF16", "1" if request.param else "0")
+    return request.param
 
 
 @pytest.fixture(autouse=True)

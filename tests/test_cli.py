@@ -73,7 +73,7 @@ ROWS = [
 ]
 
 
-def test_score_jsonl_round_trip(dirs, tmp_path):
+def test_score_jsonl_round_trip(dirs, tmp_path, cpu_branch):
     prompts = write_jsonl(tmp_path / "p.jsonl", ROWS)
     out = tmp_path / "r.jsonl"
     proc = run_tuco(
@@ -101,13 +101,14 @@ def test_score_jsonl_round_trip(dirs, tmp_path):
             and len(r["tuco_tokens"]) == r["n_tokens"]
         )
         assert 0 < r["outputco"] < 1 and r["kl"] >= 0
-        assert r["alpha"] == 1.0 and r["dtype"] == "float32" and r["finetuned"] == str(dirs / "ft")
-    # the same numbers as the Python API with the chat template applied
+        assert r["alpha"] == 1.0 and r["finetuned"] == str(dirs / "ft")
+        assert r["dtype"] == ("bfloat16" if cpu_branch else "float32")  # --dtype auto, from the hardware
+    # the same numbers as the Python API (whose default is the same "auto") with the chat template
     from tuco import ModelPair
 
     pair = ModelPair.from_pretrained(str(dirs / "pt"), str(dirs / "ft"))
     chats = [[{"role": "user", "content": r["prompt"]}] if "prompt" in r else r["messages"] for r in ROWS]
-    api = pair.score(chats, batch_size=3)
+    api = pair.score(chats, batch_size=3, per_token=True)  # --per-token: the same (general) path
     assert [r["tuco"] for r in records] == pytest.approx([r.tuco for r in api], rel=1e-5)
     frame = pd.read_parquet(out.with_suffix(".parquet"))
     assert list(frame["id"].astype(str)) == ["a", "b", "c", "3"] and frame["tuco"].tolist() == pytest.approx(
@@ -144,17 +145,18 @@ def test_resume_after_kill_equals_uninterrupted_run(dirs, tmp_path):
     assert part.read_bytes() == full.read_bytes()
 
 
-def test_resume_without_the_settings_file_checks_the_records(dirs, tmp_path):
+def test_resume_without_the_settings_file_checks_the_records(dirs, tmp_path, cpu_branch):
     """A run killed between its first records and its settings file (or made by an older tuco)."""
     prompts = write_jsonl(tmp_path / "p.jsonl", ROWS[:3])
     out = tmp_path / "r.jsonl"
     args = ["score", *models(dirs), "--prompts", prompts, "--out", out, "--quiet"]
     assert run_tuco(*args).returncode == 0
     (tmp_path / "r.jsonl.settings.json").unlink()
-    proc = run_tuco(*args, "--resume")  # --dtype auto vs the records' resolved float32: the same run
+    proc = run_tuco(*args, "--resume")  # --dtype auto vs the records' resolved dtype: the same run
     assert proc.returncode == 0 and "0 new records" in proc.stderr, proc.stderr
-    proc = run_tuco(*args, "--resume", "--dtype", "bfloat16")
-    assert proc.returncode == 2 and "dtype: 'float32' -> 'bfloat16'" in proc.stderr
+    resolved, other = ("bfloat16", "float32") if cpu_branch else ("float32", "bfloat16")
+    proc = run_tuco(*args, "--resume", "--dtype", other)
+    assert proc.returncode == 2 and f"dtype: '{resolved}' -> '{other}'" in proc.stderr
     same_twice = ["--pretrained", dirs / "pt", "--finetuned", dirs / "pt"]
     other = run_tuco("score", *same_twice, "--prompts", prompts, "--out", out, "--quiet", "--resume")
     assert other.returncode == 2 and "finetuned:" in other.stderr

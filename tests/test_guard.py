@@ -42,7 +42,7 @@ def test_guard_files_round_trip_and_bad_ones_are_named(tmp_path):
         Guard.load(tmp_path / "missing.json")
 
 
-def test_calibrate_command(dirs, tmp_path):  # noqa: F811
+def test_calibrate_command(dirs, tmp_path, cpu_branch):  # noqa: F811
     benign = write_jsonl(
         tmp_path / "b.jsonl", [{"prompt": f"A harmless question number {i}?"} for i in range(20)]
     )
@@ -62,7 +62,8 @@ def test_calibrate_command(dirs, tmp_path):  # noqa: F811
     from tuco import ModelPair
     from tuco.inputs import as_chat
 
-    pair = ModelPair.from_pretrained(str(dirs / "pt"), str(dirs / "ft"))
+    assert guard.dtype == "float32"  # --dtype auto for a guard: float32, as tuco serve loads the pair
+    pair = ModelPair.from_pretrained(str(dirs / "pt"), str(dirs / "ft"), batch_invariant=True)
     tucos = sorted(
         r.tuco for r in pair.score([as_chat(f"A harmless question number {i}?") for i in range(20)])
     )

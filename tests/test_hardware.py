@@ -16,6 +16,7 @@ def native_bf16(monkeypatch):
     """Pretend the CPU has (True) or lacks (False) bf16 instructions."""
 
     def set_to(value: bool):
+        monkeypatch.delenv(hardware.ENV, raising=False)  # the suite's pin off: torch's own probe
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: value)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512" if value else "AVX2")
@@ -105,3 +106,29 @@ def test_cli_records_the_dtype_and_why(saved_pair, native_bf16, tmp_path, capsys
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["dtype"] for r in records} == {"float32"}
     assert all("AVX2" in r["dtype_reason"] and "no native bf16" in r["dtype_reason"] for r in records)
+
+
+def test_the_probe_can_be_pinned(monkeypatch):
+    monkeypatch.setenv(hardware.ENV, "1")
+    assert hardware.auto_dtype("cpu", None)[0] == torch.bfloat16
+    assert hardware.cpu_capability().endswith("+bf16 (pinned)")
+    with hardware.assume_cpu(native_bf16=False):  # the context manager wins over the environment
+        assert hardware.auto_dtype("cpu", torch.bfloat16)[0] == torch.float32
+        with hardware.assume_cpu(native_bf16=True):
+            assert hardware.cpu_has_native_bf16()
+        assert not hardware.cpu_has_native_bf16()
+    monkeypatch.setenv(hardware.ENV, "yes")
+    with pytest.raises(ValueError, match="TUCO_CPU_NATIVE_BF16='yes': set it to 1"):
+        hardware.cpu_has_native_bf16()
+    monkeypatch.delenv(hardware.ENV)
+    assert hardware.cpu_has_native_bf16() == hardware.torch_sees_native_bf16()
+    assert "pinned" not in hardware.cpu_capability()
+
+
+@pytest.mark.parametrize("dtype", ["auto", None])
+def test_serving_resolves_auto_to_float32_on_any_hardware(native_bf16, dtype):
+    native_bf16(True)
+    chosen, why = hardware.resolve_dtype("auto", "cpu", torch.bfloat16, batch_invariant=True)
+    assert chosen == torch.float32 and "float32, where a request's tokens and TuCo do not depend" in why
+    assert hardware.resolve_dtype("bfloat16", "cpu", None, batch_invariant=True)[0] == torch.bfloat16
+    assert hardware.resolve_dtype(dtype, "cpu", None)[0] == (torch.bfloat16 if dtype else None)

@@ -122,3 +122,26 @@ def test_attention_outside_the_interface_falls_back_to_the_full_block(tok, caplo
     with caplog.at_level(logging.INFO, logger="tuco"):
         assert_same(pair.score(UNEVEN), general)  # not the capture run's output (its queries were zeros)
     assert "calls no attention through transformers' AttentionInterface" in caplog.text
+
+
+@pytest.mark.parametrize("arch, full_width", [("llama", False), ("gemma3_text", False), ("olmo2", True)])
+def test_the_capture_run_leaves_queries_out_where_the_block_code_allows(arch, full_width, tok):
+    """[b, s, 0] queries (no rotary work over s positions) unless the block normalises the whole
+    query projection (OLMo-2's q_norm), which then gets zeros: exact either way."""
+    from tuco import lastpos
+
+    pair = _pair(arch, tok)  # fresh blocks: none remembered from an earlier test
+    widths = []
+    real = lastpos._zeros
+
+    def spy(x, *args, out_features, **kwargs):
+        widths.append(out_features)
+        return real(x, *args, out_features=out_features, **kwargs)
+
+    lastpos._zeros = spy
+    try:
+        assert_same(pair.score(UNEVEN, batch_size=3), pair.score(UNEVEN, fast=False, batch_size=3))
+    finally:
+        lastpos._zeros = real
+    assert all(b in lastpos._full_queries for b in pair.pt_blocks) == full_width
+    assert (0 in widths) and (any(w > 0 for w in widths) == full_width)

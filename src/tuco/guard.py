@@ -20,7 +20,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import DataError
+from .errors import DataError, UsageError
 
 
 @dataclass
@@ -34,9 +34,20 @@ class Guard:
     auc: float | None = None  # ROC-AUC of -TuCo, attacks vs benign
     models: dict = field(default_factory=dict)  # which pair it was fitted on
     direction: str = "below"  # flagged when TuCo < threshold
+    dtype: str | None = None  # the dtype its TuCos were computed in (None: an older guard)
 
     def flags(self, tuco: float) -> bool:
         return tuco < self.threshold
+
+    def check_dtype(self, dtype: str) -> None:
+        """Refuse to guard a server that computes in another dtype than the calibration did: TuCo
+        moves with the dtype (float32 vs bf16: up to about 1e-2), and the false-positive rate with it."""
+        if self.dtype is not None and self.dtype != dtype:
+            raise UsageError(
+                f"the guard was calibrated in {self.dtype}, the server runs in {dtype}: its threshold "
+                f"would not keep its false-positive rate. Serve with --dtype {self.dtype}, or "
+                f"calibrate again with --dtype {dtype}"
+            )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")

@@ -12,23 +12,68 @@
 
 Components are accumulated in float32 whatever the dtype (``decompose``). An explicit dtype always
 wins over this rule. ``cpu_capability()`` is what benchmarks print beside every figure.
+
+The one rule for the library and the command line alike (``ModelPair.from_pretrained`` and every
+``--dtype`` default to "auto"), with one exception chosen on purpose: ``resolve_dtype(...,
+batch_invariant=True)`` (``tuco serve`` and ``tuco calibrate``) resolves "auto" to float32 on any
+hardware, the dtype in which a served request's tokens and TuCo do not depend on the requests
+batched with it, and a guard's threshold keeps its false-positive rate (README, "dtype").
+
+Whether the CPU has native bf16 is one probe, ``cpu_has_native_bf16``; it can be pinned, so that
+tests (and anyone reproducing a run from another machine) get the same answer on every CPU::
+
+    >>> with assume_cpu(native_bf16=True):      # or TUCO_CPU_NATIVE_BF16=1 in the environment
+    ...     auto_dtype("cpu", None)[0]
+    torch.bfloat16
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 import torch
+
+ENV = "TUCO_CPU_NATIVE_BF16"  # "1" / "0": pin the probe (subprocesses inherit it); unset: ask torch
+_pinned: list[bool] = []  # assume_cpu's stack
 
 
 def cpu_capability() -> str:
-    """The CPU's vector capability as torch sees it: "AVX2", "AVX512", "DEFAULT", ... (+ "+bf16")."""
+    """The CPU's vector capability as torch sees it: "AVX2", "AVX512", "DEFAULT", ... (+ "+bf16"),
+    with " (pinned)" when the bf16 answer is pinned rather than probed."""
     capability = torch.backends.cpu.get_cpu_capability()
-    return capability + ("+bf16" if cpu_has_native_bf16() else "")
+    pinned = " (pinned)" if _pinned or os.environ.get(ENV) in ("0", "1") else ""
+    return capability + ("+bf16" if cpu_has_native_bf16() else "") + pinned
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX tiles)."""
+    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX tiles), unless pinned
+    (``assume_cpu``, then the ``TUCO_CPU_NATIVE_BF16`` environment variable)."""
+    if _pinned:
+        return _pinned[-1]
+    env = os.environ.get(ENV)
+    if env in ("0", "1"):
+        return env == "1"
+    if env:
+        raise ValueError(f"{ENV}={env!r}: set it to 1 (native bf16), 0 (none) or leave it unset")
+    return torch_sees_native_bf16()
+
+
+def torch_sees_native_bf16() -> bool:
+    """The hardware's own answer, as torch reads the CPU's flags."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+@contextlib.contextmanager
+def assume_cpu(native_bf16: bool) -> Iterator[None]:
+    """Within the block, "auto" decides as on a CPU with (True) or without (False) native bf16."""
+    _pinned.append(bool(native_bf16))
+    try:
+        yield
+    finally:
+        _pinned.pop()
 
 
 def is_cpu(device_map) -> bool:
@@ -59,10 +104,21 @@ def auto_dtype(device_map, checkpoint: torch.dtype | str | None) -> tuple[torch.
     return named, f"auto: the checkpoint's {str(named).removeprefix('torch.')} on an accelerator"
 
 
-def resolve_dtype(dtype, device_map, checkpoint) -> tuple[torch.dtype | None, str]:
-    """The dtype to load with, and why: "auto" follows ``auto_dtype``; a name or a torch.dtype is
-    taken as given; None keeps transformers' default (the checkpoint's dtype in 5.x)."""
+BATCH_INVARIANT_REASON = (
+    "auto for serving and calibrating: float32, where a request's tokens and TuCo do not depend on "
+    "its batch (bf16 moves them); pass --dtype bfloat16 for speed"
+)
+
+
+def resolve_dtype(
+    dtype, device_map, checkpoint, *, batch_invariant: bool = False
+) -> tuple[torch.dtype | None, str]:
+    """The dtype to load with, and why: "auto" follows ``auto_dtype`` (float32 with
+    ``batch_invariant``); a name or a torch.dtype is taken as given; None keeps transformers'
+    default (the checkpoint's dtype in 5.x)."""
     if dtype == "auto":
+        if batch_invariant:
+            return torch.float32, BATCH_INVARIANT_REASON
         return auto_dtype(device_map, checkpoint)
     if dtype is None:
         return None, "transformers' default"

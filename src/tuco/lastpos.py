@@ -7,7 +7,9 @@ keys and values over its input x_l, so each PT block runs twice, cheaply::
     1. capture: block(x_l)          [b, s, d]  attention keeps the keys/values it is given
                                                [b, kv_heads, s, hd] and stops the block there
                                                (no output projection, no MLP over s positions;
-                                               separate ``q_proj`` layers return zeros)
+                                               separate ``q_proj`` layers return no queries:
+                                               [b, s, 0], so no rotary work either; a block whose
+                                               code needs real-width queries gets zeros instead)
     2. query:   block(x_l[:, -1:])  [b, 1, d]  every position-shaped argument cut to the last
                                                position; attention uses the captured keys/values
 
@@ -110,11 +112,8 @@ def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int
         for c in configs.values():
             c._attn_implementation_internal = ATTENTION
         _state.mode, _state.kv = "capture", None
-        try:
-            with _queries_skipped(block):
-                block(*args, **kwargs)
-            reason = "it calls no attention through transformers' AttentionInterface"
-        except _Captured:
+        reason = "it calls no attention through transformers' AttentionInterface"
+        if _capture(block, args, kwargs):
             _state.mode = "query"
             try:
                 return _hidden(block(*last_args, **last_kwargs))
@@ -127,15 +126,37 @@ def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int
     return _general(block, args, kwargs, layer, reason)
 
 
+def _capture(block: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Run ``block`` until its attention call keeps the keys and values (True), or to its end if it
+    makes none (False). Queries are left out ([b, s, 0]); a block whose code cannot take that (a
+    norm over the whole query projection, say) is run again with zero queries, and remembered."""
+    for width in ("none", "zeros") if block not in _full_queries else ("zeros",):
+        try:
+            with _queries_skipped(block, width):
+                block(*args, **kwargs)
+            return False
+        except _Captured:
+            return True
+        except (RuntimeError, ValueError, IndexError):
+            if width == "zeros":
+                raise
+            _full_queries.add(block)
+    return False
+
+
+_full_queries: weakref.WeakSet = weakref.WeakSet()  # blocks whose code needs real-width queries
+
+
 @contextlib.contextmanager
-def _queries_skipped(block: nn.Module):
-    """During the capture run, ``q_proj`` layers return zeros: the queries over every position are
-    never used (attention stops the block first), and they cost as much as keys and values."""
+def _queries_skipped(block: nn.Module, width: str = "none"):
+    """During the capture run, ``q_proj`` layers return no queries (``width="none"``: [b, s, 0]) or
+    zeros (``"zeros"``): the queries over every position are never used (attention stops the block
+    first), and they cost as much as keys and values, rotary embeddings included."""
     saved = []
     for name, m in block.named_modules():
         if name.rsplit(".", 1)[-1] == "q_proj" and isinstance(getattr(m, "out_features", None), int):
             saved.append((m, m.__dict__.get("forward")))
-            m.forward = functools.partial(_zeros, out_features=m.out_features)
+            m.forward = functools.partial(_zeros, out_features=0 if width == "none" else m.out_features)
     try:
         yield
     finally:
@@ -162,10 +183,16 @@ def _log_once(block: nn.Module, layer: int, reason: str) -> None:
 
 
 def _positional_names(block: nn.Module) -> list[str]:
-    names = [
-        n for n, p in inspect.signature(block.forward).parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD
-    ]
-    return ["hidden_states", *names[1:]]
+    """The names of the block's positional arguments (the first is the hidden states)."""
+    if "forward" in block.__dict__:  # patched on the instance (accelerate's hooks): read as it is
+        return _signature_names.__wrapped__(block.forward, 1)
+    return _signature_names(type(block).forward, 2)  # the class's, read once: [self, hidden, ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _signature_names(forward, skip: int) -> list[str]:
+    names = [n for n, p in inspect.signature(forward).parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
+    return ["hidden_states", *names[skip:]]
 
 
 def _hidden(output) -> torch.Tensor:

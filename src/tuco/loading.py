@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -111,13 +112,16 @@ def load_tokenizer(name: str, which: str, fallback: str | None, trust: bool):
         if fallback is None or not has_tokenizer_files(fallback):
             log.warning("the %s %s has no tokenizer files: no tokenizer check", which, name)
             return None
-        log.warning(
-            "the %s %s has no tokenizer files: using the pretrained model's (%s); the tokenizer check "
-            "compares it with itself",
-            which,
-            name,
-            fallback,
-        )
+        if which == "adapter":  # the usual case: a LoRA adapter uses its base model's tokenizer
+            log.info("the adapter %s has no tokenizer files: it uses its base model's (%s)", name, fallback)
+        else:
+            log.warning(
+                "the %s %s has no tokenizer files: using the pretrained model's (%s); the tokenizer "
+                "check compares it with itself",
+                which,
+                name,
+                fallback,
+            )
         name, which = fallback, "pretrained model"
     elif fallback is not None and not Path(name).is_dir():  # a hub id: its files are known only now
         try:
@@ -139,19 +143,21 @@ def load_models(
     finetuned: str | None = None,
     *,
     adapter: str | None = None,
-    dtype: str | torch.dtype | None = None,
+    dtype: str | torch.dtype | None = "auto",
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
     tokenizer: str | None = None,
     use_finetuned_tokenizer: bool = False,
     trust_remote_code: bool = False,
+    batch_invariant: bool = False,
     **model_kwargs,
 ):
     """(pretrained model or None in adapter mode, fine-tuned model or PEFT model, tokenizer,
     pretrained tokenizer or None, why this dtype): what ``ModelPair.from_pretrained`` pairs.
 
     ``dtype="auto"`` chooses from the hardware (``tuco.hardware``: the checkpoint's dtype on a GPU;
-    on CPU bf16 only where it is native, else float32), the same for both models, and logs why.
+    on CPU bf16 only where it is native, else float32), the same for both models, and logs why;
+    with ``batch_invariant=True`` (serving, calibrating a guard) "auto" is float32 everywhere.
     ``dtype`` and ``model_kwargs`` (e.g. ``offload_folder``) go to
     ``AutoModelForCausalLM.from_pretrained``. ``device_map`` ("auto", "balanced", "sequential", a
     device, or a module -> device dict) places both models alike, so that block l of both always
@@ -170,7 +176,9 @@ def load_models(
         if name is not None
     ]
     config = configs[-1]  # the fine-tuned checkpoint's (the base's for an adapter)
-    kwargs["dtype"], why = resolve_dtype(dtype, device_map, checkpoint_dtype(config))
+    kwargs["dtype"], why = resolve_dtype(
+        dtype, device_map, checkpoint_dtype(config), batch_invariant=batch_invariant
+    )
     if kwargs["dtype"] is None:
         del kwargs["dtype"]
     log.info("dtype %s (%s)", str(kwargs.get("dtype", "default")).removeprefix("torch."), why)
@@ -186,11 +194,13 @@ def load_models(
 
         # the adapter computes in the model's dtype, as a merged model would: fp32 adapters on a
         # bf16 base upcast every LoRA input, which costs more activation memory than the base
-        peft_model = load(
-            lambda name: PeftModel.from_pretrained(base, name, autocast_adapter_dtype=False),
-            adapter,
-            "adapter",
-        )
+        with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            peft_model = load(
+                lambda name: PeftModel.from_pretrained(base, name, autocast_adapter_dtype=False),
+                adapter,
+                "adapter",
+            )
         return None, peft_model.eval(), tok, None, why
     assert finetuned is not None  # exactly one of finetuned and adapter: checked above
     compat.check_configs(*configs)

@@ -79,10 +79,17 @@ def resolve_options(options) -> Models:
     )
 
 
-def load_options(models: Models, options):
-    """``load`` with the command line's options (``--dtype``, ``--device``, ``--device-map``, ...)."""
+def load_options(models: Models, options, *, batch_invariant: bool = False):
+    """``load`` with the command line's options (``--dtype``, ``--device``, ``--device-map``, ...);
+    ``batch_invariant``: "auto" means float32 (``tuco serve``, ``tuco calibrate``)."""
     return load(
-        models, options.dtype, options.device, options.device_map, options.trust_remote_code, options.seed
+        models,
+        options.dtype,
+        options.device,
+        options.device_map,
+        options.trust_remote_code,
+        options.seed,
+        batch_invariant=batch_invariant,
     )
 
 
@@ -149,6 +156,8 @@ def load(
     device_map: str | None = None,
     trust_remote_code: bool = False,
     seed: int = 0,
+    *,
+    batch_invariant: bool = False,
 ):
     """The ``ModelPair`` of ``models``."""
     import torch
@@ -164,6 +173,7 @@ def load(
         dtype=dtype,
         device_map=placement(device, device_map),
         trust_remote_code=trust_remote_code,
+        batch_invariant=batch_invariant,
     )
     if models.pair in registry.PAIRS:  # the paper's prompt strings, never the checkpoint's template
         pair.prompt_format = functools.partial(registry.paper_chat, models.pair)

@@ -93,18 +93,22 @@ class ModelPair:
         finetuned: str | None = None,
         *,
         adapter: str | None = None,
-        dtype: str | torch.dtype | None = None,
+        dtype: str | torch.dtype | None = "auto",
         device_map: str | dict | None = None,
         max_memory: dict | None = None,
         tokenizer: str | None = None,
         use_finetuned_tokenizer: bool = False,
         trust_remote_code: bool = False,
         block_path: str | None = None,
+        batch_invariant: bool = False,
         **model_kwargs,
     ) -> ModelPair:
         """Load a pair from hub ids or local directories (the same ``from_pretrained`` path): give
-        ``finetuned`` (a full model) or ``adapter`` (a PEFT LoRA adapter on ``pretrained``). How
-        ``dtype="auto"`` and ``device_map`` place both models alike: ``tuco.loading.load_models``.
+        ``finetuned`` (a full model) or ``adapter`` (a PEFT LoRA adapter on ``pretrained``).
+        ``dtype="auto"`` (the default, as on the command line) is the fastest dtype the hardware
+        has (``tuco.hardware``); ``batch_invariant=True`` makes it float32 (what ``tuco serve``
+        and ``tuco calibrate`` use); ``dtype=None`` keeps transformers' default (the checkpoint's).
+        How ``device_map`` places both models alike: ``tuco.loading.load_models``.
         The dtype chosen, and why, is logged and kept in ``pair.dtype_reason``."""
         pt, ft, tok, pt_tok, why = load_models(
             pretrained,
@@ -116,6 +120,7 @@ class ModelPair:
             tokenizer=tokenizer,
             use_finetuned_tokenizer=use_finetuned_tokenizer,
             trust_remote_code=trust_remote_code,
+            batch_invariant=batch_invariant,
             **model_kwargs,
         )
         pair = cls(

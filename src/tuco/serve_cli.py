@@ -84,7 +84,7 @@ def run_serve(args) -> int:
         raise UsageError(f"--max-queue {args.max_queue} is less than --max-batch {args.max_batch}")
     chosen = models.resolve_options(args)
     models.placement(args.device, args.device_map)
-    pair = models.load_options(chosen, args)
+    pair = models.load_options(chosen, args, batch_invariant=True)  # auto: float32 (README, dtype)
     if not pair.formats_chats:
         print(
             "tuco serve: the tokenizer has no chat template: /v1/chat/completions will refuse chats",
@@ -103,6 +103,11 @@ def run_serve(args) -> int:
     print(f"tuco serve: {args.name or _name(chosen)} on http://{args.host}:{args.port}/", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def pair_dtype(pair) -> str:
+    """The dtype the pair computes in, as a name ("float32")."""
+    return str(next(pair.finetuned.parameters()).dtype).removeprefix("torch.")
 
 
 def prompt_tucos(
@@ -133,7 +138,7 @@ def run_calibrate(args) -> int:
         raise UsageError(f"--fpr {args.fpr}: give a rate between 0 and 1 (exclusive)")
     chosen = models.resolve_options(args)
     models.placement(args.device, args.device_map)
-    pair = models.load_options(chosen, args)
+    pair = models.load_options(chosen, args, batch_invariant=True)  # as tuco serve loads it
     benign = prompt_tucos(pair, args.benign, args.field, args.chat_template, args.batch_size)
     attacks = (
         prompt_tucos(pair, args.attacks, args.field, args.chat_template, args.batch_size)
@@ -142,6 +147,7 @@ def run_calibrate(args) -> int:
     )
     guard = calibrate(benign, args.fpr, attacks)
     guard.models = chosen.to_dict() | {"benign": os.path.abspath(args.benign)}
+    guard.dtype = pair_dtype(pair)
     import json
     from dataclasses import asdict
     from pathlib import Path
@@ -149,7 +155,8 @@ def run_calibrate(args) -> int:
     write_atomic(Path(args.out), json.dumps(asdict(guard), indent=1) + "\n")
     lines = [
         f"guard -> {args.out}: flag prompts with TuCo < {guard.threshold:.4f}",
-        f"  benign: {guard.benign} prompts, {guard.measured_fpr:.1%} flagged (target {guard.fpr:.1%})",
+        f"  benign: {guard.benign} prompts, {guard.measured_fpr:.1%} flagged (target {guard.fpr:.1%}); "
+        f"{guard.dtype} ({pair.dtype_reason})",
     ]
     if guard.tpr is not None:
         lines.append(

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import (
@@ -38,6 +40,7 @@ from .guard import Guard
 from .monitor import Sampling, TokenEvent
 from .request_body import DEFAULT_MAX_TOKENS, BadRequest, Parsed, parse
 
+log = logging.getLogger("tuco")
 REFUSAL = "I can't help with that."
 _TUCO_BUCKETS = [i / 20 for i in range(1, 20)]
 
@@ -91,7 +94,18 @@ def create_app(
     max_queue: int | None = None,
     window: float = 0.02,
 ) -> FastAPI:
-    """The ASGI app serving ``pair`` (a ``ModelPair``) under the model name ``name``."""
+    """The ASGI app serving ``pair`` (a ``ModelPair``) under the model name ``name``. In float32 a
+    request's tokens and TuCo do not depend on the requests batched with it; in another dtype they
+    may (a warning says so), and a guard must have been calibrated in the pair's dtype."""
+    dtype = next(pair.finetuned.parameters()).dtype
+    if dtype != torch.float32:
+        log.warning(
+            "tuco serve: %s: a request's tokens and TuCo may change with the requests batched beside it "
+            "(float32 keeps them independent of the batch: --dtype float32)",
+            str(dtype).removeprefix("torch."),
+        )
+    if guard is not None:
+        guard.check_dtype(str(dtype).removeprefix("torch."))
     engine = Engine(
         pair, monitor=monitor, max_batch=max_batch, window=window, max_queue=max_queue or 8 * max_batch
     )
