@@ -1,4 +1,5 @@
 import pytest
+import torch
 import torch.nn as nn
 
 from tuco import BlockDiscoveryError, find_blocks
@@ -46,3 +47,22 @@ def test_finds_blocks_inside_a_peft_model():
     blocks = model.model.layers
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     assert find_blocks(peft_model) is blocks
+
+
+def test_the_unembedding_gets_a_contiguous_input_and_the_same_logits(tok):
+    """transformers slices the last position for logits_to_keep; torch's CPU linear is slow on the
+    slice (bf16: 80x), so ModelPair hands the unembedding a contiguous copy: same numbers."""
+    from tuco import ModelPair
+    from tuco.testing import perturbed_copy, tiny_model
+
+    pt = tiny_model("llama")
+    ft = perturbed_copy(pt, scale=0.3)
+    ids = torch.randint(3, 200, (3, 7))
+    before = ft(ids, logits_to_keep=1).logits
+    seen = []
+    pair = ModelPair(pt, ft, tok)
+    ModelPair(pt, ft, tok)  # a second pair over the same models adds no second hook
+    assert len(ft.lm_head._forward_pre_hooks) == 1
+    ft.lm_head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    assert torch.equal(pair.finetuned(ids, logits_to_keep=1).logits, before)
+    assert seen == [True]

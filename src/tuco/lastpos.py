@@ -37,6 +37,7 @@ import logging
 import sys
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -78,12 +79,51 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if name == "eager" and eager is None:
         raise _Unsupported(f"no eager attention function in {type(module).__module__}")
-    return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager)(
-        module, query, key, value, attention_mask, **kwargs
-    )
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(name, eager)
+    if name == "sdpa" and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+        # One query position: the CPU's half-precision SDPA kernels cost about 5x the float32 one
+        # here (8 rows x 8 heads x 128 keys: 590 vs 122 us), so attend in float32 and round back.
+        mask = (
+            attention_mask
+            if attention_mask is None or attention_mask.dtype == torch.bool
+            else attention_mask.float()
+        )
+        out, weights = attend(module, query.float(), key.float(), value.float(), mask, **kwargs)
+        return out.to(query.dtype), weights
+    return attend(module, query, key, value, attention_mask, **kwargs)
 
 
 AttentionInterface.register(ATTENTION, _attention)
+
+
+@dataclass
+class _Plan:
+    """What the fast path needs to know of a block, found once (``_plan``)."""
+
+    mixer: str | None  # a sequence mixer besides attention, or None
+    configs: list[Any]  # the configs that carry an attention setting
+    queries: list[tuple[str, nn.Module]]  # (path, layer) of its separate query projections
+
+
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # block -> _Plan
+
+
+def _plan(block: nn.Module) -> _Plan:
+    """The block's plan, found again if its query layers were replaced (a PEFT adapter added)."""
+    plan = _plans.get(block)
+    if plan is None or any(block.get_submodule(path) is not m for path, m in plan.queries):
+        configs = {id(m.config): m.config for m in block.modules() if hasattr(m, "config")}
+        queries = [
+            (name, m)
+            for name, m in block.named_modules()
+            if name.rsplit(".", 1)[-1] == "q_proj" and isinstance(getattr(m, "out_features", None), int)
+        ]
+        plan = _plans[block] = _Plan(
+            other_mixer(block),
+            [c for c in configs.values() if hasattr(c, "_attn_implementation_internal")],
+            queries,
+        )
+    return plan
 
 
 def other_mixer(block: nn.Module) -> str | None:
@@ -98,11 +138,12 @@ def other_mixer(block: nn.Module) -> str | None:
 def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int = -1) -> torch.Tensor:
     """The block's output at the last position, [b, 1, d], from its arguments over all positions."""
     x = args[0] if args else kwargs["hidden_states"]
-    mixer = other_mixer(block)
-    if mixer is not None:
-        return _general(block, args, kwargs, layer, f"it holds {mixer}, a sequence mixer besides attention")
-    configs: dict[int, Any] = {id(m.config): m.config for m in block.modules() if hasattr(m, "config")}
-    configs = {k: c for k, c in configs.items() if hasattr(c, "_attn_implementation_internal")}
+    plan = _plan(block)
+    if plan.mixer is not None:
+        return _general(
+            block, args, kwargs, layer, f"it holds {plan.mixer}, a sequence mixer besides attention"
+        )
+    configs = {id(c): c for c in plan.configs}
     try:
         last_args, last_kwargs = _cut_to_last(args, kwargs, x.shape[1], _positional_names(block))
     except _Unsupported as e:
@@ -113,7 +154,7 @@ def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int
             c._attn_implementation_internal = ATTENTION
         _state.mode, _state.kv = "capture", None
         reason = "it calls no attention through transformers' AttentionInterface"
-        if _capture(block, args, kwargs):
+        if _capture(block, args, kwargs, plan.queries):
             _state.mode = "query"
             try:
                 return _hidden(block(*last_args, **last_kwargs))
@@ -126,13 +167,13 @@ def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int
     return _general(block, args, kwargs, layer, reason)
 
 
-def _capture(block: nn.Module, args: tuple, kwargs: dict) -> bool:
+def _capture(block: nn.Module, args: tuple, kwargs: dict, queries: list) -> bool:
     """Run ``block`` until its attention call keeps the keys and values (True), or to its end if it
     makes none (False). Queries are left out ([b, s, 0]); a block whose code cannot take that (a
     norm over the whole query projection, say) is run again with zero queries, and remembered."""
     for width in ("none", "zeros") if block not in _full_queries else ("zeros",):
         try:
-            with _queries_skipped(block, width):
+            with _queries_skipped(queries, width):
                 block(*args, **kwargs)
             return False
         except _Captured:
@@ -148,15 +189,14 @@ _full_queries: weakref.WeakSet = weakref.WeakSet()  # blocks whose code needs re
 
 
 @contextlib.contextmanager
-def _queries_skipped(block: nn.Module, width: str = "none"):
-    """During the capture run, ``q_proj`` layers return no queries (``width="none"``: [b, s, 0]) or
-    zeros (``"zeros"``): the queries over every position are never used (attention stops the block
-    first), and they cost as much as keys and values, rotary embeddings included."""
+def _queries_skipped(queries: list[tuple[str, nn.Module]], width: str = "none"):
+    """During the capture run, the ``q_proj`` layers return no queries (``width="none"``: [b, s, 0])
+    or zeros (``"zeros"``): the queries over every position are never used (attention stops the
+    block first), and they cost as much as keys and values, rotary embeddings included."""
     saved = []
-    for name, m in block.named_modules():
-        if name.rsplit(".", 1)[-1] == "q_proj" and isinstance(getattr(m, "out_features", None), int):
-            saved.append((m, m.__dict__.get("forward")))
-            m.forward = functools.partial(_zeros, out_features=0 if width == "none" else m.out_features)
+    for _, m in queries:
+        saved.append((m, m.__dict__.get("forward")))
+        m.forward = functools.partial(_zeros, out_features=0 if width == "none" else m.out_features)
     try:
         yield
     finally:

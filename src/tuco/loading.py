@@ -113,7 +113,7 @@ def load_tokenizer(name: str, which: str, fallback: str | None, trust: bool):
             log.warning("the %s %s has no tokenizer files: no tokenizer check", which, name)
             return None
         if which == "adapter":  # the usual case: a LoRA adapter uses its base model's tokenizer
-            log.info("the adapter %s has no tokenizer files: it uses its base model's (%s)", name, fallback)
+            log.info("tokenizer: the base model's (%s); the adapter ships none", fallback)
         else:
             log.warning(
                 "the %s %s has no tokenizer files: using the pretrained model's (%s); the tokenizer "

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import baselines, compat, inputs
 from . import monitor as monitoring
-from .blocks import embedding_weight, find_blocks, unwrap
+from .blocks import contiguous_unembedding, embedding_weight, find_blocks, unwrap
 from .decompose import Decomposition, adapters_off
 from .errors import check_alpha, check_choice, check_int
 from .inputs import Prompts, Side
@@ -81,6 +81,9 @@ class ModelPair:
         for note in self.notes:
             log.info("tuco: %s", note)
         self.dtype_reason = "as given"  # from_pretrained says how it chose the dtype
+        for model in (pretrained, finetuned):  # a CPU slow path of torch's (blocks.py)
+            if model is not None:
+                contiguous_unembedding(model)
         ft_lm = unwrap(finetuned)
         self._body = ft_lm.base_model  # the blocks without the unembedding: all TuCo needs
         self._body_takes_positions = "position_ids" in inspect.signature(self._body.forward).parameters
