@@ -1,6 +1,7 @@
 """ModelPair: batching and padding invariance, generation with caches, PEFT mode, loading."""
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -202,7 +203,7 @@ def test_adapter_mode_needs_a_peft_model(tok):
 
 
 # ---------------------------------------------------------------- loading from directories
-def test_from_pretrained_local_dirs_and_adapter(tmp_path, tok):
+def test_from_pretrained_local_dirs_and_adapter(tmp_path, tok, caplog, recwarn):
     pair = make_pair("llama", tok)
     for name, model in (("pt", pair.pretrained), ("ft", pair.finetuned)):
         model.save_pretrained(tmp_path / name)
@@ -218,8 +219,14 @@ def test_from_pretrained_local_dirs_and_adapter(tmp_path, tok):
     base_dir = tmp_path / "base"
     tiny_model("llama").save_pretrained(base_dir)  # the same seed: the adapter's base weights
     tok.save_pretrained(base_dir)
-    from_dirs = ModelPair.from_pretrained(str(base_dir), adapter=str(tmp_path / "adapter"))
+    recwarn.clear()
+    with caplog.at_level(logging.INFO, logger="tuco"):
+        from_dirs = ModelPair.from_pretrained(str(base_dir), adapter=str(tmp_path / "adapter"))
     assert from_dirs.adapter_mode
+    # an adapter without tokenizer files is the usual case: said plainly, no warning of any kind
+    assert "tokenizer: the base model's" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, (FutureWarning, UserWarning))]
     assert_results_close(from_dirs.score(PROMPTS), adapter_pair.score(PROMPTS), tol=1e-4)
 
 

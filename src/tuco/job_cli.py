@@ -91,7 +91,7 @@ def run_job(args) -> int:
         out_path, resume=args.resume, overwrite=args.overwrite, key=("id", "alpha"), settings=settings
     ) as out:
         pair = models.load_options(chosen, args)
-        dtype = str(next(pair.finetuned.parameters()).dtype).removeprefix("torch.")
+        dtype = pair.dtype_name
         if out.first is not None and "dtype" in out.first:  # "auto" may choose another dtype elsewhere
             out.check_same(out.first, {"dtype": dtype})
         job = runs.Job(

@@ -196,7 +196,8 @@ def _queries_skipped(queries: list[tuple[str, nn.Module]], width: str = "none"):
     saved = []
     for _, m in queries:
         saved.append((m, m.__dict__.get("forward")))
-        m.forward = functools.partial(_zeros, out_features=0 if width == "none" else m.out_features)
+        out = 0 if width == "none" else getattr(m, "out_features")  # noqa: B009 (an int, checked in _plan)
+        m.forward = functools.partial(_zeros, out_features=out)
     try:
         yield
     finally:

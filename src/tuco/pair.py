@@ -143,6 +143,11 @@ class ModelPair:
         return embedding_weight(self.finetuned).device
 
     @property
+    def dtype_name(self) -> str:
+        """The dtype the pair computes in, by name: "float32", "bfloat16", ..."""
+        return str(embedding_weight(self.finetuned).dtype).removeprefix("torch.")
+
+    @property
     def num_layers(self) -> int:
         return len(self.ft_blocks)
 

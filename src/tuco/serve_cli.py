@@ -105,11 +105,6 @@ def run_serve(args) -> int:
     return 0
 
 
-def pair_dtype(pair) -> str:
-    """The dtype the pair computes in, as a name ("float32")."""
-    return str(next(pair.finetuned.parameters()).dtype).removeprefix("torch.")
-
-
 def prompt_tucos(
     pair, path: str, field: str | None, chat_template: bool | None, batch_size: int
 ) -> list[float]:
@@ -147,7 +142,7 @@ def run_calibrate(args) -> int:
     )
     guard = calibrate(benign, args.fpr, attacks)
     guard.models = chosen.to_dict() | {"benign": os.path.abspath(args.benign)}
-    guard.dtype = pair_dtype(pair)
+    guard.dtype = pair.dtype_name
     import json
     from dataclasses import asdict
     from pathlib import Path

@@ -22,7 +22,6 @@ import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import (
@@ -97,15 +96,14 @@ def create_app(
     """The ASGI app serving ``pair`` (a ``ModelPair``) under the model name ``name``. In float32 a
     request's tokens and TuCo do not depend on the requests batched with it; in another dtype they
     may (a warning says so), and a guard must have been calibrated in the pair's dtype."""
-    dtype = next(pair.finetuned.parameters()).dtype
-    if dtype != torch.float32:
+    if pair.dtype_name != "float32":
         log.warning(
             "tuco serve: %s: a request's tokens and TuCo may change with the requests batched beside it "
             "(float32 keeps them independent of the batch: --dtype float32)",
-            str(dtype).removeprefix("torch."),
+            pair.dtype_name,
         )
     if guard is not None:
-        guard.check_dtype(str(dtype).removeprefix("torch."))
+        guard.check_dtype(pair.dtype_name)
     engine = Engine(
         pair, monitor=monitor, max_batch=max_batch, window=window, max_queue=max_queue or 8 * max_batch
     )
