@@ -101,7 +101,7 @@ class _Plan:
     """What the fast path needs to know of a block, found once (``_plan``)."""
 
     mixer: str | None  # a sequence mixer besides attention, or None
-    configs: list[Any]  # the configs that carry an attention setting
+    configs: dict[int, Any]  # id -> the configs that carry an attention setting
     queries: list[tuple[str, nn.Module]]  # (path, layer) of its separate query projections
 
 
@@ -113,16 +113,13 @@ def _plan(block: nn.Module) -> _Plan:
     plan = _plans.get(block)
     if plan is None or any(block.get_submodule(path) is not m for path, m in plan.queries):
         configs = {id(m.config): m.config for m in block.modules() if hasattr(m, "config")}
+        attention_configs = {k: c for k, c in configs.items() if hasattr(c, "_attn_implementation_internal")}
         queries = [
             (name, m)
             for name, m in block.named_modules()
             if name.rsplit(".", 1)[-1] == "q_proj" and isinstance(getattr(m, "out_features", None), int)
         ]
-        plan = _plans[block] = _Plan(
-            other_mixer(block),
-            [c for c in configs.values() if hasattr(c, "_attn_implementation_internal")],
-            queries,
-        )
+        plan = _plans[block] = _Plan(other_mixer(block), attention_configs, queries)
     return plan
 
 
@@ -143,7 +140,7 @@ def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int
         return _general(
             block, args, kwargs, layer, f"it holds {plan.mixer}, a sequence mixer besides attention"
         )
-    configs = {id(c): c for c in plan.configs}
+    configs = plan.configs
     try:
         last_args, last_kwargs = _cut_to_last(args, kwargs, x.shape[1], _positional_names(block))
     except _Unsupported as e:
