@@ -109,9 +109,9 @@ def main() -> None:
 
 def monitoring_cost(pair, new_tokens: int, batch: int = 16, length: int = 128) -> None:
     """Generation that reports TuCo (tuco serve's loop) vs plain generation, alpha = 1, greedy."""
-    from tuco import monitor
+    from tuco.pair_base import PairBase
 
-    monitor.eos_ids = lambda pair: set()  # every row runs to new_tokens: equal work for each way
+    PairBase.eos_ids = lambda pair: set()  # every row runs to new_tokens: equal work for each way
     prompts = [torch.randint(3, 32000, (length,)).tolist() for _ in range(batch)]
     ways = {
         "plain generate (no TuCo)": lambda n: pair.generate(

@@ -29,7 +29,8 @@ import httpx
 import uvicorn
 from common import machine
 
-from tuco import models, monitor
+from tuco import models
+from tuco.pair_base import PairBase
 from tuco.server import create_app
 
 TOPICS = ["the sea", "a cat", "bread", "trains", "winter", "music", "a garden", "the moon"]
@@ -174,8 +175,8 @@ def main() -> int:
     print(
         f"# tuco serve on {args.pair}: {machine(str(pair.device))} dtype={str(dtype).removeprefix('torch.')}"
     )
-    eos = monitor.eos_ids
-    monitor.eos_ids = lambda pair: set()  # every answer runs to --max-tokens: equal work for each way
+    eos = PairBase.eos_ids
+    PairBase.eos_ids = lambda pair: set()  # every answer runs to --max-tokens: equal work for each way
     try:
         if args.runs:
             monitoring_cost(pair, prompts_for(args.cost_prompts), args.max_tokens, args.max_batch, args.runs)
@@ -183,7 +184,7 @@ def main() -> int:
         bad = load_test(pair, chats, args.max_tokens, args.max_batch, args.batch_window, args.deadline)
         return 1 if bad else 0
     finally:
-        monitor.eos_ids = eos
+        PairBase.eos_ids = eos
 
 
 if __name__ == "__main__":

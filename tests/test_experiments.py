@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from tuco.experiments import prompts, registry, stats
+from tuco import registry
+from tuco.experiments import estimates as stats
+from tuco.experiments import prompts
 
 
 def test_cross_validated_alpha_hand_computed():
@@ -113,7 +115,7 @@ def test_output_step_checks_what_compute_returns(tmp_path):
 
 
 def test_significance_of_delta():
-    from tuco.experiments.stats import significance
+    from tuco.experiments.estimates import significance
 
     cv, base = [True] * 10 + [False] * 10, [False] * 10 + [False] * 10
     result = significance(cv, base)

@@ -4,8 +4,7 @@ import functools
 
 import pytest
 
-from tuco import ModelPair
-from tuco.experiments import registry
+from tuco import ModelPair, registry
 from tuco.experiments.common import as_prompt
 from tuco.testing import byte_tokenizer, perturbed_copy, tiny_model
 

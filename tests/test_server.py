@@ -221,9 +221,9 @@ def test_models_health_and_metrics(url, client):
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_slot(url, pair, monkeypatch):
-    from tuco import monitor
+    from tuco.pair_base import PairBase
 
-    monkeypatch.setattr(monitor, "eos_ids", lambda pair: set())  # a random model may end at once
+    monkeypatch.setattr(PairBase, "eos_ids", lambda pair: set())  # a random model may end at once
     app = create_app(pair, name="t", max_batch=1, max_queue=1)
     with serving(app) as base:
         body = {"prompt": "Go on", "max_tokens": 1500, "temperature": 0, "stream": True}

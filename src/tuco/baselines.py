@@ -13,15 +13,16 @@ import torch
 import torch.nn as nn
 
 from . import metrics
-from .blocks import embedding_weight
+from .blocks import embedding_weight, hidden
 from .decompose import adapters_off
+from .pair_base import PairBase
 from .results import OutputContribution
 
 
-def output_contribution_of(pair) -> Callable[[dict[str, torch.Tensor]], list[OutputContribution]]:
-    """For a ``ModelPair``: a function of a left-padded batch that returns one ``OutputContribution``
+def output_contribution_of(pair: PairBase) -> Callable[[dict[str, torch.Tensor]], list[OutputContribution]]:
+    """For a pair: a function of a left-padded batch that returns one ``OutputContribution``
     per row. KL is taken over the vocabulary both models share (the first min(V_PT, V_FT) ids)."""
-    pt_model = pair.finetuned if pair.adapter_mode else pair.pretrained
+    pt_model = pair.pt_model
     pt_vocab = embedding_weight(pt_model).shape[0]
 
     def compute(batch: dict[str, torch.Tensor]) -> list[OutputContribution]:
@@ -52,7 +53,7 @@ def last_stream(model: nn.Module, blocks: nn.ModuleList, batch: dict) -> tuple[t
     seen = {}
 
     def grab(module, args, output):
-        seen["x"] = (output[0] if isinstance(output, tuple) else output)[:, -1]
+        seen["x"] = hidden(output)[:, -1]
 
     handle = blocks[-1].register_forward_hook(grab)
     try:

@@ -11,7 +11,7 @@ base class. The blocks are the ``nn.ModuleList`` whose items are such classes an
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -114,3 +114,14 @@ def _contiguous_first(module: nn.Module, args: tuple):
     if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
         return (args[0].contiguous(), *args[1:])
     return None
+
+
+def hidden(output: Any) -> torch.Tensor:
+    """A block's output tensor [b, s, d]: block outputs are a tensor in transformers 5.x, a tuple
+    (hidden, ...) in 4.x."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_hidden(output: Any, hidden_states: torch.Tensor) -> Any:
+    """``output`` with its hidden states replaced (the same form: tensor or tuple)."""
+    return (hidden_states, *output[1:]) if isinstance(output, tuple) else hidden_states

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .blocks import hidden, with_hidden
 from .lastpos import last_position_output
 
 
@@ -88,6 +89,11 @@ class Record:
                 self.ptc_tokens += ptc_t.to(self.ptc_tokens.device)
                 self.ftc_tokens += ftc_t.to(self.ftc_tokens.device)
 
+    def sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``ptc_sum``, ``ftc_sum``) of the pass recorded, [batch, d] each."""
+        assert self.ptc_sum is not None and self.ftc_sum is not None, "nothing recorded yet"
+        return self.ptc_sum, self.ftc_sum
+
     def _stack(self, i: int) -> torch.Tensor:
         assert self.ptc_sum is not None, "nothing recorded yet"
         device = self.ptc_sum.device
@@ -108,15 +114,6 @@ class Record:
     @property
     def ftc_cum(self) -> torch.Tensor:
         return self._stack(3)
-
-
-def _hidden(output):
-    """Block outputs are a tensor in transformers 5.x, a tuple (hidden, ...) in 4.x."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _with_hidden(output, hidden: torch.Tensor):
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 def _is_cache(value) -> bool:
@@ -191,7 +188,7 @@ class Decomposition:
                     if self.last_only:
                         self._pt_out = last_position_output(self.pt_blocks[layer], pt_args, pt_kwargs, layer)
                     else:
-                        self._pt_out = _hidden(self.pt_blocks[layer](*pt_args, **pt_kwargs))
+                        self._pt_out = hidden(self.pt_blocks[layer](*pt_args, **pt_kwargs))
             finally:
                 self._inside_pt = False
             return None
@@ -204,7 +201,7 @@ class Decomposition:
         def hook(module, args, kwargs, output):
             if self._inside_pt:
                 return None
-            ft_out = _hidden(output)
+            ft_out = hidden(output)
             # sharded models: the block's input may still sit on the previous block's device
             x = (args[0] if args else kwargs["hidden_states"]).to(ft_out.device)
             pt_out, self._pt_out = self._pt_out.to(ft_out.device), None
@@ -216,7 +213,7 @@ class Decomposition:
                 return None  # the FT block's own output: exactly the FT forward
             # x + PTC + alpha * FTC  ==  pt_out + alpha * (ft_out - pt_out), in float32
             mixed = torch.lerp(pt_out.float(), ft_out.float(), self.alpha).to(ft_out.dtype)
-            return _with_hidden(output, mixed)
+            return with_hidden(output, mixed)
 
         return hook
 
@@ -238,6 +235,19 @@ class Decomposition:
         # Seen at block 0 before the FT block writes to it: an empty cache of the same kind and shape.
         self._ft_cache, self._pt_cache = ft_cache, copy.deepcopy(ft_cache)
         return self._pt_cache
+
+
+def pt_blocks_needed(alpha: float, reads: str) -> str:
+    """Which PT blocks a forward pass runs, by the one rule: at alpha = 1 they never feed the
+    stream, so a pass that reads no components needs none (``"none"``: the FT model alone), and one
+    that reads them at the last token alone needs them there alone (``"last"``: ``tuco.lastpos``);
+    otherwise they run on every position (``"all"``). ``reads``: ``"nothing"``, ``"last"``, or
+    ``"all"`` (components at every position, or PT caches kept for the decoding steps after)."""
+    if reads not in ("nothing", "last", "all"):
+        raise ValueError(f"reads must be nothing, last or all, not {reads!r}")
+    if alpha != 1.0 or reads == "all":
+        return "all"
+    return "none" if reads == "nothing" else "last"
 
 
 @contextlib.contextmanager

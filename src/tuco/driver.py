@@ -21,11 +21,11 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
-from tqdm.auto import tqdm
 
+from . import progress
 from .errors import RunError
 
 log = logging.getLogger("tuco")
@@ -39,15 +39,15 @@ class NonFiniteError(RunError):
 
 def drive(
     items: Iterable[T],
-    compute: Callable[[list[T]], list[dict]],
-    results,
+    compute: Callable[[list[Any]], list[dict]],
+    results: Any,
     is_done: Callable[[T], bool],
     batch_size: int = 8,
     desc: str = "prompts",
     *,
     window: int = WINDOW,
-    prepare: Callable[[list[T]], list] | None = None,
-    describe: Callable[[object], str] = repr,
+    prepare: Callable[[list[T]], list[Any]] | None = None,
+    describe: Callable[[Any], str] = repr,
     total: int | None = None,
     quiet: bool = False,
     rank: int = 0,
@@ -59,12 +59,14 @@ def drive(
     ``describe(item)`` names an item in errors. Data-parallel runs take windows j with
     ``j % world == rank``."""
     written = 0
-    with tqdm(total=total, desc=desc, unit="prompt", disable=quiet or None, dynamic_ncols=True) as bar:
+    with progress.bar(total, desc, False if quiet else None, dynamic_ncols=True) as bar:
         for j, chunk in enumerate(windows(items, batch_size * window)):
             if j % world == rank and not all(map(is_done, chunk)):
                 ready = prepare(chunk) if prepare else chunk
                 if ready:
-                    records = [r for r in _split_on_oom(compute, ready, describe) if not results.is_done(r)]
+                    with progress.inner():  # this bar counts the prompts: the pair's own stay off
+                        computed = _split_on_oom(compute, ready, describe)
+                    records = [r for r in computed if not results.is_done(r)]
                     check_finite(records)
                     results.write(records)
                     written += len(records)
@@ -107,8 +109,10 @@ def check_finite(records: list[dict]) -> None:
                     "Rerun with --dtype bfloat16 or --dtype float32; the results written so far are kept."
                 )
         probs = record.get("probs")
+        if probs is None:
+            continue
         flat = probs if not probs or not isinstance(probs[0], list) else [p for row in probs for p in row]
-        if probs is not None and not all(math.isfinite(p) for p in flat):
+        if not all(math.isfinite(p) for p in flat):
             raise NonFiniteError(
                 f"non-finite probabilities for prompt id {record['id']!r}: "
                 "rerun with --dtype bfloat16 or float32."

@@ -9,7 +9,7 @@
 
 One worker thread owns the model. It waits for a request, then up to ``window`` seconds for more
 (never past ``max_batch``), and decodes the requests that share the first one's alpha as one batch
-(``tuco.monitor.decode``): each with its own sampling settings, rows leaving the batch as they
+(``ModelPair.decode``): each with its own sampling settings, rows leaving the batch as they
 finish or are cancelled, so a result does not depend on its batch. Requests that arrive meanwhile
 wait for the next batch; past ``max_queue`` waiting or running, ``submit`` raises ``Overloaded``
 (the server answers 503 with Retry-After) instead of queueing without bound.
@@ -23,8 +23,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from .monitor import Sampling, TokenEvent, decode
+from .decoding import TokenEvent
+from .pair import ModelPair
+from .sampling import Sampling
 
 log = logging.getLogger("tuco")
 
@@ -34,14 +37,14 @@ class Overloaded(Exception):
 
 
 @dataclass
-class Job:
+class Submission:
     """One request: its prompt ids, settings and where its events go (``deliver``, called from the
     worker thread with each ``TokenEvent``, or with an exception if the batch failed)."""
 
     ids: list[int]
     sampling: Sampling
     alpha: float
-    deliver: Callable[[TokenEvent | BaseException], None]
+    deliver: Callable[[Any], None]  # a TokenEvent, an exception, or the server's own items
     on_first: Callable[[TokenEvent], bool] | None = None  # True: stop here (the guard blocked it)
     cancelled: bool = False
     finished: bool = False
@@ -61,15 +64,21 @@ class Stats:
 
 class Engine:
     def __init__(
-        self, pair, *, monitor: str = "tokens", max_batch: int = 8, window: float = 0.02, max_queue: int = 64
+        self,
+        pair: ModelPair,
+        *,
+        monitor: str = "tokens",
+        max_batch: int = 8,
+        window: float = 0.02,
+        max_queue: int = 64,
     ):
         if max_batch < 1 or max_queue < max_batch:
             raise ValueError(f"need 1 <= max_batch ({max_batch}) <= max_queue ({max_queue})")
         self.pair, self.monitor = pair, monitor
         self.max_batch, self.window, self.max_queue = max_batch, window, max_queue
         self.stats = Stats()
-        self._waiting: deque[Job] = deque()
-        self._running: list[Job] = []
+        self._waiting: deque[Submission] = deque()
+        self._running: list[Submission] = []
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -92,10 +101,10 @@ class Engine:
         sampling: Sampling,
         *,
         alpha: float,
-        deliver: Callable,
+        deliver: Callable[[Any], None],
         on_first: Callable[[TokenEvent], bool] | None = None,
-    ) -> Job:
-        job = Job(ids, sampling, alpha, deliver, on_first)
+    ) -> Submission:
+        job = Submission(ids, sampling, alpha, deliver, on_first)
         with self._lock:
             if self.load >= self.max_queue:
                 raise Overloaded(f"{self.load} requests waiting or running (--max-queue {self.max_queue})")
@@ -116,7 +125,7 @@ class Engine:
             return sum(not j.cancelled for j in self._waiting)
 
     # ------------------------------------------------------------------ the worker thread
-    def _next_batch(self) -> list[Job] | None:
+    def _next_batch(self) -> list[Submission] | None:
         with self._lock:
             while not self._stopping and not self._waiting:
                 self._lock.wait()
@@ -137,11 +146,10 @@ class Engine:
             if batch:
                 self._run(batch)
 
-    def _run(self, batch: list[Job]) -> None:
+    def _run(self, batch: list[Submission]) -> None:
         started, tokens = time.monotonic(), 0
         try:
-            steps = decode(
-                self.pair,
+            steps = self.pair.decode(
                 [j.ids for j in batch],
                 [j.sampling for j in batch],
                 alpha=batch[0].alpha,

@@ -12,8 +12,6 @@ outputs x + PTC + alpha * FTC. alpha = 1 is the fine-tuned model, bit for bit.
 
 from __future__ import annotations
 
-import contextlib
-
 from .pair import ModelPair
 
 try:
@@ -29,13 +27,10 @@ class SteeredLM(HFLM):
         super().__init__(pretrained=pair.finetuned, tokenizer=pair.tokenizer, **hflm_kwargs)
         self.pair, self.alpha = pair, alpha
 
-    def _steered(self):
-        return self.pair.steer(self.alpha) if self.alpha != 1.0 else contextlib.nullcontext()
-
     def _model_call(self, inps, attn_mask=None, labels=None):
-        with self._steered():
+        with self.pair.steered(self.alpha):
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
     def _model_generate(self, context, max_length, stop, **generation_kwargs):
-        with self._steered():
+        with self.pair.steered(self.alpha):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)

@@ -20,7 +20,7 @@ import torch
 log = logging.getLogger("tuco")
 
 Chat = list[dict[str, str]]
-Prompts = str | Chat | Sequence[str | Chat] | Mapping[str, Any]
+Prompts = str | Chat | Sequence[str | Chat] | Sequence[Sequence[int]] | Mapping[str, Any]
 Side = Literal["left", "right"]
 ChatFormat = Callable[[list[dict]], str]  # a chat -> its prompt text (without BOS)
 

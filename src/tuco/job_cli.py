@@ -63,6 +63,7 @@ def job_settings(args, chosen) -> dict:
 def run_job(args) -> int:
     from . import models, runs, store
     from .data import count_records, read_dataset, read_prompts
+    from .sampling import Sampling
 
     check_job_options(args)
     chosen = models.resolve_options(args)
@@ -108,37 +109,33 @@ def run_job(args) -> int:
             meta=chosen.to_dict()
             | {"dtype": dtype, "dtype_reason": pair.dtype_reason, "tuco_version": __version__},
             total=total,
+            rank=rank,
+            world=world,
         )
         job.check_lengths()
-        job.rank, job.world = rank, world
         if args.command == "score":
             runs.score(
                 job,
-                records(job._invalid),
+                records(job.on_invalid),
                 per_token=args.per_token,
                 norm=args.norm,
                 baselines=args.output_baselines,
             )
         elif args.command == "generate":
-            kwargs = {
-                k: getattr(args, k) for k in ("temperature", "top_p", "top_k") if getattr(args, k) is not None
-            }
-            if args.tuco:  # tuco's own decoding: greedy at temperature 0
-                kwargs = sampling_of(pair, args.do_sample, kwargs) | {"seed": args.seed}
-            else:
-                kwargs["do_sample"] = args.do_sample
-            runs.generate(
-                job,
-                records(job._invalid),
-                args.alpha,
-                tuco=args.tuco,
+            given = {k: getattr(args, k) for k in ("temperature", "top_p", "top_k")}
+            seed = args.seed if args.tuco else None  # generate: torch's global generator, seeded at load
+            sampling = Sampling.of_model(
+                pair.finetuned.generation_config,
+                args.do_sample,
                 max_new_tokens=args.max_new_tokens,
-                **kwargs,
+                seed=seed,
+                **given,
             )
+            runs.generate(job, records(job.on_invalid), args.alpha, sampling, tuco=args.tuco)
         else:
             if args.choices:
                 job.check_choices(args.choices)
-            runs.sweep(job, records(job._invalid), args.alpha, args.choices)
+            runs.sweep(job, records(job.on_invalid), args.alpha, args.choices)
     print(
         f"{job.written} new records -> {out_path}" + (f" ({job.skipped} skipped)" if job.skipped else ""),
         file=sys.stderr,
@@ -160,16 +157,6 @@ def run_job(args) -> int:
     if args.command == "sweep":
         print(accuracy_table(store.load_results([args.out])))
     return 0
-
-
-def sampling_of(pair, do_sample: bool, given: dict) -> dict:
-    """``Sampling`` fields for ``--tuco``: greedy without --do-sample; with it, the options given, else
-    what ``generate`` would sample with (``tuco.monitor.model_sampling``)."""
-    if not do_sample:
-        return {"temperature": 0.0}
-    from .monitor import model_sampling
-
-    return model_sampling(pair.finetuned.generation_config) | given
 
 
 def shard_path(out: str, rank: int, world: int) -> str:

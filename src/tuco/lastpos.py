@@ -45,6 +45,8 @@ import torch.nn as nn
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .blocks import hidden
+
 log = logging.getLogger("tuco")
 ATTENTION = "tuco_last_position"
 _OTHER_MIXERS = ("mamba", "ssm", "recurrent", "linearattention", "deltanet", "shortconv", "rwkv")
@@ -154,7 +156,7 @@ def last_position_output(block: nn.Module, args: tuple, kwargs: dict, layer: int
         if _capture(block, args, kwargs, plan.queries):
             _state.mode = "query"
             try:
-                return _hidden(block(*last_args, **last_kwargs))
+                return hidden(block(*last_args, **last_kwargs))
             except _Unsupported as e:
                 reason = str(e)
     finally:
@@ -211,7 +213,7 @@ def _zeros(x: torch.Tensor, *args, out_features: int, **kwargs) -> torch.Tensor:
 
 def _general(block, args, kwargs, layer, reason) -> torch.Tensor:
     _log_once(block, layer, reason)
-    return _hidden(block(*args, **kwargs))[:, -1:]
+    return hidden(block(*args, **kwargs))[:, -1:]
 
 
 def _log_once(block: nn.Module, layer: int, reason: str) -> None:
@@ -231,10 +233,6 @@ def _positional_names(block: nn.Module) -> list[str]:
 def _signature_names(forward, skip: int) -> list[str]:
     names = [n for n, p in inspect.signature(forward).parameters.items() if p.kind == p.POSITIONAL_OR_KEYWORD]
     return ["hidden_states", *names[skip:]]
-
-
-def _hidden(output) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 def _cut_to_last(args: tuple, kwargs: dict, seq: int, names: list[str]) -> tuple[tuple, dict]:

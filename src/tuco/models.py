@@ -6,7 +6,7 @@
 
 A name is one of the embedded demo pairs (``demo``: Gemma-3-270m base -> its chat LoRA;
 ``demo-safety``: SmolLM2-135M-Instruct -> its safety LoRA) or one of the paper's pairs
-(``tuco.experiments.registry``). ``Models.to_dict()`` is what results files and experiment
+(``tuco.registry``). ``Models.to_dict()`` is what results files and experiment
 settings record: ids or directories and the model type.
 """
 
@@ -42,8 +42,8 @@ def resolve(
     trust_remote_code: bool = False,
 ) -> Models:
     """The models of a named ``pair`` (``demo`` when nothing is given), or the checkpoints given."""
+    from . import registry
     from .demo.pairs import NAMES as DEMO_NAMES
-    from .experiments import registry
     from .loading import model_type
 
     options = (("pretrained", pretrained), ("finetuned", finetuned), ("adapter", adapter))
@@ -162,11 +162,12 @@ def load(
     """The ``ModelPair`` of ``models``."""
     import torch
 
-    from .experiments import registry
+    from . import registry
     from .pair import ModelPair
 
     torch.manual_seed(seed)
-    pair = ModelPair.from_pretrained(
+    paper = models.pair in registry.PAIRS  # the paper's prompt strings, never the checkpoint's template
+    return ModelPair.from_pretrained(
         models.pretrained,
         models.finetuned,
         adapter=models.adapter,
@@ -174,7 +175,5 @@ def load(
         device_map=placement(device, device_map),
         trust_remote_code=trust_remote_code,
         batch_invariant=batch_invariant,
+        prompt_format=functools.partial(registry.paper_chat, models.pair) if paper else None,
     )
-    if models.pair in registry.PAIRS:  # the paper's prompt strings, never the checkpoint's template
-        pair.prompt_format = functools.partial(registry.paper_chat, models.pair)
-    return pair

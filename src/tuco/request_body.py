@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .inputs import chat_problem
 
@@ -54,10 +54,11 @@ def _number(body: dict, name: str, default, low: float, high: float, *, integer=
         raise BadRequest(
             f"'{name}' must be {'an integer' if integer else 'a number'}, not {value!r:.40}", name
         )
-    if value < low or value > high or (open_low and value == low):
+    number = cast(float, value)  # an int or a float, checked above (not converted: large ints stay exact)
+    if number < low or number > high or (open_low and number == low):
         bounds = f"{'above' if open_low else 'at least'} {low:g} and at most {high:g}"
         raise BadRequest(f"'{name}' must be {bounds}, not {value!r}", name)
-    return int(value) if integer else float(value)
+    return int(number) if integer else float(number)
 
 
 def _chat(messages) -> list[dict]:

@@ -8,6 +8,7 @@ Ctrl-C loses at most the batch in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .driver import WINDOW, drive, windows
 from .errors import UsageError
 from .inputs import as_chat, choose
 from .pair import ModelPair
+from .sampling import Sampling
 from .store import ResultsFile
 
 log = logging.getLogger("tuco")
@@ -127,7 +129,7 @@ class Job:
                 try:
                     ready.append((record, self.token_ids(record)))
                 except DataError as e:
-                    self._invalid(e)
+                    self.on_invalid(e)
             return ready
 
         self.written += drive(
@@ -145,7 +147,8 @@ class Job:
             world=self.world,
         )
 
-    def _invalid(self, error: DataError) -> None:
+    def on_invalid(self, error: DataError) -> None:
+        """A record that cannot become a prompt: refused, or skipped (and counted) with --skip-invalid."""
         if not self.skip_invalid:
             raise error
         self.skipped += 1
@@ -158,14 +161,8 @@ class Job:
 # ---------------------------------------------------------------------- the three jobs
 def score(job: Job, records: Iterable[PromptItem], *, per_token=False, norm="l1", baselines=False) -> None:
     def compute(batch: list[PromptItem], ids: list[list[int]]) -> list[dict]:
-        results = job.pair.score(
-            ids, batch_size=job.batch_size, per_token=per_token, norm=norm, progress=False
-        )
-        extra = (
-            job.pair.output_contribution(ids, batch_size=job.batch_size, progress=False)
-            if baselines
-            else None
-        )
+        results = job.pair.score(ids, batch_size=job.batch_size, per_token=per_token, norm=norm)
+        extra = job.pair.output_contribution(ids, batch_size=job.batch_size) if baselines else None
         out = []
         for i, (record, result) in enumerate(zip(batch, results, strict=True)):
             values = result.to_dict()
@@ -180,23 +177,20 @@ def score(job: Job, records: Iterable[PromptItem], *, per_token=False, norm="l1"
 
 
 def generate(
-    job: Job, records: Iterable[PromptItem], alphas: list[float], *, tuco: bool = False, **generate_kwargs
+    job: Job, records: Iterable[PromptItem], alphas: list[float], sampling: Sampling, *, tuco: bool = False
 ) -> None:
     """Generated text per record and alpha; with ``tuco``, also the prompt's TuCo and one TuCo per
-    generated token (``ModelPair.generate_with_tuco``: ``generate_kwargs`` are ``Sampling``'s fields)."""
+    generated token (``ModelPair.generate_with_tuco``, else ``ModelPair.generate``)."""
+    options = dataclasses.asdict(sampling)
 
     def compute(batch: list[PromptItem], ids: list[list[int]]) -> list[dict]:
         out = []
         for alpha in alphas:
             if tuco:
-                generations = job.pair.generate_with_tuco(
-                    ids, alpha, batch_size=job.batch_size, **generate_kwargs
-                )
+                generations = job.pair.generate_with_tuco(ids, alpha, batch_size=job.batch_size, **options)
                 values = [monitored(job.pair.tokenizer, g) for g in generations]
             else:
-                texts = job.pair.generate(
-                    ids, alpha=alpha, batch_size=job.batch_size, progress=False, **generate_kwargs
-                )
+                texts = job.pair.generate(ids, alpha=alpha, batch_size=job.batch_size, **options)
                 values = [{"text": text} for text in texts]
             for record, value, prompt_ids in zip(batch, values, ids, strict=True):
                 out.append(job.row(record, alpha=alpha, **value, n_tokens=len(prompt_ids)))
@@ -223,7 +217,7 @@ def sweep(job: Job, records: Iterable[PromptItem], alphas: list[float], choices:
         options_of = [item_choices(r, choices) for r in batch]
         out = []
         for alpha in alphas:
-            probs = job.pair.next_token_probs(ids, alpha=alpha, batch_size=job.batch_size, progress=False)
+            probs = job.pair.next_token_probs(ids, alpha=alpha, batch_size=job.batch_size)
             for record, options, row in zip(batch, options_of, probs, strict=True):
                 try:
                     p, pred = choose(job.pair.tokenizer, row, options)

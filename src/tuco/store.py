@@ -17,6 +17,7 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TextIO
 
 from .errors import DataError, RunError, SettingsMismatchError, UsageError
 
@@ -96,7 +97,9 @@ class ResultsFile:
         self.done: set[str] = set()
         self.first: dict | None = None  # the first record already there (resume)
         self._replace = False  # overwrite: the old file goes when the first new records land
-        self._file = None  # opened on the first write: a run that fails early leaves no empty file
+        self._file: TextIO | None = (
+            None  # opened on the first write: a run that fails early leaves no empty file
+        )
         if resume and overwrite:
             raise UsageError("give --resume or --overwrite, not both")
         if self.path.is_dir():
@@ -233,10 +236,10 @@ class ResultsFile:
             self._replace = False
             self._file = self.path.open("a", encoding="utf-8")
         else:
-            self._file = self.path.open("a", encoding="utf-8")
-            self._file.write(text)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._file = file = self.path.open("a", encoding="utf-8")
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
         if self.settings is not None:
             write_atomic(settings_path(self.path), json.dumps(self.settings, indent=1) + "\n")
 
@@ -305,7 +308,8 @@ def load_results(paths: Iterable[str | Path]):
 
 
 def _jsonl_records(path: Path) -> list[dict]:
-    records, seen = [], {}
+    records: list[dict] = []
+    seen: dict[str, int] = {}
     with path.open("rb") as f:
         lines = f.readlines()
     for number, raw in enumerate(lines, 1):

@@ -122,7 +122,7 @@ def run(
         batch_size=config.batch_size,
         progress=True,
         max_new_tokens=config.answer_tokens,
-        do_sample=False,
+        temperature=0,
     )
     for i, answer in zip(chats, answers, strict=True):
         records[i] |= {"response": answer, "refused": is_refusal(answer)}
@@ -197,7 +197,7 @@ def steer(pair: ModelPair, config: DemoConfig, finetuned: dict[str, str]) -> lis
                 batch_size=config.batch_size,
                 progress=True,
                 max_new_tokens=config.answer_tokens,
-                do_sample=False,
+                temperature=0,
             )
         records += [
             {"alpha": alpha, "set": kind, "prompt": chat, "response": answer, "refused": is_refusal(answer)}

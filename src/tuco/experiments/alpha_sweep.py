@@ -16,8 +16,8 @@ from ..pair import ModelPair
 from ..plots import figure
 from ..tables import markdown_table
 from .common import RunDirectory, as_prompt, mean
+from .estimates import cross_validated_alpha, significance
 from .sources import category
-from .stats import cross_validated_alpha, significance
 
 PAPER_ALPHAS = (0.75, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25)
 
@@ -38,7 +38,7 @@ def answer_items(
     for record in records:
         record |= dict(probs=[], pred=[], correct=[])
     for alpha in alphas:
-        probs = pair.next_token_probs(prompts, alpha, batch_size=batch_size, progress=False)
+        probs = pair.next_token_probs(prompts, alpha, batch_size=batch_size)
         for record, row in zip(records, probs, strict=True):
             p, pred = choose(pair.tokenizer, row, record["choices"])
             record["probs"].append(p)

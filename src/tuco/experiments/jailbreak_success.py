@@ -17,15 +17,15 @@ from collections.abc import Callable
 import torch
 
 from ..inputs import pad_id
-from ..monitor import model_sampling
 from ..pair import ModelPair
 from ..plots import histogram
 from ..refusal import is_refusal
+from ..sampling import DEFAULTS, Sampling
 from ..stats import roc_auc, tpr_at_fpr
 from ..tables import markdown_table
 from .common import RunDirectory, as_prompt, mean
+from .estimates import jailbreak_succeeded
 from .gcg import GCGSettings, adversarial_strings, attach
-from .stats import jailbreak_succeeded
 
 Judge = Callable[[str, str], bool]
 
@@ -80,7 +80,8 @@ def sampling_settings(pair: ModelPair, temperature: float | None) -> dict:
     it sets nothing), or ``temperature`` alone."""
     if temperature is not None:
         return dict(temperature=temperature, top_p=1.0, top_k=0)
-    return model_sampling(pair.finetuned.generation_config)
+    chosen = Sampling.of_model(pair.finetuned.generation_config, do_sample=True)
+    return {k: getattr(chosen, k) for k in DEFAULTS}
 
 
 def describe_sampling(sampling: dict, temperature: float | None) -> str:
@@ -126,17 +127,15 @@ def jailbreak_success(
 
     def compute(batch: list[dict]) -> list[dict]:
         chats = [as_prompt(pair, it["prompt"], system) for it in batch]
-        scores = pair.score(chats, batch_size=batch_size, progress=False)
+        scores = pair.score(chats, batch_size=batch_size)
         records = [it | s.to_dict() for it, s in zip(batch, scores, strict=True)]
         harmful = [i for i, it in enumerate(batch) if it["group"] != "benign"]
         torch.manual_seed(seed)
         completions = pair.generate(
             [chats[i] for i in harmful for _ in range(samples)],
             max_new_tokens=max_new_tokens,
-            do_sample=True,
             **sampling,
             batch_size=batch_size * samples,
-            progress=False,
         )
         for n, i in enumerate(harmful):
             mine = completions[n * samples : (n + 1) * samples]

@@ -37,10 +37,8 @@ def shot_grid(max_shots: int) -> list[int]:
 
 
 def context_length(pair: ModelPair) -> int:
-    """Longest input the fine-tuned model takes (its config; a tokenizer's smaller limit wins)."""
-    limit = pair.context_length or 2048
-    tokenizer_limit = getattr(pair.tokenizer, "model_max_length", None) or limit
-    return min(limit, tokenizer_limit) if tokenizer_limit < 10**7 else limit
+    """Longest input the experiments build: the pair's context, 2048 where the model sets none."""
+    return pair.context_length or 2048
 
 
 def _scored(pair: ModelPair, answer_tokens: int, batch_size: int):
@@ -48,14 +46,14 @@ def _scored(pair: ModelPair, answer_tokens: int, batch_size: int):
 
     def compute(batch: list[dict]) -> list[dict]:
         prompts = [it["chat"] for it in batch]
-        scores = pair.score(prompts, batch_size=batch_size, progress=False)
+        scores = pair.score(prompts, batch_size=batch_size)
         records = [
             {k: v for k, v in it.items() if k != "chat"} | s.to_dict()
             for it, s in zip(batch, scores, strict=True)
         ]
         if answer_tokens:
             answers = pair.generate(
-                prompts, max_new_tokens=answer_tokens, do_sample=False, batch_size=batch_size, progress=False
+                prompts, max_new_tokens=answer_tokens, temperature=0, batch_size=batch_size
             )
             for record, answer in zip(records, answers, strict=True):
                 record |= dict(response=answer, harmful_answer=not is_refusal(answer))

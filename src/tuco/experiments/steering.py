@@ -44,11 +44,10 @@ def steering(
                 chats,
                 alpha=alpha,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                temperature=0,
                 batch_size=batch_size,
-                progress=False,
             )
-            scores = pair.score(chats, alpha=alpha, batch_size=batch_size, progress=False)
+            scores = pair.score(chats, alpha=alpha, batch_size=batch_size)
             for record, answer, s in zip(records, answers, scores, strict=True):
                 record["runs"].append(
                     dict(alpha=alpha, tuco=s.tuco, response=answer, refused=is_refusal(answer))

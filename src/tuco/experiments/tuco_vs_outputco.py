@@ -50,8 +50,8 @@ def tuco_vs_outputco(
 
     def compute(batch: list[dict]) -> list[dict]:
         prompts = [it["prompt"] for it in batch]
-        scores = pair.score(prompts, batch_size=batch_size, progress=False)
-        baselines = pair.output_contribution(prompts, batch_size=batch_size, progress=False)
+        scores = pair.score(prompts, batch_size=batch_size)
+        baselines = pair.output_contribution(prompts, batch_size=batch_size)
         return [
             {k: it[k] for k in ("id", "form", "shots", "draw")} | s.to_dict() | b.to_dict()
             for it, s, b in zip(batch, scores, baselines, strict=True)

@@ -74,7 +74,7 @@ def web_vs_chat(
     ]
 
     def compute(batch: list[dict]) -> list[dict]:
-        scores = pair.score([it["prompt"] for it in batch], batch_size=batch_size, progress=False)
+        scores = pair.score([it["prompt"] for it in batch], batch_size=batch_size)
         return [
             dict(id=it["id"], group=it["group"], label=it["label"], prompt=it["text"]) | s.to_dict()
             for it, s in zip(batch, scores, strict=True)

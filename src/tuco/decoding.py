@@ -19,6 +19,11 @@ only (``tuco.lastpos``) and decoding is the FT model alone, at plain generation'
 Each prompt has its own ``Sampling`` (greedy at temperature 0, else its own seeded generator) and
 rows never mix, so a result does not depend on what else is in its batch; a finished row (end of
 sequence, a stop string, its token budget, or ``cancelled``) leaves the batch and both caches at once.
+
+Why a loop of tuco's own beside transformers' ``generate`` (which ``ModelPair.generate`` uses): TuCo
+is read per token off each step, rows leave both caches as they finish, and each row samples from its
+own seeded generator, none of which ``generate`` offers; ``generate`` keeps beam search and its other
+options for plain generation. Both take their settings from ``tuco.sampling.Sampling``.
 """
 
 from __future__ import annotations
@@ -27,42 +32,18 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from . import inputs, metrics
 from .blocks import unwrap
-from .errors import check_alpha, check_choice, check_int
+from .decompose import pt_blocks_needed
+from .errors import check_alpha, check_choice
+from .pair_base import PairBase
+from .sampling import Sampling
 
 MONITORS = ("tokens", "prompt")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How one prompt is decoded: greedy at ``temperature`` 0, else sampled with ``top_p`` / ``top_k``
-    (0: off) from a generator seeded with ``seed`` (None: a random seed). Generation stops at the end
-    of sequence token, at any ``stop`` string (not included in the text), or after ``max_new_tokens``."""
-
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        check_int(self.max_new_tokens, "max_new_tokens")
-        check_int(self.top_k, "top_k", 0)
-        if not 0 <= check_alpha(self.temperature, "temperature"):
-            raise ValueError(f"temperature must be at least 0, not {self.temperature}")
-        if not 0 < check_alpha(self.top_p, "top_p") <= 1:
-            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.seed is not None:
-            check_int(self.seed, "seed", 0)
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        if not all(isinstance(s, str) and s for s in stop):
-            raise ValueError(f"stop must be non-empty strings, not {self.stop!r}")
-        object.__setattr__(self, "stop", stop)
 
 
 @dataclass
@@ -98,35 +79,15 @@ class Generation:
 class _Row:
     """One prompt being decoded: its tokens, the text sent so far, its random generator."""
 
-    def __init__(self, index: int, sampling: Sampling, tokenizer, eos: set[int], device: torch.device):
+    def __init__(self, index: int, sampling: Sampling, tokenizer: Any, eos: set[int], device: torch.device):
         self.index, self.sampling, self.tokenizer, self.eos = index, sampling, tokenizer, eos
         self.token_ids: list[int] = []
         self.done = False
         self.text = ""  # sent so far: the concatenated events' text
-        self.generator = None
-        if sampling.temperature > 0:
-            self.generator = torch.Generator(device)
-            if sampling.seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(sampling.seed)
+        self.generator = sampling.generator(device)
 
     def choose(self, logits: torch.Tensor, greedy: int) -> int:
-        """The next token from float32 ``logits`` [vocab] (``greedy``: their argmax, computed batched)."""
-        s = self.sampling
-        if s.temperature == 0:
-            return greedy
-        scores = logits / s.temperature
-        if s.top_k:
-            kth = torch.topk(scores, min(s.top_k, scores.shape[-1])).values[-1]
-            scores = scores.masked_fill(scores < kth, -torch.inf)
-        if s.top_p < 1:
-            ordered, order = scores.sort(descending=True)
-            probs = torch.softmax(ordered, -1)
-            outside = probs.cumsum(-1) - probs >= s.top_p  # the smallest set reaching top_p stays
-            scores = scores.index_fill(0, order[outside], -torch.inf)
-        probs = torch.softmax(scores, -1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return self.sampling.next_token(logits, greedy, self.generator)
 
     def add(self, token_id: int) -> tuple[str, str | None]:
         """Append a token: (the new text to send, the finish reason or None)."""
@@ -148,30 +109,9 @@ class _Row:
         return new, finish
 
 
-SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own, for unset fields
-
-
-def model_sampling(generation_config) -> dict:
-    """The temperature, top-p and top-k a model samples with: its generation config's, transformers'
-    defaults (temperature 1, top-p 1, top-k 50) for what it leaves unset."""
-    return {
-        k: v if (v := getattr(generation_config, k, None)) is not None else d
-        for k, d in SAMPLING_DEFAULTS.items()
-    }
-
-
-def eos_ids(pair) -> set[int]:
-    """End-of-sequence ids: the generation config's (one or several) and the tokenizer's."""
-    ids = getattr(pair.finetuned.generation_config, "eos_token_id", None)
-    ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
-    if getattr(pair.tokenizer, "eos_token_id", None) is not None:
-        ids.add(pair.tokenizer.eos_token_id)
-    return ids
-
-
 @torch.inference_mode()
 def decode(
-    pair,
+    pair: PairBase,
     ids: list[list[int]],
     samplings: Sequence[Sampling],
     *,
@@ -189,22 +129,22 @@ def decode(
         raise ValueError(f"{len(ids)} prompts but {len(samplings)} sampling settings")
     for i, (prompt, sampling) in enumerate(zip(ids, samplings, strict=True)):
         try:
-            inputs.check_ids([prompt], pair.vocab_size, pair.context_length, sampling.max_new_tokens)
+            pair.check_prompts([prompt], sampling.max_new_tokens)
         except ValueError as e:
             raise ValueError(str(e).replace("prompt 0", f"prompt {i}", 1)) from None
-    p, light = int(norm[1]), monitor == "prompt" and alpha == 1.0
-    batch = {k: v.to(pair.device) for k, v in inputs.pad(ids, inputs.pad_id(pair.tokenizer), "left").items()}
-    if not pair._body_takes_positions:
-        batch.pop("position_ids")
-    eos = eos_ids(pair)
+    p = int(norm[1])
+    # the prefill reads the prompt's last token; with TuCo on every token, the PT caches are kept too
+    light = pt_blocks_needed(alpha, "last" if monitor == "prompt" else "all") == "last"
+    batch = pair.body_inputs({k: v.to(pair.device) for k, v in inputs.pad(ids, pair.pad_id, "left").items()})
+    eos = pair.eos_ids()
     rows = [_Row(i, s, pair.tokenizer, eos, pair.device) for i, s in enumerate(samplings)]
     dec = pair.steer(alpha, last_only=light)
     dec.__enter__()
     try:
         rec = dec.record(torch.full((len(ids),), batch["input_ids"].shape[1] - 1), p=p, layers=False)
         out = pair.finetuned(**batch, use_cache=True, logits_to_keep=1)
-        prompt_tucos = tucos = metrics.tuco(rec.ptc_sum, rec.ftc_sum, p).tolist()
-        if light:  # decoding is the FT model alone
+        prompt_tucos = tucos = metrics.tuco(*rec.sums(), p).tolist()
+        if light:  # decoding reads nothing at alpha = 1: the FT model alone
             dec.__exit__(None, None, None)
         # transformers 5.24 renamed past_key_values to cache (argument and output)
         cache = out["cache"] if "cache" in out else out["past_key_values"]
@@ -253,13 +193,13 @@ def decode(
             next_ids = torch.tensor(chosen, device=mask.device)[:, None]
             out = pair.finetuned(input_ids=next_ids, **step, **{cache_name: cache}, use_cache=True)
             if monitor == "tokens":
-                tucos = metrics.tuco(rec.ptc_sum, rec.ftc_sum, p).tolist()
+                tucos = metrics.tuco(*rec.sums(), p).tolist()
     finally:
         dec.__exit__(None, None, None)
 
 
 def stream(
-    pair,
+    pair: PairBase,
     ids: list[list[int]],
     sampling: Sampling,
     *,
@@ -268,16 +208,17 @@ def stream(
     norm: str = "l1",
     batch_size: int = 8,
 ) -> Iterator[TokenEvent]:
-    """Every prompt's events as they come, ``batch_size`` prompts decoded together (in input order)."""
-    check_int(batch_size, "batch_size")
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start : start + batch_size]
-        for events in decode(pair, chunk, [sampling] * len(chunk), alpha=alpha, monitor=monitor, norm=norm):
+    """Every prompt's events as they come, ``batch_size`` prompts decoded together, in the pair's
+    length-sorted batches (longest prompts first: less padding); ``event.index`` is the prompt's
+    place in ``ids``."""
+    for chunk in pair.sorted_batches(ids, batch_size, sampling.max_new_tokens):
+        prompts = [ids[i] for i in chunk]
+        for events in decode(pair, prompts, [sampling] * len(chunk), alpha=alpha, monitor=monitor, norm=norm):
             for event in events:
-                yield dataclasses.replace(event, index=event.index + start)
+                yield dataclasses.replace(event, index=chunk[event.index])
 
 
-def generate(pair, ids: list[list[int]], sampling: Sampling, **options) -> list[Generation]:
+def generate(pair: PairBase, ids: list[list[int]], sampling: Sampling, **options) -> list[Generation]:
     """``stream`` collected: one ``Generation`` per prompt, in input order."""
     tokens: list[list[int]] = [[] for _ in ids]
     tucos: list[list[float]] = [[] for _ in ids]

@@ -1,4 +1,5 @@
-"""Statistics the experiments report (the TuCo paper, Nuti et al., ICML 2025).
+"""Estimates and rules the experiments report (the TuCo paper, Nuti et al., ICML 2025); not to be
+confused with ``tuco.stats`` (ROC-AUC, TPR at FPR).
 
 - ``cross_validated_alpha``: E1's 5-fold choice of alpha* and Delta = CV accuracy - accuracy at alpha=1,
   and ``significance``: McNemar's exact test and a paired bootstrap interval of Delta over items;

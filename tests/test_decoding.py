@@ -1,11 +1,11 @@
-"""Generation that reports TuCo as it goes (tuco.monitor): exact against cache-free recomputation."""
+"""Generation that reports TuCo as it goes (tuco.decoding): exact against cache-free recomputation."""
 
 import pytest
 import torch
 from conftest import PROMPTS, make_pair
 
-from tuco import monitor
-from tuco.monitor import Sampling
+from tuco import decoding
+from tuco.sampling import Sampling
 
 ARCHS = ["llama", "gemma3_text", "gpt2", "mistral", "lfm2", "mixtral"]
 
@@ -68,12 +68,12 @@ def test_a_result_does_not_depend_on_its_batch(arch, tok):
         Sampling(max_new_tokens=5, temperature=0.8, top_p=0.9, top_k=20, seed=1),
     ]
     batched = {}
-    for events in monitor.decode(pair, ids, settings, alpha=0.8):
+    for events in decoding.decode(pair, ids, settings, alpha=0.8):
         for e in events:
             batched.setdefault(e.index, []).append((e.token_id, e.tuco))
     for i, (row, sampling) in enumerate(zip(ids, settings, strict=True)):
         alone = [
-            (e.token_id, e.tuco) for es in monitor.decode(pair, [row], [sampling], alpha=0.8) for e in es
+            (e.token_id, e.tuco) for es in decoding.decode(pair, [row], [sampling], alpha=0.8) for e in es
         ]
         assert [t for t, _ in batched[i]] == [t for t, _ in alone]
         assert [u for _, u in batched[i]] == pytest.approx([u for _, u in alone], abs=1e-5)
@@ -136,9 +136,9 @@ def test_cancelled_rows_stop_and_leave_the_others_alone(tok):
     def tokens(steps):
         return [[e.token_id for es in steps for e in es if e.index == i] for i in range(len(ids))]
 
-    whole = tokens(list(monitor.decode(pair, ids, settings)))
+    whole = tokens(list(decoding.decode(pair, ids, settings)))
     steps: list = []
-    for events in monitor.decode(pair, ids, settings, cancelled=lambda i: i == 1 and len(steps) >= 2):
+    for events in decoding.decode(pair, ids, settings, cancelled=lambda i: i == 1 and len(steps) >= 2):
         steps.append(events)
     cut = tokens(steps)
     assert cut[1] == whole[1][:2] and [cut[i] for i in (0, 2, 3)] == [whole[i] for i in (0, 2, 3)]

@@ -1,0 +1,119 @@
+"""``tuco.engine``: the serving loop on its own (no server): batches by alpha, bounds, failures."""
+
+import threading
+import time
+
+import pytest
+from conftest import PROMPTS, make_pair
+
+from tuco.decoding import TokenEvent
+from tuco.engine import Engine, Overloaded
+from tuco.sampling import Sampling
+
+
+class Inbox:
+    """What one request receives from the engine's thread."""
+
+    def __init__(self):
+        self.items, self.done = [], threading.Event()
+
+    def __call__(self, item):
+        self.items.append(item)
+        if not isinstance(item, TokenEvent) or item.finish_reason is not None:
+            self.done.set()
+
+    def text(self) -> str:
+        return "".join(e.text for e in self.items)
+
+
+def wait(inboxes, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    for inbox in inboxes:
+        assert inbox.done.wait(max(0.0, deadline - time.monotonic())), "a request never finished"
+
+
+def test_requests_of_one_alpha_share_a_batch_and_give_what_they_give_alone(tok):
+    pair = make_pair("llama", tok)
+    engine = Engine(pair, max_batch=4, window=0.05)
+    ids = pair.encode(PROMPTS[:3])
+    alphas = [1.0, 0.5, 1.0]
+    inboxes = [Inbox() for _ in ids]
+    for row, alpha, inbox in zip(ids, alphas, inboxes, strict=True):  # queued before the thread starts
+        engine.submit(row, Sampling(max_new_tokens=5), alpha=alpha, deliver=inbox)
+    engine.start()
+    try:
+        wait(inboxes)
+    finally:
+        engine.stop()
+    assert engine.stats.batches == 2  # alpha 1 together, alpha 0.5 in the next batch
+    assert engine.stats.tokens == sum(len(inbox.items) for inbox in inboxes)
+    for row, alpha, inbox in zip(ids, alphas, inboxes, strict=True):
+        alone = pair.generate_with_tuco([row], alpha, max_new_tokens=5)[0]
+        assert inbox.text() == alone.text
+        assert [e.tuco for e in inbox.items] == pytest.approx(alone.tokens_tuco, abs=1e-5)
+        assert inbox.items[0].prompt_tuco == pytest.approx(alone.prompt_tuco, abs=1e-5)
+    assert engine.load == 0
+
+
+def test_a_full_queue_is_refused_and_a_cancelled_request_frees_its_slot(tok):
+    engine = Engine(make_pair("llama", tok), max_batch=1, max_queue=2)  # not started: nothing runs
+    first = engine.submit([5, 6], Sampling(), alpha=1.0, deliver=print)
+    engine.submit([5, 6], Sampling(), alpha=1.0, deliver=print)
+    with pytest.raises(Overloaded, match="2 requests waiting or running"):
+        engine.submit([5, 6], Sampling(), alpha=1.0, deliver=print)
+    first.cancel()
+    assert engine.load == 1 and engine.waiting == 1
+    engine.submit([5, 6], Sampling(), alpha=1.0, deliver=print)
+
+
+def test_a_failed_batch_tells_every_request_in_it(tok, monkeypatch):
+    pair = make_pair("llama", tok)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the model broke")
+
+    monkeypatch.setattr(pair, "decode", broken)
+    engine = Engine(pair, max_batch=4, window=0.05)
+    inboxes = [Inbox(), Inbox()]
+    for inbox in inboxes:
+        engine.submit([5, 6, 7], Sampling(max_new_tokens=3), alpha=1.0, deliver=inbox)
+    engine.start()
+    try:
+        wait(inboxes)
+    finally:
+        engine.stop()
+    for inbox in inboxes:
+        assert len(inbox.items) == 1 and isinstance(inbox.items[0], RuntimeError)
+    assert engine.load == 0
+
+
+def test_on_first_can_stop_a_request_before_its_first_token_is_sent(tok):
+    pair = make_pair("llama", tok)
+    engine = Engine(pair, max_batch=2, window=0.05)
+    seen, stopped = [], threading.Event()
+
+    def on_first(event):
+        seen.append(event.prompt_tuco)
+        stopped.set()
+        return True
+
+    kept = Inbox()
+    blocked = engine.submit(
+        [5, 6, 7], Sampling(max_new_tokens=4), alpha=1.0, deliver=print, on_first=on_first
+    )
+    engine.submit([8, 9], Sampling(max_new_tokens=4), alpha=1.0, deliver=kept)
+    engine.start()
+    try:
+        wait([kept])
+        assert stopped.wait(10)
+    finally:
+        engine.stop()
+    assert blocked.cancelled and seen and isinstance(seen[0], float)
+    assert len(kept.items) == 4  # the other row of the batch runs on
+
+
+def test_bounds_are_checked():
+    with pytest.raises(ValueError, match="max_batch"):
+        Engine(None, max_batch=0)
+    with pytest.raises(ValueError, match="max_queue"):
+        Engine(None, max_batch=4, max_queue=2)
