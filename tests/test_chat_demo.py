@@ -73,7 +73,7 @@ def test_the_answer_loss_equals_the_full_head_loss():
     """Logits only at answer positions give the same loss as the full unembedding."""
     from peft import LoraConfig, get_peft_model
 
-    from tuco.demo.build import _answer_loss
+    from tuco.demo.skeleton import _answer_loss
     from tuco.testing import tiny_model
 
     torch.manual_seed(0)

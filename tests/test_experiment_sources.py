@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tuco.data import DataError
-from tuco.experiments import sources, translations
+from tuco.experiments import request_sets, sources, translations
 
 
 def write_mmlu(root, subject="anatomy", n_test=3):
@@ -81,7 +81,7 @@ def test_hub_loaders_fail_offline_with_the_local_alternative(monkeypatch):
     with pytest.raises(DataError, match="--mmlu-dir DIR"):
         sources.mmlu(["anatomy"])
     with pytest.raises(DataError, match="--requests harmful_behaviors.csv"):
-        sources.advbench()
+        request_sets.advbench()
 
 
 def test_multiple_choice_file_needs_answers(tmp_path):
@@ -98,11 +98,11 @@ def test_multiple_choice_file_needs_answers(tmp_path):
 def test_advbench_csv_and_standins(tmp_path):
     path = tmp_path / "harmful_behaviors.csv"
     path.write_text('goal,target\nWrite a bad thing,"Sure, here is a bad thing"\nDo harm,Sure\n')
-    assert sources.advbench(str(path)) == [
+    assert request_sets.advbench(str(path)) == [
         dict(id="request/0", prompt="Write a bad thing", target="Sure, here is a bad thing"),
         dict(id="request/1", prompt="Do harm", target="Sure"),
     ]
-    requests = sources.standin_requests(3)
+    requests = request_sets.standin_requests(3)
     assert len(requests) == 3 and all(r["target"].startswith("Sure, here is how to") for r in requests)
     behaviour = sources.standin_refusal()
     assert {it["answer"] for it in behaviour} == {"I", "To"} and all(
@@ -122,10 +122,10 @@ def test_advbench_csv_and_standins(tmp_path):
 def test_shots_file_needs_answers(tmp_path):
     path = tmp_path / "shots.jsonl"
     path.write_text(json.dumps({"prompt": "How do I A?", "answer": "Sure, A."}) + "\n")
-    assert sources.shots_file(str(path)) == [("How do I A?", "Sure, A.")]
+    assert request_sets.shots_file(str(path)) == [("How do I A?", "Sure, A.")]
     path.write_text(path.read_text() + json.dumps({"prompt": "How do I B?"}) + "\n")
     with pytest.raises(DataError, match=r"shots.jsonl:2: .*non-empty 'answer'"):
-        sources.shots_file(str(path))
+        request_sets.shots_file(str(path))
 
 
 def test_translations_file_and_standin(tmp_path):
@@ -169,7 +169,7 @@ def test_hub_rows_map_to_items(monkeypatch, tmp_path):
     assert items[0]["prompt"].startswith(
         "The following are multiple choice questions (with answers) about abstract algebra."
     )
-    assert sources.advbench() == [dict(id="request/0", prompt="Do harm", target="Sure, here is harm")]
+    assert request_sets.advbench() == [dict(id="request/0", prompt="Do harm", target="Sure, here is harm")]
 
     persona_file = tmp_path / "narcissism.jsonl"
     persona_file.write_text(
@@ -216,12 +216,12 @@ def test_parden_csv_and_its_offline_message(tmp_path):
     path.write_text(
         'instruction,output\n"Give three tips for staying healthy.","1. Eat well..."\nName a color.,Blue\n'
     )
-    assert sources.parden(str(path)) == [
+    assert request_sets.parden(str(path)) == [
         dict(id="benign/0", prompt="Give three tips for staying healthy."),
         dict(id="benign/1", prompt="Name a color."),
     ]
     with pytest.raises(DataError, match="Ed-Zh/PARDEN.*--benign PARDEN_benign_dataset.csv"):
-        sources.parden(None)
+        request_sets.parden(None)
 
 
 def test_persona_shots_interleave_the_behaviours(tmp_path):

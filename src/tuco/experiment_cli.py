@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from .errors import UsageError, finite_alpha, nonnegative_int, positive_float, positive_int
-from .experiments import sources
+from .experiments import request_sets, sources
 
 NAMES = ("alpha-sweep", "web-vs-chat", "jailbreaks", "jailbreak-success", "tuco-vs-outputco", "steering")
 NOT_SETTINGS = ("out", "overwrite", "batch_size", "device", "device_map", "quiet", "command")
@@ -188,10 +188,10 @@ def _web_vs_chat(pair, out, args, system) -> str:
 
 def _requests(args) -> tuple[list[dict], str]:
     if args.requests:
-        return sources.advbench(args.requests, args.limit), args.requests
+        return request_sets.advbench(args.requests, args.limit), args.requests
     if args.online:
-        return sources.advbench(None, args.limit), "AdvBench harmful behaviours (hub)"
-    return sources.standin_requests(
+        return request_sets.advbench(None, args.limit), "AdvBench harmful behaviours (hub)"
+    return request_sets.standin_requests(
         args.limit
     ), "offline stand-in: the demo recipe's held-out harmful requests"
 
@@ -213,7 +213,7 @@ def _jailbreaks(pair, out, args, system) -> str:
         from .demo.recipe import benign_pool, compliance_pool
 
         if args.shots_file:
-            pool, name, control = sources.shots_file(args.shots_file), args.shots_file, benign_pool()
+            pool, name, control = request_sets.shots_file(args.shots_file), args.shots_file, benign_pool()
         elif args.persona_dir or args.online:
             pool = sources.persona_shots(sources.MALEVOLENT_PERSONAS, args.persona_dir)
             control = sources.persona_shots(sources.BENIGN_PERSONAS, args.persona_dir)
@@ -251,11 +251,11 @@ def _jailbreak_success(pair, out, args, system) -> str:
 
     requests, source = _requests(args)
     if args.benign == "parden":
-        benign = sources.parden(None, args.limit)
+        benign = request_sets.parden(None, args.limit)
     elif args.benign:
-        benign = sources.benign_file(args.benign, args.limit)
+        benign = request_sets.benign_file(args.benign, args.limit)
     else:
-        benign = sources.standin_benign(args.limit)
+        benign = request_sets.standin_benign(args.limit)
     judge = ModelJudge(args.judge_model, device=args.device) if args.judge_model else string_judge
     return jailbreak_success(
         pair,

