@@ -35,7 +35,7 @@ lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports  # layers: imports only point down (pyproject.toml, [tool.importlinter])
-	$(VENV)/bin/mypy          # types of the core and pair layers (pyproject.toml, [tool.mypy])
+	$(VENV)/bin/mypy          # types of the core, the pair layer, serving and runs (pyproject.toml, [tool.mypy])
 
 bench: venv
 	$(PY) benchmarks/overhead.py --model tiny-llama llama-512 --dtypes auto

@@ -33,15 +33,10 @@ SHIPPED = Path(__file__).parent / "adapter"  # the default recipe's adapter, com
 REBUILD = "tuco demo build --pair demo-safety --force --ship"
 
 
-def build(
-    recipe: safety.Recipe | None = None,
-    home: Path | None = None,
-    force: bool = False,
-    dtype: str = "auto",
-    device: str = "cpu",
-    ship: bool = False,
-) -> DemoPair:
-    return build_adapter(_kind(), recipe, home, force, dtype, device, ship)
+def build(recipe: safety.Recipe | None = None, home: Path | None = None, **options) -> DemoPair:
+    """The pair of ``recipe`` (default: the shipped one), cached under ``home`` (``$TUCO_HOME``);
+    ``options``: force, dtype, device, ship (``tuco.demo.skeleton.build_adapter``)."""
+    return build_adapter(_kind(), recipe, home=home, **options)
 
 
 def shipped_metrics() -> dict:

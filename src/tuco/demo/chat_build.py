@@ -40,15 +40,10 @@ def shipped_chat_metrics() -> dict:
     return shipped_metrics(_kind())
 
 
-def build_chat(
-    recipe: cr.ChatRecipe | None = None,
-    home: Path | None = None,
-    force: bool = False,
-    dtype: str = "auto",
-    device: str = "cpu",
-    ship: bool = False,
-) -> DemoPair:
-    return build_adapter(_kind(), recipe, home, force, dtype, device, ship)
+def build_chat(recipe: cr.ChatRecipe | None = None, home: Path | None = None, **options) -> DemoPair:
+    """The pair of ``recipe`` (default: the shipped one), cached under ``home`` (``$TUCO_HOME``);
+    ``options``: force, dtype, device, ship (``tuco.demo.skeleton.build_adapter``)."""
+    return build_adapter(_kind(), recipe, home=home, **options)
 
 
 def _kind() -> Kind:

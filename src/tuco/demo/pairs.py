@@ -34,11 +34,12 @@ def demo_pair(
     ship: bool = False,
 ) -> DemoPair:
     """The named demo pair: the shipped adapter, or (``force`` / ``tiny``) one built from its recipe."""
+    options = dict(home=home, force=force, dtype=dtype, device=device, ship=ship)
     if name == "demo":
         chosen = chat_recipe.TINY_CHAT if tiny else chat_recipe.ChatRecipe()
-        demo = build_chat(chosen, home, force, dtype, device, ship=ship)
+        demo = build_chat(chosen, **options)
     elif name == "demo-safety":
-        demo = build(recipe.TINY if tiny else recipe.Recipe(), home, force, dtype, device, ship=ship)
+        demo = build(recipe.TINY if tiny else recipe.Recipe(), **options)
     else:
         raise KeyError(f"unknown demo pair {name!r}: choose one of {', '.join(NAMES)}")
     demo.name, demo.title = name, TITLES[name]

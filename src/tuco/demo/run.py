@@ -28,6 +28,7 @@ from . import chat_recipe
 from . import recipe as safety
 from .build import DemoPair
 from .pairs import demo_pair
+from .skeleton import Clock
 from .texts import windows
 
 
@@ -155,18 +156,6 @@ def run(
 
 
 KINDS = ("benign", "harmful")
-
-
-class Clock:
-    """Seconds per phase, for the summary."""
-
-    def __init__(self):
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name], self._last = now - self._last, now
 
 
 def _key(prompt) -> str:

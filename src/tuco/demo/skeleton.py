@@ -86,6 +86,7 @@ def check_shipped(directory: Path, current: str, recipe_file: str, rebuild: str)
 def build_adapter(
     kind: Kind,
     recipe: Any = None,
+    *,
     home: Path | None = None,
     force: bool = False,
     dtype: str = "auto",
@@ -134,15 +135,20 @@ def build_adapter(
 
 
 class Clock:
-    """Seconds per build step: ``clock.lap("train")`` after each."""
+    """Seconds per step: ``clock.lap("train")`` after each; ``laps`` the times, ``seconds`` them
+    rounded to tenths (for metrics files)."""
 
     def __init__(self):
-        self.seconds: dict[str, float] = {}
+        self.laps: dict[str, float] = {}
         self._last = time.perf_counter()
 
     def lap(self, step: str) -> None:
         now = time.perf_counter()
-        self.seconds[step], self._last = round(now - self._last, 1), now
+        self.laps[step], self._last = now - self._last, now
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in self.laps.items()}
 
 
 def greedy(
