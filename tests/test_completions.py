@@ -6,10 +6,11 @@ import json
 import pytest
 from conftest import make_pair
 
-from tuco.completions import REFUSAL, Completions, ServeMetrics
+from tuco.completions import REFUSAL, Completions
 from tuco.decoding import TokenEvent
 from tuco.engine import Engine, Overloaded, Submission
 from tuco.guard import Guard
+from tuco.serve_metrics import ServeMetrics
 
 CHAT = {"messages": [{"role": "user", "content": "Tell me something."}], "max_tokens": 5, "temperature": 0}
 
@@ -35,6 +36,10 @@ class FakeEngine:
                 break
             deliver(event)
         return job
+
+    def submit_call(self, call, deliver):
+        deliver(call())
+        return Submission([], None, 1.0, deliver)
 
 
 def flow_of(pair, engine, **options):
@@ -68,7 +73,8 @@ def pair():
 def test_validate_gives_ids_and_sampling_of_the_body(pair):
     flow = flow_of(pair, FakeEngine())
     body = dict(CHAT, top_p=0.5, seed=3, stop=["x"], temperature=0.7)
-    parsed, ids, sampling = flow.validate(json.dumps(body).encode(), "chat")
+    parsed, [choice] = flow.validate(json.dumps(body).encode(), "chat")
+    ids, sampling = choice.ids, choice.sampling
     assert ids == pair.encode([body["messages"]])[0]
     assert (sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.seed, sampling.stop) == (
         5,
@@ -77,8 +83,8 @@ def test_validate_gives_ids_and_sampling_of_the_body(pair):
         3,
         ("x",),
     )
-    _, _, default = flow.validate(json.dumps({"prompt": "Once"}).encode(), "completion")
-    assert default.max_new_tokens == 16  # OpenAI's legacy completions default
+    _, [default] = flow.validate(json.dumps({"prompt": "Once"}).encode(), "completion")
+    assert default.sampling.max_new_tokens == 16  # OpenAI's legacy completions default
 
 
 @pytest.mark.parametrize(
@@ -153,7 +159,7 @@ def test_a_full_engine_answers_503_with_retry_after(pair):
     assert answer(response)["error"]["type"] == "server_busy" and counted(flow, "503") == 1
 
 
-def test_a_generation_failure_is_a_500(pair):
+def test_a_generation_failure_is_a_500_that_leaks_nothing(pair, caplog):
     class Failing(FakeEngine):
         def submit(self, ids, sampling, *, alpha, deliver, on_first=None):
             deliver(RuntimeError("the model broke"))
@@ -161,7 +167,9 @@ def test_a_generation_failure_is_a_500(pair):
 
     flow = flow_of(pair, Failing())
     response = respond(flow, CHAT)
-    assert response.status_code == 500 and "the model broke" in answer(response)["error"]["message"]
+    error = answer(response)["error"]
+    assert response.status_code == 500 and error["type"] == "server_error"
+    assert "the model broke" not in error["message"] and "the model broke" in caplog.text  # logged, not sent
 
 
 @pytest.mark.parametrize("action", ["flag", "block"])

@@ -177,8 +177,19 @@ BAD = [
     ("chat", {"messages": CHAT, "n": 3}, "n", "not supported"),
     ("chat", {"messages": CHAT, "colour": "red"}, "colour", "unknown field 'colour'"),
     ("completion", {"prompt": ""}, "prompt", "non-empty string"),
-    ("completion", {"prompt": ["a", "b"]}, "prompt", "one non-empty string"),
-    ("completion", {"prompt": "hi", "echo": True}, "echo", "not supported"),
+    ("completion", {"prompt": ["a", ""]}, "prompt", "'prompt'[1] must be a non-empty string"),
+    ("completion", {"prompt": "hi", "echo": "yes"}, "echo", "true or false"),
+    ("completion", {"prompt": "hi", "echo": True, "stream": True}, "echo", "not supported with 'stream'"),
+    ("completion", {"prompt": [[1, 2], [5000]]}, "prompt", "outside the model's vocabulary"),
+    ("chat", {"messages": CHAT, "temperature": 1e-300}, "temperature", "0 (greedy) or at least"),
+    ("chat", {"messages": CHAT, "alpha": 1e6}, "alpha", "at most 100"),
+    (
+        "chat",
+        {"messages": CHAT, "response_format": {"type": "json_object"}},
+        "response_format",
+        "ask for nothing",
+    ),
+    ("chat", {"messages": CHAT, "top_logprobs": 2}, "top_logprobs", "needs 'logprobs'"),
 ]
 
 

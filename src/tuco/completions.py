@@ -14,24 +14,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .decoding import TokenEvent
 from .engine import Engine, Overloaded, Submission
 from .guard import Guard
+from .openai_shapes import Entry, Shape, chat_logprobs, error_response, legacy_logprobs
 from .pair import ModelPair
 from .request_body import DEFAULT_MAX_TOKENS, BadRequest, Parsed, parse
 from .sampling import Sampling
+from .serve_metrics import ServeMetrics
 
+log = logging.getLogger("tuco")
 REFUSAL = "I can't help with that."
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
-_TUCO_BUCKETS = [i / 20 for i in range(1, 20)]
 
 
 class Blocked:
@@ -44,82 +48,30 @@ class Blocked:
 Item = TokenEvent | Blocked | BaseException  # what the engine hands a request's queue
 
 
-def error_response(
-    status: int, message: str, param: str | None = None, kind: str = "invalid_request_error", **headers: str
-) -> JSONResponse:
-    """An OpenAI error object."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return JSONResponse(body, status_code=status, headers=headers or None)
+@dataclass
+class Choice:
+    """One prompt of a request: its ids, how to decode it (None: nothing to generate, ``max_tokens``
+    0 with ``echo``) and its text for ``echo``."""
+
+    index: int
+    ids: list[int]
+    sampling: Sampling | None
+    text: str
 
 
-class ServeMetrics:
-    """The Prometheus metrics of one server: requests, latency, tokens, TuCo histograms, guard flags."""
+@dataclass
+class Answer:
+    """What one choice produced."""
 
-    def __init__(self, engine: Engine):
-        self.registry = registry = CollectorRegistry()
-        self.requests = Counter(
-            "tuco_requests", "Requests by route and status", ["route", "status"], registry=registry
-        )
-        self.latency = Histogram(
-            "tuco_request_latency_seconds", "Request latency", ["route"], registry=registry
-        )
-        self.tokens = Counter("tuco_generated_tokens", "Tokens generated", registry=registry)
-        self.prompt = Histogram(
-            "tuco_prompt_tuco", "TuCo of each prompt", buckets=_TUCO_BUCKETS, registry=registry
-        )
-        self.token = Histogram(
-            "tuco_token_tuco", "TuCo of each generated token", buckets=_TUCO_BUCKETS, registry=registry
-        )
-        self.flagged = Counter("tuco_flagged", "Prompts the guard flagged", registry=registry)
-        Gauge("tuco_load", "Requests waiting or running", registry=registry).set_function(lambda: engine.load)
-        Gauge("tuco_batches", "Batches decoded", registry=registry).set_function(lambda: engine.stats.batches)
-        Gauge("tuco_tokens_per_second", "Tokens/s of the last batch", registry=registry).set_function(
-            lambda: engine.stats.last_tokens_per_second
-        )
+    text: str
+    finish: str
+    prompt_tuco: float | None
+    events: list[TokenEvent]
+    echo: list | None = None  # the prompt's token logprobs (``ModelPair.token_logprobs``)
 
-    def finished(self, route: str, status: str, started: float | None = None) -> None:
-        self.requests.labels(route, status).inc()
-        if started is not None:
-            self.latency.labels(route).observe(time.monotonic() - started)
-
-
-class Shape:
-    """OpenAI's response and chunk objects for one request."""
-
-    def __init__(self, kind: str, meta: dict, prompt_tokens: int):
-        self.kind, self.meta, self.prompt_tokens = kind, meta, prompt_tokens
-
-    def usage(self, completion: int) -> dict:
-        total = self.prompt_tokens + completion
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion, "total_tokens": total}
-
-    def whole(self, text: str, finish: str, tuco: dict, completion: int) -> dict:
-        choice: dict[str, Any]
-        if self.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None}
-            kind = "chat.completion"
-        else:
-            choice, kind = {"index": 0, "text": text, "logprobs": None}, "text_completion"
-        choice["finish_reason"] = finish
-        return {
-            **self.meta,
-            "object": kind,
-            "choices": [choice],
-            "usage": self.usage(completion),
-            "tuco": tuco,
-        }
-
-    def chunk(
-        self, text: str | None, finish: str | None = None, role: str | None = None, **extra: Any
-    ) -> dict:
-        choice: dict[str, Any]
-        if self.kind == "chat":
-            delta = ({} if role is None else {"role": role}) | ({} if text is None else {"content": text})
-            choice, kind = {"index": 0, "delta": delta, "logprobs": None}, "chat.completion.chunk"
-        else:
-            choice, kind = {"index": 0, "text": text or "", "logprobs": None}, "text_completion"
-        choice["finish_reason"] = finish
-        return {**self.meta, "object": kind, "choices": [choice], **extra}
+    @property
+    def tucos(self) -> list[float | None]:
+        return [e.tuco for e in self.events]
 
 
 class Completions:
@@ -140,47 +92,60 @@ class Completions:
         self.name, self.guard, self.guard_action, self.monitor = name, guard, guard_action, monitor
 
     # ------------------------------------------------------------------ validate
-    def validate(self, body: bytes, kind: str) -> tuple[Parsed, list[int], Sampling]:
-        """The request, its prompt ids and its sampling settings; ``ValueError`` (``BadRequest``
-        naming its field, or ``Sampling``'s own checks) for a body the server refuses."""
+    def validate(self, body: bytes, kind: str) -> tuple[Parsed, list[Choice]]:
+        """The request and its choices (ids, sampling settings); ``ValueError`` (``BadRequest``
+        naming its field, or ``Sampling``'s own checks) for a body the server refuses. It tokenises:
+        the server runs it off the event loop."""
         try:
             decoded = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BadRequest(f"the body is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
+            raise BadRequest(f"the body is not valid JSON: {str(e)[:200]}") from None
         parsed = parse(decoded, kind)
-        ids, budget = self.token_ids(parsed)
-        sampling = Sampling(
-            max_new_tokens=budget,
-            temperature=parsed.temperature,
-            top_p=parsed.top_p,
-            top_k=parsed.top_k,
-            seed=parsed.seed,
-            stop=parsed.stop,
-        )
-        return parsed, ids, sampling
+        choices = []
+        for index, prompt in enumerate(parsed.prompts):
+            ids, budget = self.token_ids(parsed, prompt)
+            sampling = None
+            if budget > 0:
+                sampling = Sampling(
+                    max_new_tokens=budget,
+                    temperature=parsed.temperature,
+                    top_p=parsed.top_p,
+                    top_k=parsed.top_k,
+                    seed=parsed.seed,
+                    stop=parsed.stop,
+                    logprobs=parsed.logprobs,
+                )
+            text = prompt if isinstance(prompt, str) else ""
+            choices.append(Choice(index, ids, sampling, text))
+        return parsed, choices
 
-    def token_ids(self, parsed: Parsed) -> tuple[list[int], int]:
-        """The prompt's ids and the token budget (``max_tokens``, else the route's default within the
+    def token_ids(self, parsed: Parsed, prompt: Any) -> tuple[list[int], int]:
+        """A prompt's ids and its token budget (``max_tokens``, else the route's default within the
         context), or ``BadRequest`` naming the field."""
-        field = "messages" if isinstance(parsed.prompt, list) else "prompt"
+        field = (
+            "messages" if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict) else "prompt"
+        )
         try:
-            ids = self.pair.encode([parsed.prompt])[0]
+            ids = self.pair.encode([prompt])[0]
         except Exception as e:  # bad text, or the chat template refuses the messages (jinja's errors)
-            raise BadRequest(f"cannot format the {field}: {e}", field) from None
+            raise BadRequest(f"cannot format the {field}: {str(e)[:300]}", field) from None
         context, room = self.pair.context_length, self.pair.room(len(ids))
-        if room is not None and room < 1:
+        if room is not None and room < (0 if parsed.echo and parsed.max_tokens == 0 else 1):
             raise BadRequest(
                 f"the prompt has {len(ids)} tokens; the model's context is {context}: shorten it", field
             )
         default = DEFAULT_MAX_TOKENS["chat" if field == "messages" else "completion"]
-        wanted = parsed.max_tokens or min(default, room or 2**31)
+        wanted = parsed.max_tokens if parsed.max_tokens is not None else min(default, room or 2**31)
         if room is not None and wanted > room:
             raise BadRequest(
                 f"max_tokens {wanted} + the prompt's {len(ids)} tokens is more than the model's context of "
                 f"{context}: ask for at most {room}",
                 "max_tokens",
             )
-        self.pair.check_prompts([ids], wanted)
+        try:
+            self.pair.check_prompts([ids], wanted)
+        except ValueError as e:
+            raise BadRequest(str(e), field) from None
         return ids, wanted
 
     def summary(self, prompt_tuco: float | None, tokens: list[float | None]) -> dict:
@@ -221,53 +186,134 @@ class Completions:
 
         return self.engine.submit(ids, sampling, alpha=alpha, deliver=deliver, on_first=on_first), queue
 
+    async def on_model_thread(
+        self, call: Callable[[], Any], disconnected: Callable[[], Awaitable[bool]]
+    ) -> Any:
+        """``call()`` run by the engine between batches: its result (its exception is raised here;
+        ``ClientLeft`` if the client left while it waited)."""
+        loop, done = asyncio.get_running_loop(), asyncio.Queue[Any]()
+
+        def deliver(result: Any) -> None:  # from the engine's thread
+            loop.call_soon_threadsafe(done.put_nowait, result)
+
+        job = self.engine.submit_call(call, deliver)
+        while True:
+            try:
+                result = await asyncio.wait_for(done.get(), timeout=0.25)
+            except TimeoutError:
+                if await disconnected():
+                    job.cancel()
+                    raise ClientLeft from None
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            return result
+
     # ------------------------------------------------------------------ respond
     async def respond(self, body: bytes, kind: str, disconnected: Callable[[], Awaitable[bool]]) -> Response:
         """The whole flow for one request body of route ``kind`` ("chat" or "completion")."""
         route, started = ROUTES[kind], time.monotonic()
         try:
-            parsed, ids, sampling = self.validate(body, kind)
+            parsed, choices = await asyncio.to_thread(self.validate, body, kind)
         except ValueError as e:
             self.metrics.finished(route, "400")
             return error_response(400, str(e), getattr(e, "param", None))
-        try:
-            submission, queue = self.schedule(ids, sampling, parsed.alpha)
-        except Overloaded as e:
-            self.metrics.finished(route, "503")
-            message = f"the server is busy: {e}; retry shortly"
-            return error_response(503, message, kind="server_busy", **{"Retry-After": "1"})
         meta = {
             "id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
             "created": int(time.time()),
             "model": parsed.model or self.name,
         }
-        shape = Shape(kind, meta, len(ids))
-        if parsed.stream:
-            events = self.events_as_sse(queue, submission, shape, parsed.include_usage)
-            return StreamingResponse(self.timed(events, route, started), media_type="text/event-stream")
-        result = await collect(queue, submission, disconnected)
-        if isinstance(result, BaseException):
-            self.metrics.finished(route, "500")
-            return error_response(500, f"generation failed: {result}", kind="server_error")
-        if result is None:  # the client went away
+        shape = Shape(kind, meta, sum(len(c.ids) for c in choices))
+        try:
+            if parsed.stream:
+                sampling = choices[0].sampling
+                assert sampling is not None  # streams generate at least one token
+                submission, queue = self.schedule(choices[0].ids, sampling, parsed.alpha)
+                events = self.events_as_sse(queue, submission, shape, parsed)
+                stream = self.timed(events, route, started)
+                return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
+            answers = await asyncio.gather(*(self.answer(c, parsed, disconnected) for c in choices))
+        except Overloaded as e:
+            self.metrics.finished(route, "503")
+            message = f"the server is busy: {e}; retry shortly"
+            return error_response(503, message, kind="server_busy", **{"Retry-After": "1"})
+        except ClientLeft:
+            self.metrics.finished(route, "499")
             return Response(status_code=499)
-        text, finish, prompt_tuco, tucos = result
+        except Exception as e:  # a row failed (RowError) or a call did: this request alone
+            log.warning("tuco serve: a request failed: %s", e)
+            self.metrics.finished(route, "500")
+            return error_response(500, "generation failed for this request; retry it", kind="server_error")
+        out = [
+            self.choice_object(shape, c, a, parsed, len(choices) > 1)
+            for c, a in zip(choices, answers, strict=True)
+        ]
         self.metrics.finished(route, "200", started)
-        return JSONResponse(shape.whole(text, finish, self.summary(prompt_tuco, tucos), len(tucos)))
+        completion = sum(len(a.events) for a in answers)
+        return JSONResponse(
+            shape.whole(out, completion, self.summary(answers[0].prompt_tuco, answers[0].tucos))
+        )
+
+    async def answer(
+        self, choice: Choice, parsed: Parsed, disconnected: Callable[[], Awaitable[bool]]
+    ) -> Answer:
+        """One choice: the prompt's logprobs under ``echo``, then its generation (if any)."""
+        echo = None
+        if parsed.echo and parsed.logprobs is not None:
+            top, ids = parsed.logprobs, choice.ids
+            echo = await self.on_model_thread(
+                lambda: self.pair.token_logprobs([ids], parsed.alpha, top=top)[0], disconnected
+            )
+        if choice.sampling is None:
+            return Answer("", "length", None, [], echo)
+        submission, queue = self.schedule(choice.ids, choice.sampling, parsed.alpha)
+        answer = await collect(queue, submission, disconnected)
+        if isinstance(answer, BaseException):
+            raise answer
+        if answer is None:
+            raise ClientLeft
+        answer.echo = echo
+        return answer
+
+    def choice_object(
+        self, shape: Shape, choice: Choice, answer: Answer, parsed: Parsed, own_tuco: bool
+    ) -> dict:
+        tok = self.pair.tokenizer
+        text = (choice.text or tok.decode(choice.ids)) + answer.text if parsed.echo else answer.text
+        logprobs = None
+        if parsed.logprobs is not None:
+            generated: list[Entry] = [(e.token_id, e.logprob, e.top_logprobs) for e in answer.events]
+            if shape.kind == "chat":
+                logprobs = chat_logprobs(tok, generated)
+            else:
+                prompt: list[Entry] = []
+                if answer.echo is not None:
+                    prompt = [
+                        (t, None, None) if lp is None else (t, lp[0], lp[1])
+                        for t, lp in zip(choice.ids, answer.echo, strict=True)
+                    ]
+                logprobs = legacy_logprobs(tok, prompt + generated)
+        extra = {"tuco": self.summary(answer.prompt_tuco, answer.tucos)} if own_tuco else {}
+        return shape.choice(choice.index, text, answer.finish, logprobs, **extra)
 
     async def events_as_sse(
-        self, queue: asyncio.Queue, submission: Submission, shape: Shape, include_usage: bool
+        self, queue: asyncio.Queue, submission: Submission, shape: Shape, parsed: Parsed
     ) -> AsyncIterator[str]:
         """The server-sent events of one streamed request; a client that leaves cancels its row."""
         tucos: list[float | None] = []
-        prompt_tuco = None
+        prompt_tuco, tok = None, self.pair.tokenizer
         try:
             if shape.kind == "chat":
                 yield _sse(shape.chunk("", role="assistant"))
             while True:
                 item = await queue.get()
                 if isinstance(item, BaseException):
-                    yield _sse({"error": {"message": f"generation failed: {item}", "type": "server_error"}})
+                    log.warning("tuco serve: a streamed request failed: %s", item)
+                    error = {
+                        "message": "generation failed for this request; retry it",
+                        "type": "server_error",
+                    }
+                    yield _sse({"error": error})
                     break
                 if isinstance(item, Blocked):
                     prompt_tuco = item.prompt_tuco
@@ -278,12 +324,18 @@ class Completions:
                 token: dict[str, Any] = {"token": item.tuco}
                 if item.prompt_tuco is not None:
                     prompt_tuco = token["prompt"] = item.prompt_tuco
-                yield _sse(shape.chunk(item.text, tuco=token))
+                logprobs = None
+                if parsed.logprobs is not None:
+                    entry: list[Entry] = [(item.token_id, item.logprob, item.top_logprobs)]
+                    logprobs = (
+                        chat_logprobs(tok, entry) if shape.kind == "chat" else legacy_logprobs(tok, entry)
+                    )
+                yield _sse(shape.chunk(item.text, tuco=token, logprobs=logprobs))
                 if item.finish_reason is not None:
                     yield _sse(shape.chunk(None, item.finish_reason, tuco=self.summary(prompt_tuco, tucos)))
                     break
-            if include_usage:
-                usage = {**shape.meta, "object": shape.chunk("")["object"], "choices": []}
+            if parsed.include_usage:
+                usage = {**shape.meta, "object": shape.object, "choices": []}
                 yield _sse(usage | {"usage": shape.usage(len(tucos))})
             yield _sse("[DONE]")
         finally:
@@ -302,28 +354,38 @@ class Completions:
             self.metrics.finished(route, status, started)
 
 
+class ClientLeft(Exception):
+    """The client disconnected before its answer was ready."""
+
+
 async def collect(
     queue: asyncio.Queue, submission: Submission, disconnected: Callable[[], Awaitable[bool]]
-) -> tuple[str, str, float | None, list[float | None]] | BaseException | None:
-    """(text, finish_reason, prompt TuCo, token TuCos), an exception, or None if the client left."""
-    text, tucos, prompt_tuco = "", [], None
+) -> Answer | BaseException | None:
+    """The whole answer, an exception, or None if the client left (noticed at the next token, or
+    within a quarter second while none comes)."""
+    text, events, prompt_tuco = "", [], None
+    checked = time.monotonic()
     while True:
         try:
-            item = await asyncio.wait_for(queue.get(), timeout=0.5)
+            item = await asyncio.wait_for(queue.get(), timeout=0.25)
         except TimeoutError:
+            item = None
+        if item is None or time.monotonic() - checked > 0.1:
+            checked = time.monotonic()
             if await disconnected():
                 submission.cancel()
                 return None
-            continue
+            if item is None:
+                continue
         if isinstance(item, BaseException):
             return item
         if isinstance(item, Blocked):
-            return REFUSAL, "content_filter", item.prompt_tuco, []
+            return Answer(REFUSAL, "content_filter", item.prompt_tuco, [])
         text += item.text
-        tucos.append(item.tuco)
+        events.append(item)
         prompt_tuco = item.prompt_tuco if item.prompt_tuco is not None else prompt_tuco
         if item.finish_reason is not None:
-            return text, item.finish_reason, prompt_tuco, tucos
+            return Answer(text, item.finish_reason, prompt_tuco, events)
 
 
 def _sse(data: dict | str) -> str:

@@ -58,6 +58,9 @@ class TokenEvent:
     tuco: float | None
     prompt_tuco: float | None = None
     finish_reason: str | None = None
+    logprob: float | None = None  # with Sampling.logprobs: the token's log-probability
+    top_logprobs: list[tuple[int, float]] | None = None  # ... and the most likely tokens' (id, logprob)
+    error: str | None = None  # this row failed (finish_reason "error"); the batch goes on
 
 
 @dataclass
@@ -158,19 +161,32 @@ def decode(
         while True:
             logits = out.logits[:, -1].float()
             greedy = logits.argmax(-1).tolist()
-            chosen = [
-                greedy[j] if row.done else row.choose(logits[j], greedy[j]) for j, row in enumerate(rows)
-            ]
-            events = []
-            for j, (row, token) in enumerate(zip(rows, chosen, strict=True)):
+            finite = torch.isfinite(logits).all(-1).tolist()
+            wanted = [row.sampling.logprobs for row in rows]
+            logp = torch.log_softmax(logits, -1) if any(k is not None for k in wanted) else None
+            chosen, events = list(greedy), []
+            for j, row in enumerate(rows):
                 if row.done or (cancelled is not None and cancelled(row.index)):
                     row.done = True
                     continue
-                text, finish = row.add(token)
-                tuco = tucos[j] if monitor == "tokens" else None
-                events.append(
-                    TokenEvent(row.index, token, text, tuco, prompt_tucos[j] if first else None, finish)
-                )
+                prompt_tuco = prompt_tucos[j] if first else None
+                try:  # a row that fails ends alone, with its error; the others go on
+                    if not finite[j]:
+                        raise FloatingPointError("the logits are not finite (alpha too far from 1 here?)")
+                    chosen[j] = token = row.choose(logits[j], greedy[j])
+                    text, finish = row.add(token)
+                except (RuntimeError, ValueError, FloatingPointError) as e:
+                    events.append(TokenEvent(row.index, -1, "", None, prompt_tuco, "error", error=str(e)))
+                    row.done = True
+                    continue
+                event = TokenEvent(row.index, token, text, tucos[j] if monitor == "tokens" else None)
+                event.prompt_tuco, event.finish_reason = prompt_tuco, finish
+                k = wanted[j]
+                if logp is not None and k is not None:
+                    event.logprob = float(logp[j, token])
+                    top = torch.topk(logp[j], k)
+                    event.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+                events.append(event)
                 row.done = finish is not None
             first = False
             if events:

@@ -36,6 +36,10 @@ class Overloaded(Exception):
     """Too many requests waiting or running: try again later."""
 
 
+class RowError(RuntimeError):
+    """One request's row failed while its batch decoded (the others went on)."""
+
+
 @dataclass
 class Submission:
     """One request: its prompt ids, settings and where its events go (``deliver``, called from the
@@ -48,6 +52,7 @@ class Submission:
     on_first: Callable[[TokenEvent], bool] | None = None  # True: stop here (the guard blocked it)
     cancelled: bool = False
     finished: bool = False
+    call: Callable[[], Any] | None = None  # a job for the model's thread that is not decoding
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -112,6 +117,16 @@ class Engine:
             self._lock.notify_all()
         return job
 
+    def submit_call(self, call: Callable[[], Any], deliver: Callable[[Any], None]) -> Submission:
+        """Run ``call()`` on the model's thread between batches; ``deliver`` gets its result or error."""
+        job = Submission([], Sampling(), 1.0, deliver, call=call)
+        with self._lock:
+            if self.load >= self.max_queue:
+                raise Overloaded(f"{self.load} requests waiting or running (--max-queue {self.max_queue})")
+            self._waiting.append(job)
+            self._lock.notify_all()
+        return job
+
     @property
     def load(self) -> int:
         """Requests waiting or running (cancelled ones have freed their slot)."""
@@ -134,8 +149,12 @@ class Engine:
             deadline = time.monotonic() + self.window
             while len(self._waiting) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                 self._lock.wait(left)
-            alpha = self._waiting[0].alpha
-            batch = [j for j in self._waiting if j.alpha == alpha and not j.cancelled][: self.max_batch]
+            head = self._waiting[0]
+            if head.call is not None:  # a call runs alone
+                batch = [head]
+            else:
+                alike = [j for j in self._waiting if j.call is None and j.alpha == head.alpha]
+                batch = [j for j in alike if not j.cancelled][: self.max_batch]
             taken = set(map(id, batch))
             self._waiting = deque(j for j in self._waiting if id(j) not in taken and not j.cancelled)
             self._running = batch
@@ -147,6 +166,9 @@ class Engine:
                 self._run(batch)
 
     def _run(self, batch: list[Submission]) -> None:
+        if batch[0].call is not None:
+            self._call(batch[0])
+            return
         started, tokens = time.monotonic(), 0
         try:
             steps = self.pair.decode(
@@ -159,6 +181,10 @@ class Engine:
             for events in steps:
                 for event in events:
                     job = batch[event.index]
+                    if event.error is not None:  # this row failed alone: the batch goes on
+                        job.finished = True
+                        job.deliver(RowError(event.error))
+                        continue
                     tokens += 1
                     if event.prompt_tuco is not None and job.on_first is not None and job.on_first(event):
                         job.cancelled = True  # blocked: its first token is not sent
@@ -178,3 +204,15 @@ class Engine:
                 self.stats.batches += 1
                 self.stats.tokens += tokens
                 self.stats.last_tokens_per_second = tokens / elapsed if elapsed > 0 else 0.0
+
+    def _call(self, job: Submission) -> None:
+        try:
+            if not job.cancelled:
+                job.deliver(job.call())  # type: ignore[misc]
+        except Exception as error:
+            log.exception("tuco serve: a call failed")
+            job.deliver(error)
+        finally:
+            job.finished = True
+            with self._lock:
+                self._running = []

@@ -139,6 +139,37 @@ class ModelPair(PairBase):
             return self.finetuned(**batch, use_cache=False).logits.float()
 
     @torch.inference_mode()
+    def token_logprobs(
+        self, prompts: Prompts, alpha: float = 1.0, *, top: int = 0, batch_size: int = 8
+    ) -> list[list[tuple[float, list[tuple[int, float]]] | None]]:
+        """Each prompt token's log-probability given the tokens before it, under the FTC-alpha model
+        (float32, from ``logits``), with the ``top`` most likely tokens there as (id, logprob); the
+        first token has none (None). One list per prompt, in input order."""
+        check_int(top, "top", 0)
+        ids = self.encode(prompts)
+
+        def compute(batch: dict[str, torch.Tensor]) -> list[list]:
+            with self.steered(alpha):
+                logp = torch.log_softmax(self.finetuned(**batch, use_cache=False).logits.float(), -1)
+            rows = []
+            for row, mask, lp in zip(batch["input_ids"], batch["attention_mask"], logp, strict=True):
+                n = int(mask.sum())
+                chosen = lp[: n - 1].gather(-1, row[1:n, None])[:, 0].tolist()
+                best = torch.topk(lp[: n - 1], top) if top else None
+                alternatives = (
+                    [
+                        list(zip(i, v, strict=True))
+                        for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)
+                    ]
+                    if best is not None
+                    else [[] for _ in chosen]
+                )
+                rows.append([None, *zip(chosen, alternatives, strict=True)])
+            return rows
+
+        return self.map_batches(ids, batch_size, "right", f"logprobs a={alpha:g}", None, compute)
+
+    @torch.inference_mode()
     def next_token_probs(
         self,
         prompts: Prompts,

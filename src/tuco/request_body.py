@@ -5,22 +5,40 @@
 the field and what it takes, which the server answers as an OpenAI error object with status 400.
 Fields outside the OpenAI API the server understands are refused, not ignored, except ``alpha``
 (FTC-alpha of this request) and ``top_k``; OpenAI fields it cannot honour are refused unless they
-hold their default (``n`` 1, penalties 0, no logprobs).
+hold a value that asks for nothing (``n`` 1, penalties 0, ``response_format`` text, ``tool_choice``
+none, no tools, an empty ``logit_bias``). Numbers are checked against the domain the computation
+needs, not only OpenAI's documented range (a temperature of 1e-300 would overflow the sampler).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .inputs import chat_problem
+from .sampling import MIN_TEMPERATURE
 
 COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options"}
 COMMON |= {"n", "user", "alpha", "presence_penalty", "frequency_penalty", "logprobs"}
-FIELDS = {"chat": COMMON | {"messages", "max_completion_tokens"}, "completion": COMMON | {"prompt", "echo"}}
+NO_OPS = {  # fields OpenAI clients send with a value that asks for nothing: accepted at that value only
+    "response_format": ({"type": "text"},),
+    "tool_choice": ("none",),
+    "tools": ([],),
+    "parallel_tool_calls": (True, False),
+    "logit_bias": ({},),
+    "store": (False,),
+}
+COMMON |= set(NO_OPS)
+FIELDS = {
+    "chat": COMMON | {"messages", "max_completion_tokens", "top_logprobs"},
+    "completion": COMMON | {"prompt", "echo"},
+}
 DEFAULT_MAX_TOKENS = {"chat": 256, "completion": 16}  # OpenAI's legacy completions default is 16
+MAX_TOP_LOGPROBS = 20
+ALPHA_RANGE = 100.0  # |alpha| beyond this overflows the stream of real models (x + PTC + alpha * FTC)
 
 
 class BadRequest(ValueError):
@@ -31,7 +49,7 @@ class BadRequest(ValueError):
 
 @dataclass
 class Parsed:
-    prompt: Any  # a chat (list of messages) or a string
+    prompts: list[Any]  # chats (lists of messages), strings or token-id lists: one choice each
     max_tokens: int | None  # None: the default, within the context
     temperature: float = 1.0
     top_p: float = 1.0
@@ -42,7 +60,14 @@ class Parsed:
     include_usage: bool = False
     alpha: float = 1.0
     model: str | None = None
+    echo: bool = False  # completions: the prompt's text (and logprobs) before the answer
+    logprobs: int | None = None  # None: no logprobs; k: the chosen token's and the k most likely
     extra: dict = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> Any:
+        """The one prompt of a chat request (or the first of a completion's list)."""
+        return self.prompts[0]
 
 
 def _number(body: dict, name: str, default, low: float, high: float, *, integer=False, open_low=False):
@@ -87,6 +112,29 @@ def _chat(messages) -> list[dict]:
     return chat
 
 
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be true or false, not {value!r:.40}", name)
+    return bool(value)
+
+
+def _is_ids(x: Any) -> bool:
+    return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+
+def _completion_prompts(prompt: Any) -> list[Any]:
+    """A completion's prompts: a string, a list of strings, token ids, or a list of token-id lists."""
+    if isinstance(prompt, str) or _is_ids(prompt):
+        prompt = [prompt]
+    if not isinstance(prompt, list) or not prompt:
+        raise BadRequest("'prompt' must be a non-empty string, a list of them, or token ids", "prompt")
+    for i, p in enumerate(prompt):
+        if not (isinstance(p, str) and p.strip()) and not _is_ids(p):
+            raise BadRequest(f"'prompt'[{i}] must be a non-empty string or a list of token ids", "prompt")
+    return prompt
+
+
 def parse(body: Any, kind: str) -> Parsed:
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, not {type(body).__name__}")
@@ -95,47 +143,65 @@ def parse(body: Any, kind: str) -> Parsed:
         raise BadRequest(
             f"unknown field {unknown[0]!r}; this server takes {', '.join(sorted(FIELDS[kind]))}", unknown[0]
         )
+    for name, values in NO_OPS.items():
+        if body.get(name) is not None and body[name] not in values:
+            allowed = " or ".join(json.dumps(v) for v in values)
+            raise BadRequest(f"'{name}' is not supported here (only {allowed}, which ask for nothing)", name)
+    echo, logprobs = False, None
     if kind == "chat":
         if "messages" not in body:
             raise BadRequest("'messages' is required", "messages")
-        prompt: Any = _chat(body["messages"])
+        prompts: list[Any] = [_chat(body["messages"])]
+        if _flag(body, "logprobs"):
+            logprobs = _number(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS, integer=True)
+        elif body.get("top_logprobs") is not None:
+            raise BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise BadRequest("'prompt' must be one non-empty string", "prompt")
-        if body.get("echo"):
-            raise BadRequest("'echo' is not supported", "echo")
+        prompts = _completion_prompts(body.get("prompt"))
+        echo = _flag(body, "echo")
+        logprobs = _number(body, "logprobs", None, 0, MAX_TOP_LOGPROBS, integer=True)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest(f"'model' must be a string, not {type(model).__name__}", "model")
-    for name, default in (("n", 1), ("presence_penalty", 0), ("frequency_penalty", 0), ("logprobs", None)):
-        if body.get(name) not in (default, None, False if name == "logprobs" else default):
-            raise BadRequest(f"'{name}' is not supported (only {default!r})", name)
+    if body.get("n") not in (None, 1):
+        raise BadRequest("'n' is not supported (only 1): send one request per answer you want", "n")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if body.get(name) not in (None, 0):
+            raise BadRequest(f"'{name}' is not supported (only 0)", name)
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    fewest = 0 if echo else 1  # max_tokens 0 with echo: the prompt's log-likelihood alone
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and not (
         isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop)
     ):
         raise BadRequest("'stop' must be a non-empty string or a list of up to 4 of them", "stop")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool) and stream is not None:
-        raise BadRequest(f"'stream' must be true or false, not {stream!r:.40}", "stream")
+    stream = _flag(body, "stream")
+    if stream and echo:
+        raise BadRequest("'echo' is not supported with 'stream': ask without streaming", "echo")
+    if stream and len(prompts) > 1:
+        raise BadRequest("a streamed completion takes one prompt: send one request per prompt", "prompt")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or not set(options) <= {"include_usage"}:
         raise BadRequest("'stream_options' takes {\"include_usage\": true|false} only", "stream_options")
+    temperature = _number(body, "temperature", 1.0, 0, 2)
+    if 0 < temperature < MIN_TEMPERATURE:  # logits / temperature must stay finite in float32
+        raise BadRequest(
+            f"'temperature' must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, not {temperature!r}",
+            "temperature",
+        )
     return Parsed(
-        prompt=prompt,
-        max_tokens=_number(body, name, None, 1, 1e9, integer=True),
-        temperature=_number(body, "temperature", 1.0, 0, 2),
+        prompts=prompts,
+        max_tokens=_number(body, name, None, fewest, 1e9, integer=True),
+        temperature=temperature,
         top_p=_number(body, "top_p", 1.0, 0, 1, open_low=True),
         top_k=_number(body, "top_k", 0, 0, 1e9, integer=True),
         seed=_number(body, "seed", None, 0, 2**63 - 1, integer=True),
         stop=tuple(stop or ()),
-        stream=bool(stream),
+        stream=stream,
         include_usage=bool(options.get("include_usage")),
-        alpha=_number(body, "alpha", 1.0, -1e6, 1e6),
+        alpha=_number(body, "alpha", 1.0, -ALPHA_RANGE, ALPHA_RANGE),
         model=model,
+        echo=echo,
+        logprobs=logprobs,
     )

@@ -19,6 +19,7 @@ import torch
 
 from .errors import check_alpha, check_int
 
+MIN_TEMPERATURE = 1e-3  # below it (but above 0) logits / temperature can overflow float32: use 0
 DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own, for unset fields
 
 
@@ -26,7 +27,9 @@ DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own,
 class Sampling:
     """How one prompt is decoded: greedy at ``temperature`` 0, else sampled with ``top_p`` / ``top_k``
     (0: off) from a generator seeded with ``seed`` (None: a random seed). Generation stops at the end
-    of sequence token, at any ``stop`` string (not included in the text), or after ``max_new_tokens``."""
+    of sequence token, at any ``stop`` string (not included in the text), or after ``max_new_tokens``.
+    ``logprobs`` (reporting only): each token's log-probability under the model, and the ``logprobs``
+    most likely tokens' (``tuco.decoding``; transformers' ``generate`` ignores it)."""
 
     max_new_tokens: int = 64
     temperature: float = 0.0
@@ -34,16 +37,23 @@ class Sampling:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # report each token's log-probability and the k most likely (None: not)
 
     def __post_init__(self) -> None:
         check_int(self.max_new_tokens, "max_new_tokens")
         check_int(self.top_k, "top_k", 0)
         if not 0 <= check_alpha(self.temperature, "temperature"):
             raise ValueError(f"temperature must be at least 0, not {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise ValueError(
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, not {self.temperature}"
+            )
         if not 0 < check_alpha(self.top_p, "top_p") <= 1:
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
         if self.seed is not None:
             check_int(self.seed, "seed", 0)
+        if self.logprobs is not None:
+            check_int(self.logprobs, "logprobs", 0)
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         if not all(isinstance(s, str) and s for s in stop):
             raise ValueError(f"stop must be non-empty strings, not {self.stop!r}")
@@ -70,6 +80,8 @@ class Sampling:
         """These settings as transformers' ``generate`` takes them. ``seed`` has no such argument:
         ``generate`` samples from torch's global generator (``torch.manual_seed``)."""
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.temperature > 0}
+        if self.logprobs is not None:
+            raise ValueError("logprobs: transformers' generate reports none here; use generate_with_tuco")
         if self.temperature > 0:
             kwargs |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         if self.stop:

@@ -33,6 +33,19 @@ def add_parsers(sub, model_options) -> None:
         choices=["tokens", "prompt"],
         help="tokens: TuCo of every generated token (default); prompt: of the prompt only (cheaper)",
     )
+    g.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="require Authorization: Bearer KEY on /v1 and /metrics (repeat for several; or TUCO_API_KEY, "
+        "comma-separated)",
+    )
+    g.add_argument("--metrics-open", action="store_true", help="serve /metrics without the API key")
+    g.add_argument(
+        "--max-body-bytes", type=positive_int, default=4 << 20, help="larger request bodies get 413 (4 MiB)"
+    )
+    g.add_argument("--shutdown-timeout", type=positive_float, default=30.0, help="seconds SIGTERM waits")
+    g.add_argument("--debug", action="store_true", help="tracebacks of failed requests in the log")
     g.add_argument("--guard", help="guard.json from tuco calibrate: sets tuco.flagged")
     g.add_argument(
         "--guard-action",
@@ -58,6 +71,18 @@ def add_parsers(sub, model_options) -> None:
     p.add_argument("--out", required=True, help="guard JSON file")
 
 
+def bind_warning(host: str, keys: list[str]) -> str | None:
+    """The loud warning for a server bound beyond loopback with no API key (None: nothing to say)."""
+    from .gate import LOOPBACK_NAMES, host_name
+
+    if keys or host_name(host) in LOOPBACK_NAMES:
+        return None
+    return (
+        f"tuco serve: WARNING: listening on {host} with no API key: anyone who can reach this machine "
+        "can generate with it. Give --api-key KEY (or TUCO_API_KEY), or bind 127.0.0.1."
+    )
+
+
 def _name(chosen) -> str:
     if chosen.pair:
         return chosen.pair
@@ -75,6 +100,7 @@ def run_serve(args) -> int:
         raise UsageError(
             f"tuco serve needs the serve extra ({e.name} is missing): pip install 'tuco[serve]'"
         ) from None
+    from .gate import LOOPBACK_NAMES, host_name
     from .guard import Guard
 
     guard = Guard.load(args.guard) if args.guard else None
@@ -82,6 +108,12 @@ def run_serve(args) -> int:
         raise UsageError("--guard-action block needs --guard guard.json (make one with tuco calibrate)")
     if args.max_queue is not None and args.max_queue < args.max_batch:
         raise UsageError(f"--max-queue {args.max_queue} is less than --max-batch {args.max_batch}")
+    keys = list(args.api_key) + [
+        k.strip() for k in os.environ.get("TUCO_API_KEY", "").split(",") if k.strip()
+    ]
+    loopback = host_name(args.host) in LOOPBACK_NAMES
+    if (warning := bind_warning(args.host, keys)) is not None:
+        print(warning, file=sys.stderr)
     chosen = models.resolve_options(args)
     models.placement(args.device, args.device_map)
     pair = models.load_options(chosen, args, batch_invariant=True)  # auto: float32 (README, dtype)
@@ -99,9 +131,20 @@ def run_serve(args) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         window=args.batch_window,
+        api_keys=keys,
+        loopback=loopback,
+        max_body_bytes=args.max_body_bytes,
+        metrics_open=args.metrics_open,
+        debug=args.debug,
     )
     print(f"tuco serve: {args.name or _name(chosen)} on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=int(args.shutdown_timeout),
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -24,10 +25,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .completions import REFUSAL, Completions, ServeMetrics, error_response
+from . import __version__, schemas
+from . import server_errors as errors
+from .completions import REFUSAL, Completions
 from .engine import Engine
+from .gate import Gate
 from .guard import Guard
+from .openai_shapes import error_response
 from .pair import ModelPair
+from .serve_metrics import ServeMetrics
 
 __all__ = ["REFUSAL", "create_app"]
 log = logging.getLogger("tuco")
@@ -43,10 +49,16 @@ def create_app(
     max_batch: int = 8,
     max_queue: int | None = None,
     window: float = 0.02,
+    api_keys: Sequence[str] = (),
+    loopback: bool = True,
+    max_body_bytes: int = 4 << 20,
+    metrics_open: bool = False,
+    debug: bool = False,
 ) -> FastAPI:
     """The ASGI app serving ``pair`` under the model name ``name``. In float32 a request's tokens and
     TuCo do not depend on the requests batched with it; in another dtype they may (a warning says
-    so), and a guard must have been calibrated in the pair's dtype."""
+    so), and a guard must have been calibrated in the pair's dtype. ``api_keys``, ``loopback``,
+    ``max_body_bytes``, ``metrics_open``: ``tuco.gate``; ``debug``: tracebacks in the log."""
     if pair.dtype_name != "float32":
         log.warning(
             "tuco serve: %s: a request's tokens and TuCo may change with the requests batched beside it "
@@ -70,21 +82,35 @@ def create_app(
         yield
         engine.stop()
 
-    app = FastAPI(title="tuco serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="tuco serve", lifespan=lifespan, docs_url=None, redoc_url=None, version=__version__)
     app.state.engine, app.state.metrics = engine, metrics
+    card = {"id": name, "object": "model", "created": created, "owned_by": "tuco"}
 
-    @app.post("/v1/chat/completions")
+    async def complete(request: Request, kind: str) -> Response:
+        request.state.counted = True  # the flow counts it
+        return await flow.respond(await request.body(), kind, request.is_disconnected)
+
+    @app.post("/v1/chat/completions", openapi_extra=schemas.operation("chat"))
     async def chat_completions(request: Request):
-        return await flow.respond(await request.body(), "chat", request.is_disconnected)
+        return await complete(request, "chat")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=schemas.operation("completion"))
     async def completions(request: Request):
-        return await flow.respond(await request.body(), "completion", request.is_disconnected)
+        return await complete(request, "completion")
 
     @app.get("/v1/models")
     async def models():
-        card = {"id": name, "object": "model", "created": created, "owned_by": "tuco"}
         return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        return (
+            card
+            if model_id == name
+            else error_response(
+                404, f"no model {model_id!r}: this server has {name!r}", "model", "not_found_error"
+            )
+        )
 
     @app.get("/health")
     async def health():
@@ -105,8 +131,15 @@ def create_app(
         html = resources.files("tuco").joinpath("page.html").read_text(encoding="utf-8")
         return html.replace("{{model}}", name).replace("{{guard}}", "on" if guard is not None else "off")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception):
-        return error_response(500, f"{type(error).__name__}: {error}", kind="server_error")
-
+    errors.install(app, debug)
+    routes = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"}
+    app.add_middleware(
+        Gate,
+        metrics=metrics,
+        api_keys=api_keys,
+        loopback=loopback,
+        max_body_bytes=max_body_bytes,
+        metrics_open=metrics_open,
+        routes=routes,
+    )
     return app
