@@ -24,11 +24,12 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .decoding import TokenEvent
-from .engine import Engine, Overloaded, Submission
-from .guard import Guard
+from .engine import ClientLeft, Engine, Overloaded, Submission
+from .guard import Guard, verdict
 from .openai_shapes import Entry, Shape, chat_logprobs, error_response, legacy_logprobs
 from .pair import ModelPair
-from .request_body import DEFAULT_MAX_TOKENS, BadRequest, Parsed, parse
+from .request_body import Parsed
+from .request_check import Choice, validate
 from .sampling import Sampling
 from .serve_metrics import ServeMetrics
 
@@ -41,22 +42,11 @@ ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 class Blocked:
     """The guard stopped a request after its prefill (``--guard-action block``)."""
 
-    def __init__(self, prompt_tuco: float):
+    def __init__(self, prompt_tuco: float | None):
         self.prompt_tuco = prompt_tuco
 
 
 Item = TokenEvent | Blocked | BaseException  # what the engine hands a request's queue
-
-
-@dataclass
-class Choice:
-    """One prompt of a request: its ids, how to decode it (None: nothing to generate, ``max_tokens``
-    0 with ``echo``) and its text for ``echo``."""
-
-    index: int
-    ids: list[int]
-    sampling: Sampling | None
-    text: str
 
 
 @dataclass
@@ -87,68 +77,19 @@ class Completions:
         guard: Guard | None = None,
         guard_action: str = "flag",
         monitor: str = "tokens",
+        guard_on_error: str = "open",
     ):
         self.pair, self.engine, self.metrics = pair, engine, metrics
         self.name, self.guard, self.guard_action, self.monitor = name, guard, guard_action, monitor
+        self.guard_on_error = guard_on_error
 
-    # ------------------------------------------------------------------ validate
     def validate(self, body: bytes, kind: str) -> tuple[Parsed, list[Choice]]:
-        """The request and its choices (ids, sampling settings); ``ValueError`` (``BadRequest``
-        naming its field, or ``Sampling``'s own checks) for a body the server refuses. It tokenises:
-        the server runs it off the event loop."""
-        try:
-            decoded = json.loads(body)
-        except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
-            raise BadRequest(f"the body is not valid JSON: {str(e)[:200]}") from None
-        parsed = parse(decoded, kind)
-        choices = []
-        for index, prompt in enumerate(parsed.prompts):
-            ids, budget = self.token_ids(parsed, prompt)
-            sampling = None
-            if budget > 0:
-                sampling = Sampling(
-                    max_new_tokens=budget,
-                    temperature=parsed.temperature,
-                    top_p=parsed.top_p,
-                    top_k=parsed.top_k,
-                    seed=parsed.seed,
-                    stop=parsed.stop,
-                    logprobs=parsed.logprobs,
-                )
-            text = prompt if isinstance(prompt, str) else ""
-            choices.append(Choice(index, ids, sampling, text))
-        return parsed, choices
+        """The request and its choices, or ``ValueError`` naming the field (``tuco.request_check``)."""
+        return validate(self.pair, body, kind)
 
-    def token_ids(self, parsed: Parsed, prompt: Any) -> tuple[list[int], int]:
-        """A prompt's ids and its token budget (``max_tokens``, else the route's default within the
-        context), or ``BadRequest`` naming the field."""
-        field = (
-            "messages" if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict) else "prompt"
-        )
-        try:
-            ids = self.pair.encode([prompt])[0]
-        except Exception as e:  # bad text, or the chat template refuses the messages (jinja's errors)
-            raise BadRequest(f"cannot format the {field}: {str(e)[:300]}", field) from None
-        context, room = self.pair.context_length, self.pair.room(len(ids))
-        if room is not None and room < (0 if parsed.echo and parsed.max_tokens == 0 else 1):
-            raise BadRequest(
-                f"the prompt has {len(ids)} tokens; the model's context is {context}: shorten it", field
-            )
-        default = DEFAULT_MAX_TOKENS["chat" if field == "messages" else "completion"]
-        wanted = parsed.max_tokens if parsed.max_tokens is not None else min(default, room or 2**31)
-        if room is not None and wanted > room:
-            raise BadRequest(
-                f"max_tokens {wanted} + the prompt's {len(ids)} tokens is more than the model's context of "
-                f"{context}: ask for at most {room}",
-                "max_tokens",
-            )
-        try:
-            self.pair.check_prompts([ids], wanted)
-        except ValueError as e:
-            raise BadRequest(str(e), field) from None
-        return ids, wanted
-
-    def summary(self, prompt_tuco: float | None, tokens: list[float | None]) -> dict:
+    def summary(
+        self, prompt_tuco: float | None, tokens: list[float | None], threshold: float | None = None
+    ) -> dict:
         """The ``tuco`` object of a whole answer."""
         guard = self.guard
         values = [t for t in tokens if t is not None]
@@ -157,12 +98,19 @@ class Completions:
             "tokens": values if self.monitor == "tokens" else None,
             "min": min(values) if values else None,
             "mean": sum(values) / len(values) if values else None,
-            "flagged": guard is not None and prompt_tuco is not None and guard.flags(prompt_tuco),
-            "threshold": guard.threshold if guard is not None else None,
+            "flagged": verdict(guard, prompt_tuco, threshold=threshold, on_error=self.guard_on_error),
+            "threshold": threshold
+            if threshold is not None
+            else guard.threshold
+            if guard is not None
+            else None,
+            "direction": guard.direction if guard is not None else "below" if threshold is not None else None,
         }
 
     # ------------------------------------------------------------------ schedule
-    def schedule(self, ids: list[int], sampling: Sampling, alpha: float) -> tuple[Submission, asyncio.Queue]:
+    def schedule(
+        self, ids: list[int], sampling: Sampling, alpha: float, parsed: Parsed | None = None
+    ) -> tuple[Submission, asyncio.Queue]:
         """Submit to the engine (``Overloaded`` when full); the request's items arrive on the queue."""
         loop, queue = asyncio.get_running_loop(), asyncio.Queue[Item]()
         metrics, guard = self.metrics, self.guard
@@ -174,40 +122,20 @@ class Completions:
                     metrics.token.observe(item.tuco)
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        threshold = parsed.guard_threshold if parsed is not None else None
+        action = (parsed.guard_action if parsed is not None else None) or self.guard_action
+
         def on_first(event: TokenEvent) -> bool:
-            assert event.prompt_tuco is not None
-            metrics.prompt.observe(event.prompt_tuco)
-            if guard is not None and guard.flags(event.prompt_tuco):
+            if event.prompt_tuco is not None:
+                metrics.prompt.observe(event.prompt_tuco)
+            if verdict(guard, event.prompt_tuco, threshold=threshold, on_error=self.guard_on_error):
                 metrics.flagged.inc()
-                if self.guard_action == "block":
+                if action == "block":
                     deliver(Blocked(event.prompt_tuco))
                     return True
             return False
 
         return self.engine.submit(ids, sampling, alpha=alpha, deliver=deliver, on_first=on_first), queue
-
-    async def on_model_thread(
-        self, call: Callable[[], Any], disconnected: Callable[[], Awaitable[bool]]
-    ) -> Any:
-        """``call()`` run by the engine between batches: its result (its exception is raised here;
-        ``ClientLeft`` if the client left while it waited)."""
-        loop, done = asyncio.get_running_loop(), asyncio.Queue[Any]()
-
-        def deliver(result: Any) -> None:  # from the engine's thread
-            loop.call_soon_threadsafe(done.put_nowait, result)
-
-        job = self.engine.submit_call(call, deliver)
-        while True:
-            try:
-                result = await asyncio.wait_for(done.get(), timeout=0.25)
-            except TimeoutError:
-                if await disconnected():
-                    job.cancel()
-                    raise ClientLeft from None
-                continue
-            if isinstance(result, BaseException):
-                raise result
-            return result
 
     # ------------------------------------------------------------------ respond
     async def respond(self, body: bytes, kind: str, disconnected: Callable[[], Awaitable[bool]]) -> Response:
@@ -228,7 +156,7 @@ class Completions:
             if parsed.stream:
                 sampling = choices[0].sampling
                 assert sampling is not None  # streams generate at least one token
-                submission, queue = self.schedule(choices[0].ids, sampling, parsed.alpha)
+                submission, queue = self.schedule(choices[0].ids, sampling, parsed.alpha, parsed)
                 events = self.events_as_sse(queue, submission, shape, parsed)
                 stream = self.timed(events, route, started)
                 return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
@@ -251,7 +179,11 @@ class Completions:
         self.metrics.finished(route, "200", started)
         completion = sum(len(a.events) for a in answers)
         return JSONResponse(
-            shape.whole(out, completion, self.summary(answers[0].prompt_tuco, answers[0].tucos))
+            shape.whole(
+                out,
+                completion,
+                self.summary(answers[0].prompt_tuco, answers[0].tucos, parsed.guard_threshold),
+            )
         )
 
     async def answer(
@@ -261,12 +193,12 @@ class Completions:
         echo = None
         if parsed.echo and parsed.logprobs is not None:
             top, ids = parsed.logprobs, choice.ids
-            echo = await self.on_model_thread(
+            echo = await self.engine.call_async(
                 lambda: self.pair.token_logprobs([ids], parsed.alpha, top=top)[0], disconnected
             )
         if choice.sampling is None:
             return Answer("", "length", None, [], echo)
-        submission, queue = self.schedule(choice.ids, choice.sampling, parsed.alpha)
+        submission, queue = self.schedule(choice.ids, choice.sampling, parsed.alpha, parsed)
         answer = await collect(queue, submission, disconnected)
         if isinstance(answer, BaseException):
             raise answer
@@ -293,7 +225,11 @@ class Completions:
                         for t, lp in zip(choice.ids, answer.echo, strict=True)
                     ]
                 logprobs = legacy_logprobs(tok, prompt + generated)
-        extra = {"tuco": self.summary(answer.prompt_tuco, answer.tucos)} if own_tuco else {}
+        extra = (
+            {"tuco": self.summary(answer.prompt_tuco, answer.tucos, parsed.guard_threshold)}
+            if own_tuco
+            else {}
+        )
         return shape.choice(choice.index, text, answer.finish, logprobs, **extra)
 
     async def events_as_sse(
@@ -318,7 +254,11 @@ class Completions:
                 if isinstance(item, Blocked):
                     prompt_tuco = item.prompt_tuco
                     yield _sse(shape.chunk(REFUSAL, tuco={"prompt": prompt_tuco}))
-                    yield _sse(shape.chunk(None, "content_filter", tuco=self.summary(prompt_tuco, [])))
+                    yield _sse(
+                        shape.chunk(
+                            None, "content_filter", tuco=self.summary(prompt_tuco, [], parsed.guard_threshold)
+                        )
+                    )
                     break
                 tucos.append(item.tuco)
                 token: dict[str, Any] = {"token": item.tuco}
@@ -332,7 +272,13 @@ class Completions:
                     )
                 yield _sse(shape.chunk(item.text, tuco=token, logprobs=logprobs))
                 if item.finish_reason is not None:
-                    yield _sse(shape.chunk(None, item.finish_reason, tuco=self.summary(prompt_tuco, tucos)))
+                    yield _sse(
+                        shape.chunk(
+                            None,
+                            item.finish_reason,
+                            tuco=self.summary(prompt_tuco, tucos, parsed.guard_threshold),
+                        )
+                    )
                     break
             if parsed.include_usage:
                 usage = {**shape.meta, "object": shape.object, "choices": []}
@@ -352,10 +298,6 @@ class Completions:
             raise
         finally:
             self.metrics.finished(route, status, started)
-
-
-class ClientLeft(Exception):
-    """The client disconnected before its answer was ready."""
 
 
 async def collect(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -146,7 +147,7 @@ def decode(
     try:
         rec = dec.record(torch.full((len(ids),), batch["input_ids"].shape[1] - 1), p=p, layers=False)
         out = pair.finetuned(**batch, use_cache=True, logits_to_keep=1)
-        prompt_tucos = tucos = metrics.tuco(*rec.sums(), p).tolist()
+        prompt_tucos = tucos = _finite(metrics.tuco(*rec.sums(), p).tolist())
         if light:  # decoding reads nothing at alpha = 1: the FT model alone
             dec.__exit__(None, None, None)
         # transformers 5.24 renamed past_key_values to cache (argument and output)
@@ -209,9 +210,14 @@ def decode(
             next_ids = torch.tensor(chosen, device=mask.device)[:, None]
             out = pair.finetuned(input_ids=next_ids, **step, **{cache_name: cache}, use_cache=True)
             if monitor == "tokens":
-                tucos = metrics.tuco(*rec.sums(), p).tolist()
+                tucos = _finite(metrics.tuco(*rec.sums(), p).tolist())
     finally:
         dec.__exit__(None, None, None)
+
+
+def _finite(values: list[float]) -> list[float | None]:
+    """TuCo values, None where one could not be computed (0 / 0: no component at all)."""
+    return [v if math.isfinite(v) else None for v in values]
 
 
 def stream(

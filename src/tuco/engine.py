@@ -17,11 +17,12 @@ wait for the next batch; past ``max_queue`` waiting or running, ``submit`` raise
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,10 @@ log = logging.getLogger("tuco")
 
 class Overloaded(Exception):
     """Too many requests waiting or running: try again later."""
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its answer was ready."""
 
 
 class RowError(RuntimeError):
@@ -126,6 +131,27 @@ class Engine:
             self._waiting.append(job)
             self._lock.notify_all()
         return job
+
+    async def call_async(self, call: Callable[[], Any], disconnected: Callable[[], Awaitable[bool]]) -> Any:
+        """``call()`` run on the model's thread between batches, awaited: its result (its exception
+        is raised here; ``ClientLeft`` if the client left while it waited)."""
+        loop, done = asyncio.get_running_loop(), asyncio.Queue[Any]()
+
+        def deliver(result: Any) -> None:  # from the engine's thread
+            loop.call_soon_threadsafe(done.put_nowait, result)
+
+        job = self.submit_call(call, deliver)
+        while True:
+            try:
+                result = await asyncio.wait_for(done.get(), timeout=0.25)
+            except TimeoutError:
+                if await disconnected():
+                    job.cancel()
+                    raise ClientLeft from None
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            return result
 
     @property
     def load(self) -> int:

@@ -23,6 +23,7 @@ from .sampling import MIN_TEMPERATURE
 
 COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options"}
 COMMON |= {"n", "user", "alpha", "presence_penalty", "frequency_penalty", "logprobs"}
+COMMON |= {"guard_threshold", "guard_action"}  # this request's own guard settings (tuco's extras)
 NO_OPS = {  # fields OpenAI clients send with a value that asks for nothing: accepted at that value only
     "response_format": ({"type": "text"},),
     "tool_choice": ("none",),
@@ -62,6 +63,8 @@ class Parsed:
     model: str | None = None
     echo: bool = False  # completions: the prompt's text (and logprobs) before the answer
     logprobs: int | None = None  # None: no logprobs; k: the chosen token's and the k most likely
+    guard_threshold: float | None = None  # this request's own threshold (None: the server guard's)
+    guard_action: str | None = None  # "flag" or "block" for this request (None: the server's)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -190,7 +193,12 @@ def parse(body: Any, kind: str) -> Parsed:
             f"'temperature' must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, not {temperature!r}",
             "temperature",
         )
+    action = body.get("guard_action")
+    if action is not None and action not in ("flag", "block"):
+        raise BadRequest(f"'guard_action' must be flag or block, not {action!r:.40}", "guard_action")
     return Parsed(
+        guard_threshold=_number(body, "guard_threshold", None, -1e9, 1e9),
+        guard_action=action,
         prompts=prompts,
         max_tokens=_number(body, name, None, fewest, 1e9, integer=True),
         temperature=temperature,
@@ -205,3 +213,60 @@ def parse(body: Any, kind: str) -> Parsed:
         echo=echo,
         logprobs=logprobs,
     )
+
+
+@dataclass
+class ScoreItem:
+    """One item of ``POST /v1/tuco``: a prompt (a chat, text or token ids) and an optional response
+    (text or token ids) whose tokens' TuCo is wanted."""
+
+    prompt: Any
+    response: str | list[int] | None = None
+
+
+def parse_tuco(body: Any) -> tuple[list[ScoreItem], bool, float | None]:
+    """``POST /v1/tuco``'s body: its items, whether per-layer norms are asked, a threshold of its own."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request body must be a JSON object, not {type(body).__name__}")
+    unknown = sorted(set(body) - {"model", "input", "layers", "guard_threshold", "user"})
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; /v1/tuco takes model, input, layers", unknown[0])
+    raw = body.get("input")
+    raw = [raw] if isinstance(raw, dict) else raw
+    if not isinstance(raw, list) or not raw or len(raw) > 256:
+        raise BadRequest("'input' must be an item or a list of 1 to 256 items", "input")
+    items = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not set(item) <= {"messages", "prompt", "response"}:
+            raise BadRequest(f'input[{i}] must be {{"messages" or "prompt", "response"?}}', "input")
+        if ("messages" in item) == ("prompt" in item):
+            raise BadRequest(f"input[{i}] needs one of 'messages' and 'prompt'", "input")
+        prompt = _chat(item["messages"]) if "messages" in item else item["prompt"]
+        if "prompt" in item and not ((isinstance(prompt, str) and prompt.strip()) or _is_ids(prompt)):
+            raise BadRequest(f"input[{i}].prompt must be a non-empty string or token ids", "input")
+        response = item.get("response")
+        if response is not None and not ((isinstance(response, str) and response) or _is_ids(response)):
+            raise BadRequest(f"input[{i}].response must be a non-empty string or token ids", "input")
+        items.append(ScoreItem(prompt, response))
+    return items, _flag(body, "layers"), _number(body, "guard_threshold", None, -1e9, 1e9)
+
+
+def parse_moderation(body: Any) -> list[str]:
+    """``POST /v1/moderations``' inputs (OpenAI's schema: a string, a list of them, or text parts)."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request body must be a JSON object, not {type(body).__name__}")
+    unknown = sorted(set(body) - {"model", "input"})
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; /v1/moderations takes model and input", unknown[0])
+    raw = body.get("input")
+    raw = [raw] if isinstance(raw, str | dict) else raw
+    if not isinstance(raw, list) or not raw or len(raw) > 256:
+        raise BadRequest("'input' must be a string or a list of 1 to 256 strings", "input")
+    texts = []
+    for i, x in enumerate(raw):
+        if isinstance(x, dict) and x.get("type") == "text":
+            x = x.get("text")
+        if not isinstance(x, str) or not x.strip():
+            raise BadRequest(f"input[{i}] must be non-empty text (only text is moderated here)", "input")
+        texts.append(x)
+    return texts

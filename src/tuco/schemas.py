@@ -85,6 +85,45 @@ REQUESTS: dict[str, dict] = {
         "additionalProperties": False,
     },
 }
+_ITEM = {
+    "type": "object",
+    "properties": {
+        "messages": {"type": "array", "items": _MESSAGE, "minItems": 1},
+        "prompt": {"anyOf": [{"type": "string", "minLength": 1}, _IDS]},
+        "response": {"anyOf": [{"type": "string", "minLength": 1}, _IDS]},
+    },
+    "additionalProperties": False,
+}
+REQUESTS["tuco"] = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string"},
+        "input": {"anyOf": [_ITEM, {"type": "array", "items": _ITEM, "minItems": 1, "maxItems": 256}]},
+        "layers": {"type": "boolean"},
+        "guard_threshold": {"type": "number"},
+    },
+    "required": ["input"],
+    "additionalProperties": False,
+}
+REQUESTS["moderation"] = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string"},
+        "input": {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "minItems": 1,
+                    "maxItems": 256,
+                },
+            ]
+        },
+    },
+    "required": ["input"],
+    "additionalProperties": False,
+}
 _TUCO = {
     "type": "object",
     "description": "TuCo of the prompt and of each generated token, and the guard's verdict",
@@ -129,8 +168,20 @@ _RESPONSE = {
 
 
 def operation(kind: str) -> dict:
-    """``openapi_extra`` of a completion route: its request body and its answers."""
+    """``openapi_extra`` of a POST route: its request body and its answers."""
     error = {"application/json": {"schema": _ERROR}}
+    if kind in ("tuco", "moderation"):
+        answer = {
+            "type": "object",
+            "properties": {"data" if kind == "tuco" else "results": {"type": "array"}},
+        }
+        return {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": REQUESTS[kind]}}},
+            "responses": {
+                "200": {"description": "the scores", "content": {"application/json": {"schema": answer}}},
+                **{str(s): {"description": d, "content": error} for s, d in ERRORS.items()},
+            },
+        }
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": REQUESTS[kind]}}},
         "responses": {

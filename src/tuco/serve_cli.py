@@ -48,6 +48,12 @@ def add_parsers(sub, model_options) -> None:
     g.add_argument("--debug", action="store_true", help="tracebacks of failed requests in the log")
     g.add_argument("--guard", help="guard.json from tuco calibrate: sets tuco.flagged")
     g.add_argument(
+        "--guard-on-error",
+        default="open",
+        choices=["open", "closed"],
+        help="a prompt whose TuCo cannot be computed: open (default) passes it, closed flags it",
+    )
+    g.add_argument(
         "--guard-action",
         default="flag",
         choices=["flag", "block"],
@@ -67,6 +73,11 @@ def add_parsers(sub, model_options) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="format prompts as chats, as the server does for /v1/chat/completions (default: when it can)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write the guard even when the attacks' AUC interval includes 0.5 (it cannot tell them apart)",
     )
     p.add_argument("--out", required=True, help="guard JSON file")
 
@@ -136,6 +147,7 @@ def run_serve(args) -> int:
         max_body_bytes=args.max_body_bytes,
         metrics_open=args.metrics_open,
         debug=args.debug,
+        guard_on_error=args.guard_on_error,
     )
     print(f"tuco serve: {args.name or _name(chosen)} on http://{args.host}:{args.port}/", file=sys.stderr)
     uvicorn.run(
@@ -183,23 +195,32 @@ def run_calibrate(args) -> int:
         if args.attacks
         else None
     )
-    guard = calibrate(benign, args.fpr, attacks)
+    guard = calibrate(benign, args.fpr, attacks, force=args.force)
     guard.models = chosen.to_dict() | {"benign": os.path.abspath(args.benign)}
     guard.dtype = pair.dtype_name
+    guard.batching = (
+        f"batches of {args.batch_size}, length-sorted ({pair.dtype_name}: TuCo independent of the batch)"
+    )
     import json
     from dataclasses import asdict
     from pathlib import Path
 
     write_atomic(Path(args.out), json.dumps(asdict(guard), indent=1) + "\n")
     lines = [
-        f"guard -> {args.out}: flag prompts with TuCo < {guard.threshold:.4f}",
+        f"guard -> {args.out}: flag prompts with {guard.describe()}",
         f"  benign: {guard.benign} prompts, {guard.measured_fpr:.1%} flagged (target {guard.fpr:.1%}); "
         f"{guard.dtype} ({pair.dtype_reason})",
     ]
-    if guard.tpr is not None:
+    if guard.tpr is not None and guard.auc_interval is not None:
+        side = "low" if guard.direction == "below" else "high"
+        lo, hi = guard.auc_interval
+        cv = "n/a" if guard.cv_tpr is None else f"{guard.cv_tpr:.1%}"
         lines.append(
-            f"  attacks: {guard.attacks} prompts, {guard.tpr:.1%} flagged; "
-            f"ROC-AUC of low TuCo {guard.auc:.3f}"
+            f"  attacks: {guard.attacks} prompts, {guard.tpr:.1%} flagged; ROC-AUC of {side} TuCo "
+            f"{guard.auc:.3f} (95% interval {lo:.3f}-{hi:.3f}); cross-validated TPR {cv}"
+            + ("; WRITTEN WITH --force: the interval includes 0.5" if guard.forced else "")
         )
+    else:
+        lines.append("  untested: no --attacks, so the side is the paper's (low TuCo) and the TPR unknown")
     print("\n".join(lines))
     return 0

@@ -31,12 +31,21 @@ from .completions import REFUSAL, Completions
 from .engine import Engine
 from .gate import Gate
 from .guard import Guard
+from .guard_api import Scoring
 from .openai_shapes import error_response
 from .pair import ModelPair
 from .serve_metrics import ServeMetrics
 
 __all__ = ["REFUSAL", "create_app"]
 log = logging.getLogger("tuco")
+
+
+POSTS = {  # path -> (schema, what answers it)
+    "/v1/chat/completions": ("chat", "flow"),
+    "/v1/completions": ("completion", "flow"),
+    "/v1/tuco": ("tuco", "scoring"),
+    "/v1/moderations": ("moderation", "scoring"),
+}
 
 
 def create_app(
@@ -54,27 +63,21 @@ def create_app(
     max_body_bytes: int = 4 << 20,
     metrics_open: bool = False,
     debug: bool = False,
+    guard_on_error: str = "open",
 ) -> FastAPI:
     """The ASGI app serving ``pair`` under the model name ``name``. In float32 a request's tokens and
     TuCo do not depend on the requests batched with it; in another dtype they may (a warning says
     so), and a guard must have been calibrated in the pair's dtype. ``api_keys``, ``loopback``,
-    ``max_body_bytes``, ``metrics_open``: ``tuco.gate``; ``debug``: tracebacks in the log."""
-    if pair.dtype_name != "float32":
-        log.warning(
-            "tuco serve: %s: a request's tokens and TuCo may change with the requests batched beside it "
-            "(float32 keeps them independent of the batch: --dtype float32)",
-            pair.dtype_name,
-        )
-    if guard is not None:
-        guard.check_dtype(pair.dtype_name)
+    ``max_body_bytes``, ``metrics_open``: ``tuco.gate``; ``debug``: tracebacks in the log;
+    ``guard_on_error``: "open" passes, "closed" flags a prompt whose TuCo cannot be computed."""
+    _check_dtype(pair, guard)
     engine = Engine(
         pair, monitor=monitor, max_batch=max_batch, window=window, max_queue=max_queue or 8 * max_batch
     )
     metrics = ServeMetrics(engine)
-    flow = Completions(
-        pair, engine, metrics, name=name, guard=guard, guard_action=guard_action, monitor=monitor
-    )
-    created = int(time.time())
+    shared = dict(name=name, guard=guard, guard_on_error=guard_on_error)
+    flow = Completions(pair, engine, metrics, guard_action=guard_action, monitor=monitor, **shared)  # type: ignore[arg-type]
+    scoring = Scoring(pair, engine, metrics, **shared)  # type: ignore[arg-type]
 
     @asynccontextmanager
     async def lifespan(app):
@@ -84,19 +87,44 @@ def create_app(
 
     app = FastAPI(title="tuco serve", lifespan=lifespan, docs_url=None, redoc_url=None, version=__version__)
     app.state.engine, app.state.metrics = engine, metrics
-    card = {"id": name, "object": "model", "created": created, "owned_by": "tuco"}
 
-    async def complete(request: Request, kind: str) -> Response:
-        request.state.counted = True  # the flow counts it
-        return await flow.respond(await request.body(), kind, request.is_disconnected)
+    def post(path: str, kind: str, answerer: str):
+        async def endpoint(request: Request) -> Response:
+            request.state.counted = True  # the flow counts it, 499s of streams included
+            body = await request.body()
+            if answerer == "flow":
+                return await flow.respond(body, kind, request.is_disconnected)
+            return await scoring.respond(body, path, request.is_disconnected)
 
-    @app.post("/v1/chat/completions", openapi_extra=schemas.operation("chat"))
-    async def chat_completions(request: Request):
-        return await complete(request, "chat")
+        app.add_api_route(path, endpoint, methods=["POST"], openapi_extra=schemas.operation(kind), name=kind)
 
-    @app.post("/v1/completions", openapi_extra=schemas.operation("completion"))
-    async def completions(request: Request):
-        return await complete(request, "completion")
+    for path, (kind, answerer) in POSTS.items():
+        post(path, kind, answerer)
+
+    _info_routes(app, name, engine, metrics, monitor, guard)
+    errors.install(app, debug)
+    routes = {*POSTS, "/v1/models", "/health", "/metrics", "/"}
+    gate = dict(
+        api_keys=api_keys, loopback=loopback, max_body_bytes=max_body_bytes, metrics_open=metrics_open
+    )
+    app.add_middleware(Gate, metrics=metrics, routes=routes, **gate)  # type: ignore[arg-type]
+    return app
+
+
+def _check_dtype(pair: ModelPair, guard: Guard | None) -> None:
+    if pair.dtype_name != "float32":
+        log.warning(
+            "tuco serve: %s: a request's tokens and TuCo may change with the requests batched beside it "
+            "(float32 keeps them independent of the batch: --dtype float32)",
+            pair.dtype_name,
+        )
+    if guard is not None:
+        guard.check_dtype(pair.dtype_name)
+
+
+def _info_routes(app: FastAPI, name: str, engine: Engine, metrics: ServeMetrics, monitor: str, guard) -> None:
+    """The GET routes: models, health, metrics, the page."""
+    card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "tuco"}
 
     @app.get("/v1/models")
     async def models():
@@ -104,12 +132,10 @@ def create_app(
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str):
-        return (
-            card
-            if model_id == name
-            else error_response(
-                404, f"no model {model_id!r}: this server has {name!r}", "model", "not_found_error"
-            )
+        if model_id == name:
+            return card
+        return error_response(
+            404, f"no model {model_id!r}: this server has {name!r}", "model", "not_found_error"
         )
 
     @app.get("/health")
@@ -130,16 +156,3 @@ def create_app(
     async def page():
         html = resources.files("tuco").joinpath("page.html").read_text(encoding="utf-8")
         return html.replace("{{model}}", name).replace("{{guard}}", "on" if guard is not None else "off")
-
-    errors.install(app, debug)
-    routes = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"}
-    app.add_middleware(
-        Gate,
-        metrics=metrics,
-        api_keys=api_keys,
-        loopback=loopback,
-        max_body_bytes=max_body_bytes,
-        metrics_open=metrics_open,
-        routes=routes,
-    )
-    return app
