@@ -26,7 +26,7 @@ class FakeEngine:
     def __init__(self, events=(), overloaded=False):
         self.events, self.overloaded, self.submitted = list(events), overloaded, []
 
-    def submit(self, ids, sampling, *, alpha, deliver, on_first=None):
+    def submit(self, ids, sampling, *, alpha, deliver, on_first=None, on_token=None):
         if self.overloaded:
             raise Overloaded("4 requests waiting or running (--max-queue 4)")
         job = Submission(ids, sampling, alpha, deliver, on_first)
@@ -161,7 +161,7 @@ def test_a_full_engine_answers_503_with_retry_after(pair):
 
 def test_a_generation_failure_is_a_500_that_leaks_nothing(pair, caplog):
     class Failing(FakeEngine):
-        def submit(self, ids, sampling, *, alpha, deliver, on_first=None):
+        def submit(self, ids, sampling, *, alpha, deliver, on_first=None, on_token=None):
             deliver(RuntimeError("the model broke"))
             return Submission(ids, sampling, alpha, deliver)
 
@@ -185,3 +185,16 @@ def test_the_guard_flags_or_blocks_on_the_prompt_tuco(pair, action):
     else:
         assert body["choices"][0]["message"]["content"] == "A"
     assert flow.metrics.registry.get_sample_value("tuco_flagged_total") == 1
+
+
+def test_a_row_whose_alpha_overflows_the_model_is_the_request_s_400(pair):
+    from tuco.engine import RowError
+
+    class Overflowing(FakeEngine):
+        def submit(self, ids, sampling, *, alpha, deliver, on_first=None, on_token=None):
+            deliver(RowError("the logits are not finite", overflow=True))
+            return Submission(ids, sampling, alpha, deliver)
+
+    response = respond(flow_of(pair, Overflowing()), dict(CHAT, alpha=90))
+    error = answer(response)["error"]
+    assert response.status_code == 400 and error["param"] == "alpha" and "closer to 1" in error["message"]

@@ -61,3 +61,10 @@ def test_next_token_keeps_top_k_and_top_p():
     picks = {Sampling(temperature=1.0, top_p=0.5).next_token(logits, 1, gen) for _ in range(50)}
     assert picks <= {1, 2}
     assert Sampling().next_token(logits, 3, None) == 3  # greedy: the batched argmax given
+
+
+def test_the_sampler_survives_extreme_settings():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.tensor([3e38, -3e38, 1.0, 0.0])  # finite, but they overflow when divided naively
+    assert Sampling(temperature=0.001).next_token(logits, 0, gen) == 0
+    assert Sampling(temperature=1.0, top_p=5e-324).next_token(torch.tensor([0.1, 2.0, 0.3]), 1, gen) == 1

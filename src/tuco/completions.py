@@ -24,7 +24,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .decoding import TokenEvent
-from .engine import ClientLeft, Engine, Overloaded, Submission
+from .engine import ClientLeft, Engine, Overloaded, RowError, Submission
 from .guard import Guard, verdict
 from .openai_shapes import Entry, Shape, chat_logprobs, error_response, legacy_logprobs
 from .pair import ModelPair
@@ -46,7 +46,11 @@ class Blocked:
         self.prompt_tuco = prompt_tuco
 
 
-Item = TokenEvent | Blocked | BaseException  # what the engine hands a request's queue
+class Stopped:
+    """The guard's answer rule stopped a request mid-generation (``--guard-action block``)."""
+
+
+Item = TokenEvent | Blocked | Stopped | BaseException  # what the engine hands a request's queue
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Answer:
     prompt_tuco: float | None
     events: list[TokenEvent]
     echo: list | None = None  # the prompt's token logprobs (``ModelPair.token_logprobs``)
+    stopped: bool = False  # the guard's answer rule ended it
 
     @property
     def tucos(self) -> list[float | None]:
@@ -88,17 +93,24 @@ class Completions:
         return validate(self.pair, body, kind)
 
     def summary(
-        self, prompt_tuco: float | None, tokens: list[float | None], threshold: float | None = None
+        self,
+        prompt_tuco: float | None,
+        tokens: list[float | None],
+        threshold: float | None = None,
+        stopped: bool = False,
     ) -> dict:
         """The ``tuco`` object of a whole answer."""
         guard = self.guard
         values = [t for t in tokens if t is not None]
+        answer_flagged = stopped or (guard is not None and guard.token_flags(tokens))
         return {
             "prompt": prompt_tuco,
             "tokens": values if self.monitor == "tokens" else None,
             "min": min(values) if values else None,
             "mean": sum(values) / len(values) if values else None,
-            "flagged": verdict(guard, prompt_tuco, threshold=threshold, on_error=self.guard_on_error),
+            "flagged": verdict(guard, prompt_tuco, threshold=threshold, on_error=self.guard_on_error)
+            or answer_flagged,
+            "answer_flagged": answer_flagged,
             "threshold": threshold
             if threshold is not None
             else guard.threshold
@@ -135,7 +147,23 @@ class Completions:
                     return True
             return False
 
-        return self.engine.submit(ids, sampling, alpha=alpha, deliver=deliver, on_first=on_first), queue
+        running: list[float | None] = []
+
+        def on_token(event: TokenEvent) -> bool:  # the answer rule, token by token
+            running.append(event.tuco)
+            if guard is None or not guard.token_flags(running):
+                return False
+            if len(running) == guard.token_window:  # counted once, when the rule first fires
+                metrics.flagged.inc()
+            if action == "block":
+                deliver(Stopped())
+                return True
+            return False
+
+        submission = self.engine.submit(
+            ids, sampling, alpha=alpha, deliver=deliver, on_first=on_first, on_token=on_token
+        )
+        return submission, queue
 
     # ------------------------------------------------------------------ respond
     async def respond(self, body: bytes, kind: str, disconnected: Callable[[], Awaitable[bool]]) -> Response:
@@ -169,6 +197,12 @@ class Completions:
             self.metrics.finished(route, "499")
             return Response(status_code=499)
         except Exception as e:  # a row failed (RowError) or a call did: this request alone
+            if isinstance(e, RowError) and e.overflow:  # the request's own alpha
+                self.metrics.finished(route, "400")
+                message = (
+                    f"alpha {parsed.alpha:g} makes this model's logits overflow: ask for alpha closer to 1"
+                )
+                return error_response(400, message, "alpha")
             log.warning("tuco serve: a request failed: %s", e)
             self.metrics.finished(route, "500")
             return error_response(500, "generation failed for this request; retry it", kind="server_error")
@@ -182,7 +216,9 @@ class Completions:
             shape.whole(
                 out,
                 completion,
-                self.summary(answers[0].prompt_tuco, answers[0].tucos, parsed.guard_threshold),
+                self.summary(
+                    answers[0].prompt_tuco, answers[0].tucos, parsed.guard_threshold, answers[0].stopped
+                ),
             )
         )
 
@@ -226,7 +262,7 @@ class Completions:
                     ]
                 logprobs = legacy_logprobs(tok, prompt + generated)
         extra = (
-            {"tuco": self.summary(answer.prompt_tuco, answer.tucos, parsed.guard_threshold)}
+            {"tuco": self.summary(answer.prompt_tuco, answer.tucos, parsed.guard_threshold, answer.stopped)}
             if own_tuco
             else {}
         )
@@ -250,6 +286,10 @@ class Completions:
                         "type": "server_error",
                     }
                     yield _sse({"error": error})
+                    break
+                if isinstance(item, Stopped):
+                    summary = self.summary(prompt_tuco, tucos, parsed.guard_threshold, stopped=True)
+                    yield _sse(shape.chunk(None, "content_filter", tuco=summary))
                     break
                 if isinstance(item, Blocked):
                     prompt_tuco = item.prompt_tuco
@@ -305,7 +345,8 @@ async def collect(
 ) -> Answer | BaseException | None:
     """The whole answer, an exception, or None if the client left (noticed at the next token, or
     within a quarter second while none comes)."""
-    text, events, prompt_tuco = "", [], None
+    text, prompt_tuco = "", None
+    events: list[TokenEvent] = []
     checked = time.monotonic()
     while True:
         try:
@@ -323,6 +364,8 @@ async def collect(
             return item
         if isinstance(item, Blocked):
             return Answer(REFUSAL, "content_filter", item.prompt_tuco, [])
+        if isinstance(item, Stopped):
+            return Answer(text, "content_filter", prompt_tuco, events, stopped=True)
         text += item.text
         events.append(item)
         prompt_tuco = item.prompt_tuco if item.prompt_tuco is not None else prompt_tuco

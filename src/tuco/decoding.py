@@ -62,6 +62,7 @@ class TokenEvent:
     logprob: float | None = None  # with Sampling.logprobs: the token's log-probability
     top_logprobs: list[tuple[int, float]] | None = None  # ... and the most likely tokens' (id, logprob)
     error: str | None = None  # this row failed (finish_reason "error"); the batch goes on
+    overflow: bool = False  # ... because its logits are not finite (its own alpha, too far from 1)
 
 
 @dataclass
@@ -177,7 +178,11 @@ def decode(
                     chosen[j] = token = row.choose(logits[j], greedy[j])
                     text, finish = row.add(token)
                 except (RuntimeError, ValueError, FloatingPointError) as e:
-                    events.append(TokenEvent(row.index, -1, "", None, prompt_tuco, "error", error=str(e)))
+                    overflow = isinstance(e, FloatingPointError)
+                    failed = TokenEvent(
+                        row.index, -1, "", None, prompt_tuco, "error", error=str(e), overflow=overflow
+                    )
+                    events.append(failed)
                     row.done = True
                     continue
                 event = TokenEvent(row.index, token, text, tucos[j] if monitor == "tokens" else None)

@@ -42,7 +42,12 @@ class ClientLeft(Exception):
 
 
 class RowError(RuntimeError):
-    """One request's row failed while its batch decoded (the others went on)."""
+    """One request's row failed while its batch decoded (the others went on); ``overflow``: its
+    logits were not finite (its alpha too far from 1 for this model), the request's own doing."""
+
+    def __init__(self, message: str, overflow: bool = False):
+        super().__init__(message)
+        self.overflow = overflow
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Submission:
     alpha: float
     deliver: Callable[[Any], None]  # a TokenEvent, an exception, or the server's own items
     on_first: Callable[[TokenEvent], bool] | None = None  # True: stop here (the guard blocked it)
+    on_token: Callable[[TokenEvent], bool] | None = None  # True: stop after this token (not sent)
     cancelled: bool = False
     finished: bool = False
     call: Callable[[], Any] | None = None  # a job for the model's thread that is not decoding
@@ -113,8 +119,9 @@ class Engine:
         alpha: float,
         deliver: Callable[[Any], None],
         on_first: Callable[[TokenEvent], bool] | None = None,
+        on_token: Callable[[TokenEvent], bool] | None = None,
     ) -> Submission:
-        job = Submission(ids, sampling, alpha, deliver, on_first)
+        job = Submission(ids, sampling, alpha, deliver, on_first, on_token)
         with self._lock:
             if self.load >= self.max_queue:
                 raise Overloaded(f"{self.load} requests waiting or running (--max-queue {self.max_queue})")
@@ -209,11 +216,14 @@ class Engine:
                     job = batch[event.index]
                     if event.error is not None:  # this row failed alone: the batch goes on
                         job.finished = True
-                        job.deliver(RowError(event.error))
+                        job.deliver(RowError(event.error, event.overflow))
                         continue
                     tokens += 1
                     if event.prompt_tuco is not None and job.on_first is not None and job.on_first(event):
                         job.cancelled = True  # blocked: its first token is not sent
+                        continue
+                    if job.on_token is not None and job.on_token(event):
+                        job.cancelled = True  # stopped by the answer rule: this token is not sent
                         continue
                     job.finished = event.finish_reason is not None
                     job.deliver(event)

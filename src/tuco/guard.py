@@ -49,11 +49,22 @@ class Guard:
     tested: bool = False  # calibrated with attacks
     batching: str | None = None  # how its TuCos were batched (they do not depend on it in float32)
     forced: bool = False  # written although its AUC interval includes 0.5
+    token_threshold: float | None = None  # the answer rule: the mean TuCo of the last token_window tokens
+    token_window: int = 8
+    answers: int = 0  # benign answers the answer rule was fitted on
 
     def flags(self, tuco: float, threshold: float | None = None) -> bool:
         """Whether ``tuco`` is on the flagged side of the threshold (the guard's, or one given)."""
         limit = self.threshold if threshold is None else threshold
         return tuco < limit if self.direction == "below" else tuco > limit
+
+    def token_flags(self, tucos: list[float | None]) -> bool:
+        """The answer rule: whether the mean TuCo of the last ``token_window`` generated tokens is on
+        the flagged side of ``token_threshold`` (never before that many tokens, nor without a rule)."""
+        window = [t for t in tucos[-self.token_window :] if t is not None]
+        if self.token_threshold is None or len(tucos) < self.token_window or not window:
+            return False
+        return self.flags(sum(window) / len(window), self.token_threshold)
 
     def describe(self) -> str:
         return f"TuCo {'<' if self.direction == 'below' else '>'} {self.threshold:.4f}"
@@ -177,6 +188,23 @@ def _cross_validated_tpr(
         caught += sum(fold_guard.flags(t) for t in held)
         total += len(held)
     return caught / total if total else None
+
+
+def calibrate_answers(guard: Guard, answers: list[list[float]], window: int = 8) -> Guard:
+    """Fit the answer rule on benign answers' token TuCos: the threshold that flags at most the
+    guard's ``fpr`` of them anywhere (their most extreme window mean, on the guard's side)."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1, not {window}")
+    extremes = []
+    for tucos in answers:
+        means = [sum(tucos[i : i + window]) / window for i in range(len(tucos) - window + 1)]
+        if means:
+            extremes.append(min(means) if guard.direction == "below" else max(means))
+    if not extremes:
+        raise ValueError(f"no benign answer has {window} tokens: generate longer answers or a smaller window")
+    guard.token_threshold = threshold_for(extremes, guard.fpr, guard.direction)
+    guard.token_window, guard.answers = window, len(extremes)
+    return guard
 
 
 def verdict(

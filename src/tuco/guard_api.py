@@ -44,22 +44,33 @@ def score_items(pair: ModelPair, items: list[ScoreItem], layers: bool) -> list[d
         else tok(item.response, add_special_tokens=False)["input_ids"]
         for item in items
     ]
-    joined = [p + r[:-1] for p, r in zip(prompts, responses, strict=True) if r is not None]
-    pair.check_prompts(prompts + joined)
-    scores = pair.score(prompts)
-    per_token = iter(pair.score(joined, per_token=True, fast=False)) if joined else iter(())
+    # one pass per item: prompt + response[:-1] with per-token TuCo (its value at the prompt's last
+    # token is the prompt's TuCo); a prompt alone takes the last-token fast path
+    joined = [p + r[:-1] if r is not None else p for p, r in zip(prompts, responses, strict=True)]
+    pair.check_prompts(joined)
+    alone = [i for i, r in enumerate(responses) if r is None]
+    with_response = [i for i, r in enumerate(responses) if r is not None]
+    results: list[Any] = [None] * len(items)
+    for i, r in zip(alone, pair.score([joined[i] for i in alone]) if alone else [], strict=True):
+        results[i] = r
+    scored = (
+        pair.score([joined[i] for i in with_response], per_token=True, fast=False) if with_response else []
+    )
+    for i, r in zip(with_response, scored, strict=True):
+        results[i] = r
     out = []
-    for ids, response, score in zip(prompts, responses, scores, strict=True):
-        entry: dict[str, Any] = {"prompt_tuco": score.tuco, "prompt_tokens": len(ids)}
-        if layers:
-            entry |= {"ptc_layers": score.ptc_layers, "ftc_layers": score.ftc_layers}
+    for ids, response, result in zip(prompts, responses, results, strict=True):
+        entry: dict[str, Any] = {"prompt_tuco": result.tuco, "prompt_tokens": len(ids)}
         if response is not None:
-            tucos = next(per_token).tuco_tokens
-            assert tucos is not None
+            tucos = result.tuco_tokens
+            entry["prompt_tuco"] = tucos[len(ids) - 1]
             entry |= {
                 "tokens": [tok.decode([t]) for t in response],
                 "tokens_tuco": tucos[len(ids) - 1 : len(ids) - 1 + len(response)],
             }
+        if layers:  # the prompt's own last-token norms
+            prompt_only = result if response is None else pair.score([ids])[0]
+            entry |= {"ptc_layers": prompt_only.ptc_layers, "ftc_layers": prompt_only.ftc_layers}
         out.append(entry)
     return out
 

@@ -103,7 +103,7 @@ class Sampling:
         """The next token from float32 ``logits`` [vocab] (``greedy``: their argmax, computed batched)."""
         if self.temperature == 0:
             return greedy
-        scores = logits / self.temperature
+        scores = (logits - logits.max()) / self.temperature  # <= 0: no overflow, whatever the scale
         if self.top_k:
             kth = torch.topk(scores, min(self.top_k, scores.shape[-1])).values[-1]
             scores = scores.masked_fill(scores < kth, -torch.inf)
@@ -111,6 +111,7 @@ class Sampling:
             ordered, order = scores.sort(descending=True)
             probs = torch.softmax(ordered, -1)
             outside = probs.cumsum(-1) - probs >= self.top_p  # the smallest set reaching top_p stays
+            outside[0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
             scores = scores.index_fill(0, order[outside], -torch.inf)
         probs = torch.softmax(scores, -1)
         return int(torch.multinomial(probs, 1, generator=generator))

@@ -50,6 +50,8 @@ _COMMON: dict[str, Any] = {
     "parallel_tool_calls": {"type": "boolean"},
     "logit_bias": {"type": "object", "maxProperties": 0},
     "store": {"const": False},
+    "guard_threshold": {"type": "number", "description": "this request's own guard threshold"},
+    "guard_action": {"enum": ["flag", "block"], "description": "this request's own guard action"},
 }
 _IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 REQUESTS: dict[str, dict] = {

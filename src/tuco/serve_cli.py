@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from .errors import DataError, UsageError, positive_float, positive_int, probability
+from .errors import DataError, UsageError, nonnegative_int, positive_float, positive_int, probability
 
 
 def add_parsers(sub, model_options) -> None:
@@ -79,6 +79,13 @@ def add_parsers(sub, model_options) -> None:
         action="store_true",
         help="write the guard even when the attacks' AUC interval includes 0.5 (it cannot tell them apart)",
     )
+    p.add_argument(
+        "--answer-tokens",
+        type=nonnegative_int,
+        default=0,
+        help="also fit the answer rule on greedy benign answers of this many tokens (0: prompt only)",
+    )
+    p.add_argument("--window", type=positive_int, default=8, help="tokens the answer rule averages over")
     p.add_argument("--out", required=True, help="guard JSON file")
 
 
@@ -160,10 +167,8 @@ def run_serve(args) -> int:
     return 0
 
 
-def prompt_tucos(
-    pair, path: str, field: str | None, chat_template: bool | None, batch_size: int
-) -> list[float]:
-    """Prompt TuCo of every record of a prompts file, formatted as the server formats requests."""
+def formatted_prompts(pair, path: str, field: str | None, chat_template: bool | None) -> list:
+    """Every record of a prompts file, formatted as the server formats requests."""
     from .data import read_prompts
     from .inputs import as_chat
 
@@ -173,6 +178,14 @@ def prompt_tucos(
     prompts = [as_chat(r.prompt) if use_chat else r.prompt for r in read_prompts(path, field=field)]
     if not prompts:
         raise DataError(f"{path}: no prompts")
+    return prompts
+
+
+def prompt_tucos(
+    pair, path: str, field: str | None, chat_template: bool | None, batch_size: int
+) -> list[float]:
+    """Prompt TuCo of every record of a prompts file, formatted as the server formats requests."""
+    prompts = formatted_prompts(pair, path, field, chat_template)
     return [r.tuco for r in pair.score(prompts, batch_size=batch_size)]
 
 
@@ -198,6 +211,14 @@ def run_calibrate(args) -> int:
     guard = calibrate(benign, args.fpr, attacks, force=args.force)
     guard.models = chosen.to_dict() | {"benign": os.path.abspath(args.benign)}
     guard.dtype = pair.dtype_name
+    if args.answer_tokens:
+        from .guard import calibrate_answers
+
+        prompts = formatted_prompts(pair, args.benign, args.field, args.chat_template)
+        answers = pair.generate_with_tuco(
+            prompts, max_new_tokens=args.answer_tokens, temperature=0, batch_size=args.batch_size
+        )
+        calibrate_answers(guard, [g.tokens_tuco or [] for g in answers], args.window)
     guard.batching = (
         f"batches of {args.batch_size}, length-sorted ({pair.dtype_name}: TuCo independent of the batch)"
     )
@@ -222,5 +243,11 @@ def run_calibrate(args) -> int:
         )
     else:
         lines.append("  untested: no --attacks, so the side is the paper's (low TuCo) and the TPR unknown")
+    if guard.token_threshold is not None:
+        sign = "<" if guard.direction == "below" else ">"
+        lines.append(
+            f"  answers: flag when the mean TuCo of {guard.token_window} tokens {sign} "
+            f"{guard.token_threshold:.4f} (fitted on {guard.answers} benign answers)"
+        )
     print("\n".join(lines))
     return 0
