@@ -16,10 +16,9 @@ from tuco.blocks import find_blocks  # noqa: E402
 from tuco.harness import SteeredLM  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def task_manager(tmp_path_factory):
-    root = tmp_path_factory.mktemp("task")
-    rows = [{"question": f"Is {i} even?", "choices": ["yes", "no"], "answer": i % 2} for i in range(5)]
+def local_task(root, items: int = 5) -> TaskManager:
+    """A local multiple-choice task (``tuco_local_mc``) of ``items`` yes/no questions, in ``root``."""
+    rows = [{"question": f"Is {i} even?", "choices": ["yes", "no"], "answer": i % 2} for i in range(items)]
     (root / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "tuco_local_mc.yaml").write_text(
         "task: tuco_local_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
@@ -28,6 +27,11 @@ def task_manager(tmp_path_factory):
         "metric_list:\n  - metric: acc\n"
     )
     return TaskManager(include_path=str(root))
+
+
+@pytest.fixture(scope="module")
+def task_manager(tmp_path_factory):
+    return local_task(tmp_path_factory.mktemp("task"))
 
 
 def loglikelihoods(lm, task_manager) -> list[float]:

@@ -255,8 +255,7 @@ def test_lm_eval_local_completions_log_likelihoods_match_the_model(pair, tmp_pat
     """The harness's main use (log-likelihood tasks) end to end: every log-likelihood it gets is a sum
     of the token logprobs the server sent, and those are the pair's own (``pair.logits``)."""
     lm_eval = pytest.importorskip("lm_eval")
-    from lm_eval.tasks import TaskManager
-    from test_harness import loglikelihoods
+    from test_harness import local_task, loglikelihoods
 
     sent = []  # (prompt ids, token_logprobs) of every choice the server answered
     real = Completions.choice_object
@@ -271,14 +270,7 @@ def test_lm_eval_local_completions_log_likelihoods_match_the_model(pair, tmp_pat
     pair.tokenizer.save_pretrained(tokenizer_dir)
     root = tmp_path / "task"
     root.mkdir()
-    rows = [{"question": f"Is {i} even?", "choices": ["yes", "no"], "answer": i % 2} for i in range(4)]
-    (root / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "tuco_local_mc.yaml").write_text(
-        "task: tuco_local_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-        f"    test: {root / 'items.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
-        'doc_to_text: "{{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
-        "metric_list:\n  - metric: acc\n"
-    )
+    tasks = local_task(root, items=4)
     with serving(create_app(pair, name="tiny", max_batch=4)) as base:
         api = lm_eval.api.registry.get_model("local-completions")(
             base_url=f"{base}/v1/completions",
@@ -290,7 +282,7 @@ def test_lm_eval_local_completions_log_likelihoods_match_the_model(pair, tmp_pat
             max_retries=1,
             batch_size=2,
         )
-        served = loglikelihoods(api, TaskManager(include_path=str(root)))
+        served = loglikelihoods(api, tasks)
     assert len(served) == 8 and len(sent) == 8
     sums = []
     for ids, token_logprobs in sent:

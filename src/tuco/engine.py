@@ -121,17 +121,13 @@ class Engine:
         on_first: Callable[[TokenEvent], bool] | None = None,
         on_token: Callable[[TokenEvent], bool] | None = None,
     ) -> Submission:
-        job = Submission(ids, sampling, alpha, deliver, on_first, on_token)
-        with self._lock:
-            if self.load >= self.max_queue:
-                raise Overloaded(f"{self.load} requests waiting or running (--max-queue {self.max_queue})")
-            self._waiting.append(job)
-            self._lock.notify_all()
-        return job
+        return self._enqueue(Submission(ids, sampling, alpha, deliver, on_first, on_token))
 
     def submit_call(self, call: Callable[[], Any], deliver: Callable[[Any], None]) -> Submission:
         """Run ``call()`` on the model's thread between batches; ``deliver`` gets its result or error."""
-        job = Submission([], Sampling(), 1.0, deliver, call=call)
+        return self._enqueue(Submission([], Sampling(), 1.0, deliver, call=call))
+
+    def _enqueue(self, job: Submission) -> Submission:
         with self._lock:
             if self.load >= self.max_queue:
                 raise Overloaded(f"{self.load} requests waiting or running (--max-queue {self.max_queue})")
