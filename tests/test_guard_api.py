@@ -121,6 +121,7 @@ def test_the_answer_rule_is_fitted_on_benign_answers():
     assert guard.token_threshold == pytest.approx(0.5) and guard.answers == 20  # 2 of 20 fall below
     assert guard.token_flags([0.5, 0.1, 0.1, 0.1]) and not guard.token_flags([0.5] * 9)
     assert not guard.token_flags([0.1, 0.1])  # not before a whole window
+    assert guard.answer_flags([0.5, 0.1, 0.1, 0.1, 0.5, 0.5]) and not guard.answer_flags([0.5] * 9)
     with pytest.raises(ValueError, match="no benign answer has 30 tokens"):
         calibrate_answers(guard, answers, window=30)
 

@@ -66,6 +66,10 @@ class Guard:
             return False
         return self.flags(sum(window) / len(window), self.token_threshold)
 
+    def answer_flags(self, tucos: list[float | None]) -> bool:
+        """The answer rule over a whole answer: whether any window of it is flagged."""
+        return any(self.token_flags(tucos[: n + 1]) for n in range(len(tucos)))
+
     def describe(self) -> str:
         return f"TuCo {'<' if self.direction == 'below' else '>'} {self.threshold:.4f}"
 

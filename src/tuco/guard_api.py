@@ -133,10 +133,13 @@ class Scoring:
                 self.metrics.prompt.observe(row["prompt_tuco"])
         model = decoded.get("model") or self.name
         if route == "/v1/tuco":
-            data = [
-                {"index": i, **row, "flagged": self.flagged(row["prompt_tuco"], threshold)}
-                for i, row in enumerate(rows)
-            ]
+            data = []
+            for i, row in enumerate(rows):
+                answer_flagged = self.guard is not None and self.guard.answer_flags(
+                    row.get("tokens_tuco") or []
+                )
+                flagged = self.flagged(row["prompt_tuco"], threshold) or answer_flagged
+                data.append({"index": i, **row, "flagged": flagged, "answer_flagged": answer_flagged})
             answer = {"object": "list", "model": model, "data": data}
         else:
             answer = {
