@@ -334,6 +334,7 @@ def test_the_page_works_with_a_key(url, pair, tmp_path):
 
     with Browser(chromium, tmp_path / "profile") as browser:
         browser.open(f"{url}/")
+        browser.wait_for("typeof send === 'function'", timeout=30)  # the page's script has run
         browser.evaluate(f"sessionStorage.setItem('tuco-key', '{KEYS[1]}'); send('Tell me something.'); 1")
         browser.wait_for("document.getElementById('finish')", timeout=90)
         status = browser.evaluate("document.getElementById('status').textContent")
