@@ -117,3 +117,17 @@ def test_bounds_are_checked():
         Engine(None, max_batch=0)
     with pytest.raises(ValueError, match="max_queue"):
         Engine(None, max_batch=4, max_queue=2)
+
+
+def test_the_model_thread_draws_no_progress_bars(tok):
+    from tuco import progress
+
+    engine = Engine(make_pair("llama", tok), max_batch=1, window=0.0)
+    inbox = Inbox()
+    engine.submit_call(lambda: progress.bar(1, "inside the server").disable, inbox)
+    engine.start()
+    try:
+        assert inbox.done.wait(10)
+    finally:
+        engine.stop()
+    assert inbox.items == [True]

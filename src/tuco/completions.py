@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from .decoding import TokenEvent
 from .engine import ClientLeft, Engine, Overloaded, RowError, Submission
 from .guard import Guard, verdict
-from .openai_shapes import Entry, Shape, chat_logprobs, error_response, legacy_logprobs
+from .openai_shapes import Entry, Shape, busy_response, chat_logprobs, error_response, legacy_logprobs
 from .pair import ModelPair
 from .request_body import Parsed
 from .request_check import Choice, validate
@@ -191,8 +191,7 @@ class Completions:
             answers = await asyncio.gather(*(self.answer(c, parsed, disconnected) for c in choices))
         except Overloaded as e:
             self.metrics.finished(route, "503")
-            message = f"the server is busy: {e}; retry shortly"
-            return error_response(503, message, kind="server_busy", **{"Retry-After": "1"})
+            return busy_response(e)
         except ClientLeft:
             self.metrics.finished(route, "499")
             return Response(status_code=499)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import progress
 from .decoding import TokenEvent
 from .pair import ModelPair
 from .sampling import Sampling
@@ -190,9 +191,10 @@ class Engine:
             return batch
 
     def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            if batch:
-                self._run(batch)
+        with progress.inner():  # the model's thread of a server: no progress bars on its terminal
+            while (batch := self._next_batch()) is not None:
+                if batch:
+                    self._run(batch)
 
     def _run(self, batch: list[Submission]) -> None:
         if batch[0].call is not None:

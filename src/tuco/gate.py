@@ -24,7 +24,6 @@ from .serve_metrics import ServeMetrics
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
-OPEN_PATHS = {"/health", "/openapi.json", "/", "/favicon.ico"}
 
 
 class BodyTooLarge(Exception):
@@ -96,7 +95,7 @@ class Gate:
             message = "this server answers to localhost only: the Host header names another host"
             return 400, message, "invalid_request_error", {}
         guarded = path.startswith("/v1") or (path == "/metrics" and not self.metrics_open)
-        if self.keys and guarded and path not in OPEN_PATHS:
+        if self.keys and guarded:  # /health, /openapi.json and the page are never guarded
             given = headers.get("authorization", "")
             token = given[7:].strip().encode() if given[:7].lower() == "bearer " else b""
             if not any(hmac.compare_digest(token, key) for key in self.keys):

@@ -12,8 +12,6 @@ flag with the server's guard (``flagged`` false without one, unless the request 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import math
 import time
 import uuid
@@ -25,9 +23,9 @@ from fastapi.responses import JSONResponse, Response
 from .engine import ClientLeft, Engine, Overloaded
 from .guard import Guard, verdict
 from .inputs import as_chat
-from .openai_shapes import error_response
+from .openai_shapes import busy_response, error_response
 from .pair import ModelPair
-from .request_body import BadRequest, ScoreItem, parse_moderation, parse_tuco
+from .request_body import BadRequest, ScoreItem, decode_json, parse_moderation, parse_tuco
 from .serve_metrics import ServeMetrics
 
 
@@ -100,11 +98,7 @@ class Scoring:
     async def respond(self, body: bytes, route: str, disconnected: Callable[[], Awaitable[bool]]) -> Response:
         started = time.monotonic()
         try:
-            decoded = json.loads(body)
-        except (ValueError, RecursionError) as e:
-            self.metrics.finished(route, "400")
-            return error_response(400, f"the body is not valid JSON: {str(e)[:200]}")
-        try:
+            decoded = decode_json(body)
             if route == "/v1/tuco":
                 items, layers, threshold = parse_tuco(decoded)
             else:
@@ -117,14 +111,10 @@ class Scoring:
             return error_response(400, str(e)[:500], getattr(e, "param", None) or "input")
         except Overloaded as e:
             self.metrics.finished(route, "503")
-            return error_response(
-                503, f"the server is busy: {e}; retry shortly", kind="server_busy", **{"Retry-After": "1"}
-            )
+            return busy_response(e)
         except ClientLeft:
             self.metrics.finished(route, "499")
             return Response(status_code=499)
-        except asyncio.CancelledError:
-            raise
         for row in rows:  # a TuCo that could not be computed is null (and the guard's on_error decides)
             row["prompt_tuco"] = _finite(row["prompt_tuco"])
             if "tokens_tuco" in row:

@@ -25,6 +25,13 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
+def busy_response(error: Exception) -> JSONResponse:
+    """503 with Retry-After: the engine's queue is full (``tuco.engine.Overloaded``)."""
+    return error_response(
+        503, f"the server is busy: {error}; retry shortly", kind="server_busy", **{"Retry-After": "1"}
+    )
+
+
 def legacy_logprobs(tokenizer: Any, entries: list[Entry], offset: int = 0) -> dict:
     """``choices[i].logprobs`` of ``/v1/completions``: tokens, token_logprobs, top_logprobs (a dict
     token text -> logprob per position) and text_offset (characters from the start of the text)."""

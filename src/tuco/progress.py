@@ -29,7 +29,8 @@ def bar(total: int | None, desc: str, progress: bool | None = None, **options: A
 
 @contextlib.contextmanager
 def inner() -> Iterator[None]:
-    """Inside it, bars with ``progress=None`` stay hidden: an outer bar counts the work."""
+    """Inside it, bars with ``progress=None`` stay hidden: an outer bar counts the work (the driver),
+    or nothing should draw on the terminal (``tuco serve``'s model thread)."""
     token = _outer_bar.set(True)
     try:
         yield

@@ -138,6 +138,14 @@ def _completion_prompts(prompt: Any) -> list[Any]:
     return prompt
 
 
+def decode_json(body: bytes) -> Any:
+    """A request body's JSON, or ``BadRequest`` (bad JSON, bad UTF-8, nesting too deep)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"the body is not valid JSON: {str(e)[:200]}") from None
+
+
 def parse(body: Any, kind: str) -> Parsed:
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, not {type(body).__name__}")

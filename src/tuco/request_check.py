@@ -8,12 +8,11 @@ its sampling settings built. ``validate`` tokenises, so the server runs it off t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from .pair_base import PairBase
-from .request_body import DEFAULT_MAX_TOKENS, BadRequest, Parsed, parse
+from .request_body import DEFAULT_MAX_TOKENS, BadRequest, Parsed, decode_json, parse
 from .sampling import Sampling
 
 
@@ -32,11 +31,7 @@ def validate(pair: PairBase, body: bytes, kind: str) -> tuple[Parsed, list[Choic
     """The request and its choices (ids, sampling settings); ``ValueError`` (``BadRequest``
     naming its field, or ``Sampling``'s own checks) for a body the server refuses. It tokenises:
     the server runs it off the event loop."""
-    try:
-        decoded = json.loads(body)
-    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
-        raise BadRequest(f"the body is not valid JSON: {str(e)[:200]}") from None
-    parsed = parse(decoded, kind)
+    parsed = parse(decode_json(body), kind)
     choices = []
     for index, prompt in enumerate(parsed.prompts):
         ids, budget = token_ids(pair, parsed, prompt)
