@@ -51,6 +51,7 @@ class Record:
 
     Norms are L``p`` norms over d (``p=1``: the paper's TuCo; ``p=2``: the L2 variant).
     ``layers=False`` keeps the sums only (no per-block norms: generation's per-token TuCo).
+    Each block's [batch, d] components are kept and reduced once, when first read.
     """
 
     def __init__(self, last_index: torch.Tensor, per_token: bool = False, p: float = 1, layers: bool = True):
@@ -58,28 +59,26 @@ class Record:
         self.per_token = per_token
         self.p = p
         self.layers = layers
-        self.ptc_sum: torch.Tensor | None = None
-        self.ftc_sum: torch.Tensor | None = None
         self.ptc_tokens: torch.Tensor | None = None
         self.ftc_tokens: torch.Tensor | None = None
-        self._norms: list[tuple[torch.Tensor, ...]] = []
+        self._blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (PTC_l, FTC_l), [batch, d]
+        self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # [L, batch, d] each
+        self._device: torch.device | None = None  # the first block's: it holds what is kept
 
     def add(self, x: torch.Tensor, pt_out: torch.Tensor, ft_out: torch.Tensor) -> None:
         """Account for one block: x, pt_out, ft_out are [batch, seq, d] on the block's device
         (pt_out may be [batch, 1, d]: the last position only, of a left-padded batch)."""
-        rows = torch.arange(x.shape[0], device=x.device)
-        idx = self.last_index.to(x.device)
-        x_last, ft_last = x[rows, idx].float(), ft_out[rows, idx].float()
-        pt_last = (pt_out[rows, idx] if pt_out.shape[1] == x.shape[1] else pt_out[:, -1]).float()
-        ptc, ftc = pt_last - x_last, ft_last - pt_last  # [batch, d]
-        if self.ptc_sum is None or self.ftc_sum is None:
-            self.ptc_sum, self.ftc_sum = ptc, ftc
-        else:  # the first block's device holds the sums (blocks may sit on several devices)
-            self.ptc_sum = self.ptc_sum + ptc.to(self.ptc_sum.device)
-            self.ftc_sum = self.ftc_sum + ftc.to(self.ftc_sum.device)
-        if self.layers:
-            norms = (ptc, ftc, self.ptc_sum, self.ftc_sum)
-            self._norms.append(tuple(torch.linalg.vector_norm(t, self.p, dim=-1) for t in norms))
+        if pt_out.shape[1] == x.shape[1]:
+            rows = torch.arange(x.shape[0], device=x.device)
+            idx = self.last_index.to(x.device)
+            x_last, ft_last, pt_last = x[rows, idx], ft_out[rows, idx], pt_out[rows, idx]
+        else:  # left-padded: every row's last token sits at -1
+            x_last, ft_last, pt_last = x[:, -1], ft_out[:, -1], pt_out[:, -1]
+        x_last, ft_last, pt_last = x_last.float(), ft_last.float(), pt_last.float()
+        if self._device is None:
+            self._device = x.device
+        self._blocks.append(((pt_last - x_last).to(self._device), (ft_last - pt_last).to(self._device)))
+        self._stacked = None
         if self.per_token:
             ptc_t = pt_out.float() - x.float()
             ftc_t = ft_out.float() - pt_out.float()
@@ -89,31 +88,52 @@ class Record:
                 self.ptc_tokens += ptc_t.to(self.ptc_tokens.device)
                 self.ftc_tokens += ftc_t.to(self.ftc_tokens.device)
 
+    def _components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """PTC_l and FTC_l of every block so far, [L, batch, d] each."""
+        if not self._blocks:
+            raise ValueError("the record holds no forward pass: run the model inside the recording context")
+        if self._stacked is None:
+            self._stacked = (
+                torch.stack([ptc for ptc, _ in self._blocks]),
+                torch.stack([ftc for _, ftc in self._blocks]),
+            )
+        return self._stacked
+
+    @property
+    def ptc_sum(self) -> torch.Tensor:
+        return self._components()[0].sum(0)
+
+    @property
+    def ftc_sum(self) -> torch.Tensor:
+        return self._components()[1].sum(0)
+
     def sums(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(``ptc_sum``, ``ftc_sum``) of the pass recorded, [batch, d] each."""
-        assert self.ptc_sum is not None and self.ftc_sum is not None, "nothing recorded yet"
-        return self.ptc_sum, self.ftc_sum
+        ptc, ftc = self._components()
+        return ptc.sum(0), ftc.sum(0)
 
-    def _stack(self, i: int) -> torch.Tensor:
-        assert self.ptc_sum is not None, "nothing recorded yet"
-        device = self.ptc_sum.device
-        return torch.stack([n[i].to(device) for n in self._norms], dim=1)
+    def _norms(self, which: int, cumulative: bool) -> torch.Tensor:
+        assert self.layers, "recorded with layers=False: sums only"
+        c = self._components()[which]
+        if cumulative:
+            c = c.cumsum(0)
+        return torch.linalg.vector_norm(c, self.p, dim=-1).T  # [batch, L]
 
     @property
     def ptc_layers(self) -> torch.Tensor:
-        return self._stack(0)
+        return self._norms(0, cumulative=False)
 
     @property
     def ftc_layers(self) -> torch.Tensor:
-        return self._stack(1)
+        return self._norms(1, cumulative=False)
 
     @property
     def ptc_cum(self) -> torch.Tensor:
-        return self._stack(2)
+        return self._norms(0, cumulative=True)
 
     @property
     def ftc_cum(self) -> torch.Tensor:
-        return self._stack(3)
+        return self._norms(1, cumulative=True)
 
 
 def _is_cache(value) -> bool:

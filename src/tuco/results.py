@@ -62,9 +62,7 @@ class OutputContribution:
 
 def from_record(rec: Record, attention_mask: torch.Tensor) -> list[TucoResult]:
     """One ``TucoResult`` per row of a recorded batch (one host transfer per batch)."""
-    ptc, ftc = rec.ptc_sum, rec.ftc_sum
-    if ptc is None or ftc is None:
-        raise ValueError("the record holds no forward pass: run the model inside the recording context")
+    ptc, ftc = rec.sums()
     columns = {
         "tuco": metrics.tuco(ptc, ftc, rec.p),
         "ptc_norm": torch.linalg.vector_norm(ptc, rec.p, dim=-1),
