@@ -504,3 +504,23 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("TUCO_DEBUG", "1")
     with pytest.raises(DataError, match="no such prompt file"):
         cli.main(args)
+
+
+def test_score_components_and_heads_records(dirs, tmp_path):
+    """--components / --heads: the sides and heads in every record, resumable with the same flags;
+    records without them carry none of their fields."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    out = tmp_path / "r.jsonl"
+    base = ["score", *models(dirs), "--prompts", prompts, "--dtype", "float32"]
+    assert run_tuco(*base, "--out", out, "--heads").returncode == 0
+    for r in read_jsonl(out):
+        assert 0 < r["tuco_attn"] < 1 and 0 < r["tuco_mlp"] < 1 and r["sum_check"] <= 1e-5
+        assert len(r["ftc_attn_layers"]) == len(r["ftc_mlp_layers"]) == 3
+        assert len(r["ftc_heads"]) == 3 and len(r["ftc_heads"][0]) == 4 and len(r["ftc_head_bias"]) == 3
+    resumed = run_tuco(*base, "--out", out, "--resume")  # without --heads: other settings
+    assert resumed.returncode == 2 and "heads" in resumed.stderr
+    plain = tmp_path / "plain.jsonl"
+    assert run_tuco(*base, "--out", plain).returncode == 0
+    assert not any(
+        k.startswith(("tuco_attn", "ftc_heads", "sum_check")) for r in read_jsonl(plain) for k in r
+    )

@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-token", action="store_true", help="also TuCo at every token")
     p.add_argument("--norm", default="l1", choices=["l1", "l2"])
     p.add_argument("--output-baselines", action="store_true", help="also OutputCo and KL(p_FT || p_PT)")
+    p.add_argument(
+        "--components",
+        action="store_true",
+        help="also attention vs MLP per block (tuco_attn, tuco_mlp, sum_check)",
+    )
+    p.add_argument("--heads", action="store_true", help="also per-head FTC/PTC norms (implies --components)")
 
     p = sub.add_parser("generate", help="generate with the FTC-alpha model")
     _model_options(p)

@@ -40,7 +40,7 @@ import torch
 from . import inputs, metrics
 from .blocks import unwrap
 from .decompose import pt_blocks_needed
-from .errors import check_alpha, check_choice
+from .errors import Alpha, check_alpha, check_choice
 from .pair_base import PairBase
 from .sampling import Sampling
 
@@ -120,7 +120,7 @@ def decode(
     ids: list[list[int]],
     samplings: Sequence[Sampling],
     *,
-    alpha: float = 1.0,
+    alpha: Alpha = 1.0,
     monitor: str = "tokens",
     norm: str = "l1",
     cancelled: Callable[[int], bool] | None = None,
@@ -230,7 +230,7 @@ def stream(
     ids: list[list[int]],
     sampling: Sampling,
     *,
-    alpha: float = 1.0,
+    alpha: Alpha = 1.0,
     monitor: str = "tokens",
     norm: str = "l1",
     batch_size: int = 8,

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -37,7 +36,9 @@ import torch
 import torch.nn as nn
 
 from .blocks import hidden, with_hidden
+from .errors import check_alpha
 from .lastpos import last_position_output
+from .sublayers import Sublayers
 
 
 class Record:
@@ -52,6 +53,12 @@ class Record:
     Norms are L``p`` norms over d (``p=1``: the paper's TuCo; ``p=2``: the L2 variant).
     ``layers=False`` keeps the sums only (no per-block norms: generation's per-token TuCo).
     Each block's [batch, d] components are kept and reduced once, when first read.
+
+    With the sublayers (``add(..., parts=...)``, ``tuco.sublayers``), also per block the attention
+    and MLP sides of each: ``sublayer_layers()`` -> {"ptc_attn": [batch, L], ...}, ``sublayer_sums()``
+    -> {"ptc_attn": [batch, d], ...}, ``sum_check`` [batch] (the largest relative L1 error of
+    attn + mlp against the block's own PTC/FTC, and of the heads against the attention side), and
+    with heads ``heads`` -> {"ptc_heads": [batch, L, H], "ftc_heads", "ptc_bias": [batch, L], "ftc_bias"}.
     """
 
     def __init__(self, last_index: torch.Tensor, per_token: bool = False, p: float = 1, layers: bool = True):
@@ -64,21 +71,57 @@ class Record:
         self._blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (PTC_l, FTC_l), [batch, d]
         self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # [L, batch, d] each
         self._device: torch.device | None = None  # the first block's: it holds what is kept
+        self._parts: list[tuple[torch.Tensor, ...]] = []  # (PTC attn, FTC attn, PTC mlp, FTC mlp)
+        self._heads: list[tuple[torch.Tensor, ...]] = []  # norms: (PTC heads, FTC heads, PTC bias, FTC bias)
+        self._errors: list[torch.Tensor] = []  # [batch] sum check of each block
+        self.part_tokens: dict[str, torch.Tensor] = {}  # per_token: "ptc_attn" ... -> [batch, seq, d]
 
-    def add(self, x: torch.Tensor, pt_out: torch.Tensor, ft_out: torch.Tensor) -> None:
+    def last(self, t: torch.Tensor) -> torch.Tensor:
+        """Each row's token at ``last_index`` of a [batch, seq, ...] tensor: [batch, ...]
+        (a [batch, 1, ...] one is the last position of a left-padded batch)."""
+        if t.shape[1] == 1:
+            return t[:, -1]
+        rows = torch.arange(t.shape[0], device=t.device)
+        return t[rows, self.last_index.to(t.device)]
+
+    def add(
+        self,
+        x: torch.Tensor,
+        pt_out: torch.Tensor,
+        ft_out: torch.Tensor,
+        parts: tuple[torch.Tensor, ...] | None = None,
+        heads: tuple[torch.Tensor, ...] | None = None,
+    ) -> None:
         """Account for one block: x, pt_out, ft_out are [batch, seq, d] on the block's device
-        (pt_out may be [batch, 1, d]: the last position only, of a left-padded batch)."""
+        (pt_out may be [batch, 1, d]: the last position only, of a left-padded batch).
+        ``parts``: (PT attn, PT mlp, FT attn, FT mlp) sides, shaped like pt_out, pt_out, ft_out,
+        ft_out; ``heads``: (PT heads [batch, H, d], PT bias [batch, d], FT heads, FT bias) at the
+        last token."""
         if pt_out.shape[1] == x.shape[1]:
-            rows = torch.arange(x.shape[0], device=x.device)
-            idx = self.last_index.to(x.device)
-            x_last, ft_last, pt_last = x[rows, idx], ft_out[rows, idx], pt_out[rows, idx]
+            x_last, ft_last, pt_last = self.last(x), self.last(ft_out), self.last(pt_out)
         else:  # left-padded: every row's last token sits at -1
             x_last, ft_last, pt_last = x[:, -1], ft_out[:, -1], pt_out[:, -1]
         x_last, ft_last, pt_last = x_last.float(), ft_last.float(), pt_last.float()
         if self._device is None:
             self._device = x.device
-        self._blocks.append(((pt_last - x_last).to(self._device), (ft_last - pt_last).to(self._device)))
+        ptc, ftc = pt_last - x_last, ft_last - pt_last
+        self._blocks.append((ptc.to(self._device), ftc.to(self._device)))
         self._stacked = None
+        if parts is not None:
+            pt_a, pt_m, ft_a, ft_m = (self.last(t).float() for t in parts)
+            sides = (pt_a, ft_a - pt_a, pt_m, ft_m - pt_m)
+            self._parts.append(tuple(t.to(self._device) for t in sides))
+            errors = [_relative_l1(sides[0] + sides[2], ptc), _relative_l1(sides[1] + sides[3], ftc)]
+            if heads is not None:
+                pt_h, pt_b, ft_h, ft_b = (t.float() for t in heads)
+                errors += [_relative_l1(pt_h.sum(1) + pt_b, pt_a), _relative_l1(ft_h.sum(1) + ft_b, ft_a)]
+                norms = (pt_h, ft_h - pt_h, pt_b, ft_b - pt_b)
+                self._heads.append(
+                    tuple(torch.linalg.vector_norm(t, self.p, dim=-1).to(self._device) for t in norms)
+                )
+            self._errors.append(torch.stack(errors).amax(0).to(self._device))
+            if self.per_token:
+                self._add_part_tokens(parts)
         if self.per_token:
             ptc_t = pt_out.float() - x.float()
             ftc_t = ft_out.float() - pt_out.float()
@@ -87,6 +130,48 @@ class Record:
             else:
                 self.ptc_tokens += ptc_t.to(self.ptc_tokens.device)
                 self.ftc_tokens += ftc_t.to(self.ftc_tokens.device)
+
+    def _add_part_tokens(self, parts: tuple[torch.Tensor, ...]) -> None:
+        pt_a, pt_m, ft_a, ft_m = (t.float() for t in parts)
+        for name, t in (
+            ("ptc_attn", pt_a),
+            ("ftc_attn", ft_a - pt_a),
+            ("ptc_mlp", pt_m),
+            ("ftc_mlp", ft_m - pt_m),
+        ):
+            if name in self.part_tokens:
+                self.part_tokens[name] += t.to(self.part_tokens[name].device)
+            else:
+                self.part_tokens[name] = t
+
+    @property
+    def has_parts(self) -> bool:
+        return bool(self._parts)
+
+    @property
+    def has_heads(self) -> bool:
+        return bool(self._heads)
+
+    def sublayer_sums(self) -> dict[str, torch.Tensor]:
+        """Sums over blocks of each side: {"ptc_attn", "ftc_attn", "ptc_mlp", "ftc_mlp"} -> [batch, d]."""
+        return {name: torch.stack([p[i] for p in self._parts]).sum(0) for i, name in enumerate(_PARTS)}
+
+    def sublayer_layers(self) -> dict[str, torch.Tensor]:
+        """Norms of each side per block: {"ptc_attn", ...} -> [batch, L]."""
+        return {
+            name: torch.linalg.vector_norm(torch.stack([p[i] for p in self._parts]), self.p, dim=-1).T
+            for i, name in enumerate(_PARTS)
+        }
+
+    @property
+    def sum_check(self) -> torch.Tensor:
+        """[batch]: the largest relative L1 error over blocks of the split (0 would be exact)."""
+        return torch.stack(self._errors).amax(0)
+
+    @property
+    def heads(self) -> dict[str, torch.Tensor]:
+        names = ("ptc_heads", "ftc_heads", "ptc_bias", "ftc_bias")
+        return {name: torch.stack([h[i] for h in self._heads], dim=1) for i, name in enumerate(names)}
 
     def _components(self) -> tuple[torch.Tensor, torch.Tensor]:
         """PTC_l and FTC_l of every block so far, [L, batch, d] each."""
@@ -136,6 +221,14 @@ class Record:
         return self._norms(1, cumulative=True)
 
 
+_PARTS = ("ptc_attn", "ftc_attn", "ptc_mlp", "ftc_mlp")
+
+
+def _relative_l1(approx: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """[batch]: |approx - exact|_1 / |exact|_1 over the last dimension."""
+    return (approx - exact).abs().sum(-1) / exact.abs().sum(-1).clamp_min(1e-30)
+
+
 def _is_cache(value) -> bool:
     return hasattr(value, "get_seq_length") and hasattr(value, "update")
 
@@ -147,25 +240,32 @@ class Decomposition:
     modules in PEFT mode). ``pt_context(l)`` is entered around every PT call (PEFT mode: LoRA off).
     ``last_only=True`` (alpha = 1, left-padded batches) runs the PT blocks at the last position only
     (``tuco.lastpos``): what last-token TuCo reads, at a fraction of the cost.
+    ``components=True`` also splits every block into its attention and MLP sides (``tuco.sublayers``)
+    for the record, and ``heads=True`` the attention side per head (``num_heads`` of them).
+    ``alpha={"attn": a, "mlp": b}`` scales the two sides apart: x + PTC + a FTC^attn + b FTC^mlp.
     """
 
     def __init__(
         self,
         ft_blocks: Sequence[nn.Module] | nn.ModuleList,
         pt_blocks: Sequence[nn.Module] | nn.ModuleList,
-        alpha: float = 1.0,
+        alpha: float | Mapping[str, float] = 1.0,
         pt_context: Callable[[int], AbstractContextManager] | None = None,
         last_only: bool = False,
+        components: bool = False,
+        heads: bool = False,
+        num_heads: int | None = None,
     ):
         if len(ft_blocks) != len(pt_blocks):
             raise ValueError(f"{len(ft_blocks)} FT blocks but {len(pt_blocks)} PT blocks")
-        if not math.isfinite(alpha):
-            raise ValueError(f"alpha must be a finite number, not {alpha!r}")
-        if last_only and alpha != 1.0:
+        self.alpha = check_alpha(alpha)
+        if last_only and self.alpha != 1.0:
             raise ValueError("last_only=True needs alpha = 1: at other alphas the PT blocks feed the stream")
         self.last_only = last_only
         self.ft_blocks, self.pt_blocks = list(ft_blocks), list(pt_blocks)
-        self.alpha = float(alpha)
+        self.heads, self.num_heads = heads, num_heads
+        self.components = components or heads or isinstance(self.alpha, dict)
+        self.sublayers: Sublayers | None = None
         self.pt_context = pt_context or (lambda layer: contextlib.nullcontext())
         self.recording: Record | None = None
         self._handles: list = []
@@ -184,6 +284,14 @@ class Decomposition:
         return self.recording
 
     def __enter__(self) -> Decomposition:
+        if self.components:
+            self.sublayers = Sublayers(
+                [*self.ft_blocks, *self.pt_blocks],
+                side=lambda: "pt" if self._inside_pt else "ft",
+                heads=self.heads,
+                num_heads=self.num_heads,
+                last=lambda t: self.recording.last(t) if self.recording is not None else t[:, -1],
+            )
         for layer, block in enumerate(self.ft_blocks):
             self._handles.append(block.register_forward_pre_hook(self._run_pt(layer), with_kwargs=True))
             self._handles.append(block.register_forward_hook(self._combine(layer), with_kwargs=True))
@@ -193,6 +301,9 @@ class Decomposition:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self.sublayers is not None:
+            self.sublayers.remove()
+            self.sublayers = None
         self._pt_out = self._ft_cache = self._pt_cache = None
 
     def _run_pt(self, layer: int):
@@ -202,6 +313,10 @@ class Decomposition:
             swap = lambda v: self._pt_cache_for(v) if _is_cache(v) else v  # noqa: E731
             pt_args = tuple(swap(a) for a in args)
             pt_kwargs = {k: swap(v) for k, v in kwargs.items()}
+            if self.sublayers is not None:
+                self.sublayers.reset("pt")
+                self.sublayers.reset("ft")
+                self.sublayers.want_heads = self.heads and self.recording is not None
             self._inside_pt = True
             try:
                 with self.pt_context(layer):
@@ -225,17 +340,45 @@ class Decomposition:
             # sharded models: the block's input may still sit on the previous block's device
             x = (args[0] if args else kwargs["hidden_states"]).to(ft_out.device)
             pt_out, self._pt_out = self._pt_out.to(ft_out.device), None
+            parts = heads = None
+            if self.sublayers is not None and (self.recording is not None or isinstance(self.alpha, dict)):
+                parts, heads = self._split(layer, module, x, pt_out, ft_out)
             if self.recording is not None:
-                self.recording.add(x, pt_out, ft_out)
+                self.recording.add(x, pt_out, ft_out, parts, heads)
                 if last:  # one forward pass recorded: later ones (e.g. decoding steps) add nothing
                     self.recording = None
             if self.alpha == 1.0:
                 return None  # the FT block's own output: exactly the FT forward
+            if isinstance(self.alpha, dict) and parts is not None:
+                # x + PTC + a FTC^attn + b FTC^mlp, in float32
+                pt_a, pt_m, ft_a, ft_m = (t.float() for t in parts)
+                attn, mlp = self.alpha["attn"], self.alpha["mlp"]
+                mixed = (pt_out.float() + attn * (ft_a - pt_a) + mlp * (ft_m - pt_m)).to(ft_out.dtype)
+                return with_hidden(output, mixed)
             # x + PTC + alpha * FTC  ==  pt_out + alpha * (ft_out - pt_out), in float32
-            mixed = torch.lerp(pt_out.float(), ft_out.float(), self.alpha).to(ft_out.dtype)
+            mixed = torch.lerp(pt_out.float(), ft_out.float(), float(self.alpha)).to(ft_out.dtype)
             return with_hidden(output, mixed)
 
         return hook
+
+    def _split(
+        self, layer: int, ft_block: nn.Module, x: torch.Tensor, pt_out: torch.Tensor, ft_out: torch.Tensor
+    ):
+        """(PT attn, PT mlp, FT attn, FT mlp) of block ``layer``, and with heads (PT heads, PT bias,
+        FT heads, FT bias) at the last token (``tuco.sublayers``)."""
+        assert self.sublayers is not None
+        pt_block = self.pt_blocks[layer]
+        pt_x = x if pt_out.shape[1] == x.shape[1] else x[:, -1:]
+        pt_a, pt_m = self.sublayers.split(pt_block, pt_x, pt_out, "pt", layer)
+        ft_a, ft_m = self.sublayers.split(ft_block, x, ft_out, "ft", layer)
+        heads = None
+        if self.heads and self.recording is not None:
+            last = self.recording.last
+            heads = (
+                *self.sublayers.heads_of(pt_block, last(pt_a).float(), "pt", layer),
+                *self.sublayers.heads_of(ft_block, last(ft_a).float(), "ft", layer),
+            )
+        return (pt_a, pt_m, ft_a, ft_m), heads
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Generation dropped finished rows from the FT cache (``cache.batch_select_indices(rows)``):
@@ -257,7 +400,7 @@ class Decomposition:
         return self._pt_cache
 
 
-def pt_blocks_needed(alpha: float, reads: str) -> str:
+def pt_blocks_needed(alpha: float | Mapping[str, float], reads: str) -> str:
     """Which PT blocks a forward pass runs, by the one rule: at alpha = 1 they never feed the
     stream, so a pass that reads no components needs none (``"none"``: the FT model alone), and one
     that reads them at the last token alone needs them there alone (``"last"``: ``tuco.lastpos``);

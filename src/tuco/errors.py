@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 
 
 class TucoError(Exception):
@@ -50,13 +51,37 @@ class RunError(TucoError, RuntimeError):
 
 
 # ---------------------------------------------------------------------- library argument checks
-def check_alpha(alpha, name: str = "alpha") -> float:
-    """``alpha`` as a float: a finite real number (not a string, a bool, nan or inf)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"{name} must be a finite number, not {type(alpha).__name__} {alpha!r}")
-    if not math.isfinite(alpha):
-        raise ValueError(f"{name} must be a finite number, not {alpha!r}")
-    return float(alpha)
+SUBLAYERS = ("attn", "mlp")
+Alpha = float | Mapping[str, float]  # one alpha, or one per sublayer kind
+
+
+def check_alpha(alpha, name: str = "alpha") -> float | dict[str, float]:
+    """``alpha`` as a float: a finite real number (not a string, a bool, nan or inf); or one per
+    sublayer kind, ``{"attn": a, "mlp": b}`` (a kind left out is 1), as a dict of floats, or 1.0
+    where both are 1 (the FT model itself)."""
+    if isinstance(alpha, Mapping):
+        unknown = sorted(set(map(str, alpha)) - set(SUBLAYERS))
+        if unknown:
+            raise ValueError(f"{name} per sublayer takes the keys attn and mlp, not {', '.join(unknown)}")
+        split = {k: check_number(alpha.get(k, 1.0), f"{name}[{k!r}]") for k in SUBLAYERS}
+        return 1.0 if all(v == 1.0 for v in split.values()) else split
+    return check_number(alpha, name)
+
+
+def check_number(value, name: str) -> float:
+    """``value`` as a float: a finite real number (not a string, a bool, nan or inf)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number, not {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value!r}")
+    return float(value)
+
+
+def alpha_text(alpha: float | Mapping[str, float]) -> str:
+    """``0.8``, or ``attn=0.5,mlp=1`` for one alpha per sublayer kind."""
+    if isinstance(alpha, Mapping):
+        return ",".join(f"{k}={v:g}" for k, v in alpha.items())
+    return f"{alpha:g}"
 
 
 def check_int(value, name: str, minimum: int = 1) -> int:
@@ -102,7 +127,7 @@ def _integer(text: str) -> int:
         raise ValueError(f"must be an integer, not {text!r}") from None
 
 
-finite_alpha = _argtype(lambda text: check_alpha(_number(text), "the value"))
+finite_alpha = _argtype(lambda text: check_number(_number(text), "the value"))
 positive_int = _argtype(lambda text: check_int(_integer(text), "the value", 1))
 nonnegative_int = _argtype(lambda text: check_int(_integer(text), "the value", 0))
 

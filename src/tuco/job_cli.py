@@ -52,7 +52,9 @@ def job_settings(args, chosen) -> dict:
         "truncate": args.truncate,
     }
     if args.command == "score":
-        return settings | {"per_token": args.per_token, "norm": args.norm, "baselines": args.output_baselines}
+        settings |= {"per_token": args.per_token, "norm": args.norm, "baselines": args.output_baselines}
+        split = {"components": args.components or args.heads, "heads": args.heads}
+        return settings | {k: True for k, on in split.items() if on}  # absent when off: older runs resume
     settings["alphas"] = args.alpha
     if args.command == "sweep":
         return settings | {"choices": args.choices}
@@ -120,6 +122,8 @@ def run_job(args) -> int:
                 per_token=args.per_token,
                 norm=args.norm,
                 baselines=args.output_baselines,
+                components=args.components or args.heads,
+                heads=args.heads,
             )
         elif args.command == "generate":
             given = {k: getattr(args, k) for k in ("temperature", "top_p", "top_k")}

@@ -20,7 +20,7 @@ import torch
 from . import baselines, decoding, inputs
 from .decoding import Generation, TokenEvent
 from .decompose import pt_blocks_needed
-from .errors import check_alpha, check_choice, check_int
+from .errors import Alpha, alpha_text, check_alpha, check_choice, check_int
 from .inputs import Prompts, Side
 from .loading import load_models
 from .pair_base import PairBase
@@ -92,13 +92,15 @@ class ModelPair(PairBase):
         self,
         prompts: Prompts,
         *,
-        alpha: float = 1.0,
+        alpha: Alpha = 1.0,
         batch_size: int = 8,
         per_token: bool = False,
         norm: Literal["l1", "l2"] = "l1",
         padding_side: Side | None = None,
         progress: bool | None = None,
         fast: bool = True,
+        components: bool = False,
+        heads: bool = False,
     ) -> list[TucoResult]:
         """TuCo of every prompt at its last real token, one ``TucoResult`` each, in input order.
 
@@ -109,7 +111,13 @@ class ModelPair(PairBase):
         ``per_token=True`` also gives TuCo at every position (keeps [batch, seq, d] sums).
         ``norm="l2"`` uses L2 norms throughout instead of the paper's L1.
         ``alpha != 1`` measures along the FTC-alpha model's stream (x_{l+1} = x_l + PTC_l + alpha * FTC_l);
-        the FTC_l summed are the blocks' own differences there, not multiplied by alpha.
+        the FTC_l summed are the blocks' own differences there, not multiplied by alpha;
+        ``alpha={"attn": a, "mlp": b}`` scales the blocks' attention and MLP sides apart.
+        ``components=True`` splits every block's PTC and FTC into its attention and MLP sides
+        (``tuco.sublayers``: ``ptc_attn_layers`` ... ``tuco_attn``, ``tuco_mlp`` and ``sum_check``
+        on each result; with ``per_token``, ``tuco_attn_tokens`` and ``tuco_mlp_tokens``), and
+        ``heads=True`` the attention side per head at the last token (``ptc_heads``, ``ftc_heads``
+        [L][H], the output projection's bias apart), where that split is exact.
         """
         check_choice(norm, "norm", ("l1", "l2"))
         reads = "last" if fast and not per_token else "all"
@@ -117,7 +125,7 @@ class ModelPair(PairBase):
         side = "left" if fast_path else self.side(padding_side)  # fast path: last tokens at -1
 
         def compute(batch: dict[str, torch.Tensor]) -> list[TucoResult]:
-            with self.steered(alpha, reads) as dec:
+            with self.steered(alpha, reads, components=components, heads=heads) as dec:
                 rec = dec.record(inputs.last_index(batch["attention_mask"]), per_token, p=int(norm[1]))
                 self.body(**self.body_inputs(batch), use_cache=False)
             return from_record(rec, batch["attention_mask"])
@@ -127,7 +135,7 @@ class ModelPair(PairBase):
     # ------------------------------------------------------------------ FTC-alpha model
     @torch.inference_mode()
     def logits(
-        self, prompts: Prompts, alpha: float = 1.0, *, padding_side: Side | None = None
+        self, prompts: Prompts, alpha: Alpha = 1.0, *, padding_side: Side | None = None
     ) -> torch.Tensor:
         """Float32 logits [batch, seq, vocab] of the FTC-alpha model, prompts in input order,
         padded on ``padding_side`` (default: the tokenizer's). alpha = 1 is the FT model itself."""
@@ -140,7 +148,7 @@ class ModelPair(PairBase):
 
     @torch.inference_mode()
     def token_logprobs(
-        self, prompts: Prompts, alpha: float = 1.0, *, top: int = 0, batch_size: int = 8
+        self, prompts: Prompts, alpha: Alpha = 1.0, *, top: int = 0, batch_size: int = 8
     ) -> list[list[tuple[float, list[tuple[int, float]]] | None]]:
         """Each prompt token's log-probability given the tokens before it, under the FTC-alpha model
         (float32, from ``logits``), with the ``top`` most likely tokens there as (id, logprob); the
@@ -167,13 +175,13 @@ class ModelPair(PairBase):
                 rows.append([None, *zip(chosen, alternatives, strict=True)])
             return rows
 
-        return self.map_batches(ids, batch_size, "right", f"logprobs a={alpha:g}", None, compute)
+        return self.map_batches(ids, batch_size, "right", f"logprobs a={alpha_text(alpha)}", None, compute)
 
     @torch.inference_mode()
     def next_token_probs(
         self,
         prompts: Prompts,
-        alpha: float = 1.0,
+        alpha: Alpha = 1.0,
         *,
         token_ids: list[int] | None = None,
         batch_size: int = 8,
@@ -192,7 +200,7 @@ class ModelPair(PairBase):
             return list((probs if token_ids is None else probs[:, token_ids]).cpu())
 
         rows: list[torch.Tensor] = self.map_batches(
-            self.encode(prompts), batch_size, "left", f"next token a={alpha:g}", progress, compute
+            self.encode(prompts), batch_size, "left", f"next token a={alpha_text(alpha)}", progress, compute
         )
         return torch.stack(rows) if rows else torch.empty(0)
 
@@ -200,7 +208,7 @@ class ModelPair(PairBase):
     def generate(
         self,
         prompts: Prompts,
-        alpha: float = 1.0,
+        alpha: Alpha = 1.0,
         *,
         batch_size: int = 8,
         progress: bool | None = None,
@@ -238,13 +246,19 @@ class ModelPair(PairBase):
             )
 
         return self.map_batches(
-            self.encode(prompts), batch_size, "left", f"generate a={alpha:g}", progress, compute, new_tokens
+            self.encode(prompts),
+            batch_size,
+            "left",
+            f"generate a={alpha_text(alpha)}",
+            progress,
+            compute,
+            new_tokens,
         )
 
     def stream_with_tuco(
         self,
         prompts: Prompts,
-        alpha: float = 1.0,
+        alpha: Alpha = 1.0,
         *,
         monitor: Literal["tokens", "prompt"] = "tokens",
         norm: Literal["l1", "l2"] = "l1",
@@ -266,7 +280,7 @@ class ModelPair(PairBase):
     def generate_with_tuco(
         self,
         prompts: Prompts,
-        alpha: float = 1.0,
+        alpha: Alpha = 1.0,
         *,
         monitor: Literal["tokens", "prompt"] = "tokens",
         norm: Literal["l1", "l2"] = "l1",
@@ -284,7 +298,7 @@ class ModelPair(PairBase):
         ids: list[list[int]],
         samplings: Sequence[Sampling],
         *,
-        alpha: float = 1.0,
+        alpha: Alpha = 1.0,
         monitor: str = "tokens",
         norm: str = "l1",
         cancelled: Callable[[int], bool] | None = None,

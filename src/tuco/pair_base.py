@@ -26,7 +26,7 @@ import torch.nn as nn
 from . import compat, inputs, progress
 from .blocks import contiguous_unembedding, embedding_weight, find_blocks, unwrap
 from .decompose import Decomposition, adapters_off, pt_blocks_needed
-from .errors import check_alpha, check_choice, check_int
+from .errors import Alpha, check_alpha, check_choice, check_int
 from .inputs import Prompts, Side
 
 log = logging.getLogger("tuco")
@@ -160,21 +160,41 @@ class PairBase:
         return padding_side or getattr(self.tokenizer, "padding_side", None) or "right"
 
     # ------------------------------------------------------------------ the decomposition
-    def steer(self, alpha: float = 1.0, *, last_only: bool = False) -> Decomposition:
-        """Context manager: inside it, ``self.finetuned`` computes x + PTC + alpha * FTC at every block.
-        ``last_only``: the PT blocks run at the last position only (alpha = 1, left-padded batches)."""
+    def steer(
+        self,
+        alpha: Alpha = 1.0,
+        *,
+        last_only: bool = False,
+        components: bool = False,
+        heads: bool = False,
+    ) -> Decomposition:
+        """Context manager: inside it, ``self.finetuned`` computes x + PTC + alpha * FTC at every block
+        (``alpha={"attn": a, "mlp": b}``: x + PTC + a FTC^attn + b FTC^mlp).
+        ``last_only``: the PT blocks run at the last position only (alpha = 1, left-padded batches).
+        ``components`` / ``heads``: the record splits each block into attention and MLP / heads."""
         alpha = check_alpha(alpha)
         pt_context = (lambda layer: adapters_off(self.ft_blocks[layer])) if self.adapter_mode else None
-        return Decomposition(self.ft_blocks, self.pt_blocks, alpha, pt_context, last_only=last_only)
+        num_heads = getattr(unwrap(self.finetuned).config.get_text_config(), "num_attention_heads", None)
+        return Decomposition(
+            self.ft_blocks,
+            self.pt_blocks,
+            alpha,
+            pt_context,
+            last_only=last_only,
+            components=components,
+            heads=heads,
+            num_heads=num_heads,
+        )
 
-    def steered(self, alpha: float, reads: str = "nothing") -> AbstractContextManager:
+    def steered(self, alpha: Alpha, reads: str = "nothing", **split) -> AbstractContextManager:
         """The FTC-alpha model for a pass that ``reads`` components ``"nothing"``, at the ``"last"``
         token, or ``"all"``: the PT blocks ``tuco.decompose.pt_blocks_needed`` says (none at all for
-        alpha = 1 reading nothing: then this is a null context, the FT model itself)."""
+        alpha = 1 reading nothing: then this is a null context, the FT model itself). ``split``:
+        ``components`` and ``heads``, as ``steer`` takes them."""
         needed = pt_blocks_needed(check_alpha(alpha), reads)
         if needed == "none":
             return contextlib.nullcontext()
-        return self.steer(alpha, last_only=needed == "last")
+        return self.steer(alpha, last_only=needed == "last", **split)
 
     # ------------------------------------------------------------------ batching
     def sorted_batches(self, ids: list[list[int]], batch_size: int, reserve: int = 0) -> list[list[int]]:

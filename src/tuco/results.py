@@ -21,6 +21,17 @@ class TucoResult:
     - ``beta``: the cumulative ratio beta_l, TuCo of the sums up to block l (``beta[-1] == tuco``)
     - ``norm``: "l1" (the paper's definition) or "l2" (the L2 variant), for every norm above
     - ``tuco_tokens``: TuCo at every real token of the prompt (``score(per_token=True)``)
+
+    With ``score(components=True)`` (``tuco.sublayers``; None otherwise):
+
+    - ``ptc_attn_layers``, ``ftc_attn_layers``, ``ptc_mlp_layers``, ``ftc_mlp_layers``: the norms of
+      each block's attention and MLP sides of PTC_l and FTC_l
+    - ``tuco_attn``, ``tuco_mlp``: TuCo of each side alone, the formula on that side's sums
+    - ``sum_check``: the largest relative L1 error over blocks of attn + mlp against the block's
+      PTC_l and FTC_l (and of the heads against the attention side): ~1e-7 in float32
+    - ``tuco_attn_tokens``, ``tuco_mlp_tokens``: with ``per_token``, at every real token
+    - ``ptc_heads``, ``ftc_heads``: with ``heads=True``, [L][H] norms per block and head;
+      ``ptc_head_bias``, ``ftc_head_bias``: [L], the output projection's bias part
     """
 
     tuco: float
@@ -32,6 +43,19 @@ class TucoResult:
     n_tokens: int
     norm: str = "l1"
     tuco_tokens: list[float] | None = None
+    ptc_attn_layers: list[float] | None = None
+    ftc_attn_layers: list[float] | None = None
+    ptc_mlp_layers: list[float] | None = None
+    ftc_mlp_layers: list[float] | None = None
+    tuco_attn: float | None = None
+    tuco_mlp: float | None = None
+    sum_check: float | None = None
+    tuco_attn_tokens: list[float] | None = None
+    tuco_mlp_tokens: list[float] | None = None
+    ptc_heads: list[list[float]] | None = None
+    ftc_heads: list[list[float]] | None = None
+    ptc_head_bias: list[float] | None = None
+    ftc_head_bias: list[float] | None = None
 
     @property
     def preco(self) -> float:
@@ -71,17 +95,37 @@ def from_record(rec: Record, attention_mask: torch.Tensor) -> list[TucoResult]:
         "ftc_layers": rec.ftc_layers,
         "beta": metrics.ratio(rec.ftc_cum, rec.ptc_cum),
     }
+    token_columns = {}
+    if rec.ptc_tokens is not None and rec.ftc_tokens is not None:  # per_token=True
+        token_columns["tuco_tokens"] = metrics.tuco(rec.ptc_tokens, rec.ftc_tokens, rec.p)  # [batch, seq]
+    if rec.has_parts:
+        columns |= _sublayer_columns(rec)
+        if rec.part_tokens:
+            t = rec.part_tokens
+            token_columns["tuco_attn_tokens"] = metrics.tuco(t["ptc_attn"], t["ftc_attn"], rec.p)
+            token_columns["tuco_mlp_tokens"] = metrics.tuco(t["ptc_mlp"], t["ftc_mlp"], rec.p)
     columns = {k: v.cpu().tolist() for k, v in columns.items()}
     mask = attention_mask.bool().cpu()
-    tokens = None
-    if rec.ptc_tokens is not None and rec.ftc_tokens is not None:  # per_token=True
-        tokens = metrics.tuco(rec.ptc_tokens, rec.ftc_tokens, rec.p).cpu()  # [batch, seq]
-    return [
-        TucoResult(
-            **{k: v[i] for k, v in columns.items()},
-            n_tokens=int(mask[i].sum()),
-            norm=f"l{rec.p:g}",
-            tuco_tokens=None if tokens is None else tokens[i][mask[i]].tolist(),
-        )
+    tokens = {k: v.cpu() for k, v in token_columns.items()}
+    rows: list[dict] = [
+        {k: v[i] for k, v in columns.items()} | {k: v[i][mask[i]].tolist() for k, v in tokens.items()}
         for i in range(len(mask))
     ]
+    return [TucoResult(**row, n_tokens=int(mask[i].sum()), norm=f"l{rec.p:g}") for i, row in enumerate(rows)]
+
+
+def _sublayer_columns(rec: Record) -> dict[str, torch.Tensor]:
+    sums, layers = rec.sublayer_sums(), rec.sublayer_layers()
+    columns = {f"{name}_layers": v for name, v in layers.items()}
+    columns["tuco_attn"] = metrics.tuco(sums["ptc_attn"], sums["ftc_attn"], rec.p)
+    columns["tuco_mlp"] = metrics.tuco(sums["ptc_mlp"], sums["ftc_mlp"], rec.p)
+    columns["sum_check"] = rec.sum_check
+    if rec.has_heads:
+        heads = rec.heads
+        columns |= {
+            "ptc_heads": heads["ptc_heads"],
+            "ftc_heads": heads["ftc_heads"],
+            "ptc_head_bias": heads["ptc_bias"],
+            "ftc_head_bias": heads["ftc_bias"],
+        }
+    return columns

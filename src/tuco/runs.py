@@ -158,15 +158,24 @@ class Job:
 
 
 # ---------------------------------------------------------------------- the three jobs
-def score(job: Job, records: Iterable[PromptItem], *, per_token=False, norm="l1", baselines=False) -> None:
+def score(
+    job: Job,
+    records: Iterable[PromptItem],
+    *,
+    per_token=False,
+    norm="l1",
+    baselines=False,
+    components=False,
+    heads=False,
+) -> None:
     def compute(batch: list[PromptItem], ids: list[list[int]]) -> list[dict]:
-        results = job.pair.score(ids, batch_size=job.batch_size, per_token=per_token, norm=norm)
+        results = job.pair.score(
+            ids, batch_size=job.batch_size, per_token=per_token, norm=norm, components=components, heads=heads
+        )
         extra = job.pair.output_contribution(ids, batch_size=job.batch_size) if baselines else None
         out = []
         for i, (record, result) in enumerate(zip(batch, results, strict=True)):
-            values = result.to_dict()
-            if not per_token:
-                values.pop("tuco_tokens")
+            values = {k: v for k, v in result.to_dict().items() if v is not None}  # what was asked for
             if extra is not None:
                 values |= extra[i].to_dict()
             out.append(job.row(record, **values, alpha=1.0))

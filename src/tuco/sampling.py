@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import check_alpha, check_int
+from .errors import check_int, check_number
 
 MIN_TEMPERATURE = 1e-3  # below it (but above 0) logits / temperature can overflow float32: use 0
 DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}  # transformers' own, for unset fields
@@ -42,13 +42,13 @@ class Sampling:
     def __post_init__(self) -> None:
         check_int(self.max_new_tokens, "max_new_tokens")
         check_int(self.top_k, "top_k", 0)
-        if not 0 <= check_alpha(self.temperature, "temperature"):
+        if not 0 <= check_number(self.temperature, "temperature"):
             raise ValueError(f"temperature must be at least 0, not {self.temperature}")
         if 0 < self.temperature < MIN_TEMPERATURE:
             raise ValueError(
                 f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, not {self.temperature}"
             )
-        if not 0 < check_alpha(self.top_p, "top_p") <= 1:
+        if not 0 < check_number(self.top_p, "top_p") <= 1:
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
         if self.seed is not None:
             check_int(self.seed, "seed", 0)
