@@ -275,3 +275,22 @@ def test_shot_grid_doubles_up_to_the_maximum():
 
     assert shot_grid(128) == [0, 1, 2, 4, 8, 16, 32, 64, 128]
     assert shot_grid(5) == [0, 1, 2, 4, 5] and shot_grid(0) == [0]
+
+
+def test_components(pair_dirs, tmp_path):
+    out = tmp_path / "components"
+    args = ["experiment", "components", *pair_dirs, "--limit", "4", "--dtype", "float32", "--out", str(out)]
+    assert cli.main(args) == 0
+    records = lines(out / "results.jsonl")
+    assert [r["group"] for r in records] == ["chat"] * 4 + ["harmful"] * 4 + ["web"] * 4
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["heads"] is True  # Llama: o_proj's output is the attention side
+    for group in ("chat", "harmful", "web"):
+        chosen = [r for r in records if r["group"] == group]
+        attn = sum(sum(r["ftc_attn_layers"]) for r in chosen)
+        mlp = sum(sum(r["ftc_mlp_layers"]) for r in chosen)
+        assert metrics[f"{group}_attention_share"] == pytest.approx(attn / (attn + mlp))
+        assert metrics[f"{group}_sum_check_max"] <= 1e-5
+    assert all(len(r["ftc_heads"]) == 3 for r in records)
+    assert (out / "ftc_by_layer.png").exists() and (out / "ftc_heads.png").exists()
+    assert "attention share" in (out / "table.md").read_text()

@@ -139,3 +139,28 @@ def test_a_label_with_other_than_two_values_is_said_not_plotted(results, tmp_pat
     text = write_report([str(three)], str(tmp_path / "r.md"), fmt="md")
     assert "needs exactly two values of 'label', found [0, 1, 2]" in (tmp_path / "r.md").read_text()
     assert text
+
+
+def test_report_components_heads_provenance_and_extremes(dirs, tmp_path):
+    """--components --heads --per-token records: the sublayer sections and plots, the top and
+    bottom prompts drawn token by token, and where the numbers come from at the top."""
+    rows = [dict(r, id=i) for i, r in enumerate(ROWS * 3)]
+    prompts = write_jsonl(tmp_path / "p.jsonl", rows)
+    out = tmp_path / "c.jsonl"
+    args = ["score", *models(dirs), "--prompts", str(prompts), "--out", str(out), "--quiet"]
+    assert cli.main([*args, "--heads", "--per-token", "--dtype", "float32"]) == 0
+    page = write_report([str(out)], str(tmp_path / "c.html"), group_by="group").read_text()
+    titles = [
+        "Where these numbers come from",
+        "Attention vs MLP: FTC per layer",
+        "TuCo of each sublayer kind",
+        "FTC norm per block and head",
+        "Highest and lowest TuCo per group",
+    ]
+    assert all(t in page for t in titles)
+    assert page.index(titles[0]) < page.index("TuCo per group")  # provenance first
+    assert "tuco score" in page and "float32" in page and str(dirs / "ft") in page
+    assert page.count("<img") >= 6 and "class='tok'" in page and "title='TuCo " in page
+    assert ">H</span>" in page and ">[0]</span>" not in page  # the tokens' own text, not placeholders
+    md = write_report([str(out)], str(tmp_path / "c.md"), group_by="group", fmt="md").read_text()
+    assert "tuco_attn" in md and "sum_check_max" in md

@@ -98,6 +98,7 @@ def test_the_split_matches_an_independent_computation_on_every_family(arch, tok)
             assert 0 < r.tuco_attn < 1 and 0 < r.tuco_mlp < 1
 
 
+@torch.no_grad()
 def test_tuco_of_each_side_is_the_formula_on_that_sides_sums(tok):
     pair = make_pair("llama", tok)
     with pair.steer(1.0, components=True) as dec:

@@ -6,6 +6,7 @@
     tuco experiment jailbreak-success --pair llama2-7b --requests harmful_behaviors.csv --out runs/e4
     tuco experiment tuco-vs-outputco  --pair llama2-7b --out runs/e5
     tuco experiment steering          --pair demo --out runs/steering
+    tuco experiment components        --pair demo --out runs/components   (attention vs MLP, heads)
 
 Without data options each runs offline on stand-ins (named as such in its table); without models, on
 ``--pair demo``. ``settings.json`` names the models; ``metrics.json`` holds the headline numbers.
@@ -20,7 +21,15 @@ from pathlib import Path
 from .errors import UsageError, finite_alpha, nonnegative_int, positive_float, positive_int
 from .experiments import request_sets, sources
 
-NAMES = ("alpha-sweep", "web-vs-chat", "jailbreaks", "jailbreak-success", "tuco-vs-outputco", "steering")
+NAMES = (
+    "alpha-sweep",
+    "web-vs-chat",
+    "jailbreaks",
+    "jailbreak-success",
+    "tuco-vs-outputco",
+    "steering",
+    "components",
+)
 NOT_SETTINGS = ("out", "overwrite", "batch_size", "device", "device_map", "quiet", "command")
 
 
@@ -292,6 +301,13 @@ def _steering(pair, out, args, system) -> str:
     return steering(pair, out, alphas, args.limit, system, batch_size=args.batch_size)
 
 
+def _components(pair, out, args, system) -> str:
+    from .experiments.components import components
+
+    requests, _ = _requests(args)
+    return components(pair, out, requests, args.limit or 40, system, seed=args.seed, batch_size=args.batch_size)
+
+
 EXPERIMENTS = {
     "alpha-sweep": _alpha_sweep,
     "web-vs-chat": _web_vs_chat,
@@ -299,4 +315,5 @@ EXPERIMENTS = {
     "jailbreak-success": _jailbreak_success,
     "tuco-vs-outputco": _tuco_vs_outputco,
     "steering": _steering,
+    "components": _components,
 }

@@ -1,7 +1,10 @@
 """``tuco report``: one static HTML page (plots embedded as PNG, no server) or a markdown summary.
 
-From score results: TuCo histograms per group, per-layer PTC/FTC profiles, beta_l curves, ROC-AUC
-of TuCo between the two values of a label field, and a summary table. From sweep results: accuracy
+At the top, where the numbers come from (models, dtype, tuco version, command, date). From score
+results: TuCo histograms per group, per-layer PTC/FTC profiles, beta_l curves, ROC-AUC of TuCo
+between the two values of a label field, a summary table, the prompts with the highest and lowest
+TuCo (token by token with ``--per-token``), and with ``--components`` / ``--heads`` attention vs MLP
+per layer and per-head heat maps (``tuco.report_sections``). From sweep results: accuracy
 vs alpha per group. From generate results: sample texts per alpha, and with ``generate --tuco`` the
 answers as tokens coloured by their TuCo (a heat map).
 """
@@ -16,6 +19,7 @@ import numpy as np
 
 from .errors import DataError, RunError, UsageError
 from .plots import figure, png
+from .report_sections import extremes, provenance, sublayers
 from .stats import roc_auc
 from .store import load_results
 from .tables import markdown_table
@@ -30,7 +34,7 @@ def write_report(
         fields = ", ".join(map(str, frame.columns.drop("source")))
         raise UsageError(f"--group-by {group!r}: no such field in the results; fields: {fields}")
     frame = frame.assign(_group=frame[group].astype(str) if group else "all")
-    sections = _sections(frame, label)
+    sections = [provenance(results, frame), *_sections(frame, label)]
     for section in sections:  # show the grouping field under its own name
         table = section.get("table")
         if table is not None:
@@ -62,6 +66,9 @@ def _sections(frame, label: str) -> list[dict]:
             )
         if "beta" in scores:
             sections.append({"title": "Cumulative ratio beta_l (mean over prompts)", "figure": _beta(scores)})
+        if "ftc_attn_layers" in scores:
+            sections += sublayers(scores)
+        sections.append(extremes(scores))
         if label in scores:
             sections.append(_roc(scores, label))
     if "correct" in frame:

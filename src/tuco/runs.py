@@ -176,6 +176,8 @@ def score(
         out = []
         for i, (record, result) in enumerate(zip(batch, results, strict=True)):
             values = {k: v for k, v in result.to_dict().items() if v is not None}  # what was asked for
+            if per_token:  # each prompt token's own text, beside its TuCo (the report draws them)
+                values["prompt_tokens"] = [job.pair.tokenizer.decode([t]) for t in ids[i]]
             if extra is not None:
                 values |= extra[i].to_dict()
             out.append(job.row(record, **values, alpha=1.0))

@@ -136,6 +136,7 @@ class Sublayers:
             raise SublayerError(f"block {layer}: its child {missing[0]!r} did not run this time")
         return tuple(_like(outputs[n], out) for n in plan)
 
+    @torch.no_grad()
     def _discover(self, block, x, out, side, layer) -> tuple[str, str]:
         names = list(dict.fromkeys(reversed(self.order[side])))[::-1]  # call order, last call of each
         found = {n: t for n in names if (t := _like(self.outputs[side][n], out)) is not None}
