@@ -241,7 +241,8 @@ class Decomposition:
     ``last_only=True`` (alpha = 1, left-padded batches) runs the PT blocks at the last position only
     (``tuco.lastpos``): what last-token TuCo reads, at a fraction of the cost.
     ``components=True`` also splits every block into its attention and MLP sides (``tuco.sublayers``)
-    for the record, and ``heads=True`` the attention side per head (``num_heads`` of them).
+    for the record, and ``heads=True`` the attention side per head (``num_heads`` of them, from an
+    output projection of ``width``, the residual stream's).
     ``alpha={"attn": a, "mlp": b}`` scales the two sides apart: x + PTC + a FTC^attn + b FTC^mlp.
     """
 
@@ -255,6 +256,7 @@ class Decomposition:
         components: bool = False,
         heads: bool = False,
         num_heads: int | None = None,
+        width: int | None = None,
     ):
         if len(ft_blocks) != len(pt_blocks):
             raise ValueError(f"{len(ft_blocks)} FT blocks but {len(pt_blocks)} PT blocks")
@@ -263,7 +265,7 @@ class Decomposition:
             raise ValueError("last_only=True needs alpha = 1: at other alphas the PT blocks feed the stream")
         self.last_only = last_only
         self.ft_blocks, self.pt_blocks = list(ft_blocks), list(pt_blocks)
-        self.heads, self.num_heads = heads, num_heads
+        self.heads, self.num_heads, self.width = heads, num_heads, width
         self.components = components or heads or isinstance(self.alpha, dict)
         self.sublayers: Sublayers | None = None
         self.pt_context = pt_context or (lambda layer: contextlib.nullcontext())
@@ -290,6 +292,7 @@ class Decomposition:
                 side=lambda: "pt" if self._inside_pt else "ft",
                 heads=self.heads,
                 num_heads=self.num_heads,
+                width=self.width,
                 last=lambda t: self.recording.last(t) if self.recording is not None else t[:, -1],
             )
         for layer, block in enumerate(self.ft_blocks):

@@ -174,7 +174,7 @@ class PairBase:
         ``components`` / ``heads``: the record splits each block into attention and MLP / heads."""
         alpha = check_alpha(alpha)
         pt_context = (lambda layer: adapters_off(self.ft_blocks[layer])) if self.adapter_mode else None
-        num_heads = getattr(unwrap(self.finetuned).config.get_text_config(), "num_attention_heads", None)
+        config = unwrap(self.finetuned).config.get_text_config()
         return Decomposition(
             self.ft_blocks,
             self.pt_blocks,
@@ -183,7 +183,8 @@ class PairBase:
             last_only=last_only,
             components=components,
             heads=heads,
-            num_heads=num_heads,
+            num_heads=getattr(config, "num_attention_heads", None),
+            width=getattr(config, "hidden_size", None),
         )
 
     def steered(self, alpha: Alpha, reads: str = "nothing", **split) -> AbstractContextManager:

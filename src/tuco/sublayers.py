@@ -22,6 +22,7 @@ included. Where a norm follows the projection (Gemma-2/3) no split is exact, and
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -42,6 +43,12 @@ def _l1(t: torch.Tensor) -> torch.Tensor:
     return t.float().abs().flatten(1).sum(-1)  # [b]
 
 
+# Found once per block, on its first split, and kept while the block lives:
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # block -> (attention side, MLP side)
+_projections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # block -> its output projection
+_not_projections: weakref.WeakSet = weakref.WeakSet()  # linear layers found not to be one (skipped)
+
+
 class Sublayers:
     """Hooks on the direct children of ``blocks`` (and, with ``heads``, on their linear layers) that
     keep what ``split`` and ``heads_of`` need. ``side()`` says whose block is running ("pt"/"ft"),
@@ -54,14 +61,13 @@ class Sublayers:
         heads: bool = False,
         num_heads: int | None = None,
         last: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        width: int | None = None,
     ):
-        self.side, self.heads, self.num_heads = side, heads, num_heads
+        self.side, self.heads, self.num_heads, self.width = side, heads, num_heads, width
         self.last = last or (lambda z: z[:, -1])
         self.outputs: dict[Side, dict[str, torch.Tensor]] = {"pt": {}, "ft": {}}
         self.order: dict[Side, list[str]] = {"pt": [], "ft": []}
         self.projected: dict[Side, dict[nn.Module, tuple[torch.Tensor, ...]]] = {"pt": {}, "ft": {}}
-        self._plans: dict[nn.Module, tuple[str, str]] = {}
-        self._projections: dict[nn.Module, nn.Module] = {}  # block -> its attention output layer
         self._inside_head_call = False
         self.want_heads = heads  # off for passes that record nothing (decoding steps)
         self._handles: list = []
@@ -102,11 +108,17 @@ class Sublayers:
     def _per_head(self, module, args, output):
         """Per head, at each row's last token: the layer on its head alone minus on zeros, and the
         bias part (the layer on zeros): ([b, H, d], [b, d], the layer's output [b, d])."""
-        if not self.want_heads or self._inside_head_call or not args or not isinstance(output, torch.Tensor):
+        if (
+            not self.want_heads
+            or self._inside_head_call
+            or module in _not_projections
+            or not args
+            or not isinstance(output, torch.Tensor)
+        ):
             return
         z = args[0]
-        if self.num_heads is None or z.shape[-1] % self.num_heads:
-            return
+        if self.num_heads is None or z.shape[-1] % self.num_heads or output.shape[-1] != self.width:
+            return  # not an output projection: heads in, the residual stream's width out
         z_last = (z[:, -1] if z.shape[1] == 1 else self.last(z)) if z.dim() == 3 else z
         b, width = z_last.shape
         mask = torch.eye(self.num_heads, device=z.device, dtype=z.dtype).repeat_interleave(
@@ -128,9 +140,9 @@ class Sublayers:
     def split(self, block: nn.Module, x: torch.Tensor, out: torch.Tensor, side: Side, layer: int = -1):
         """(attention side, MLP side) of ``block``'s last call by ``side``, each shaped like ``out``."""
         outputs = self.outputs[side]
-        plan = self._plans.get(block)
+        plan = _plans.get(block)
         if plan is None:
-            plan = self._plans[block] = self._discover(block, x, out, side, layer)
+            plan = _plans[block] = self._discover(block, x, out, side, layer)
         missing = [n for n in plan if n not in outputs]
         if missing:
             raise SublayerError(f"block {layer}: its child {missing[0]!r} did not run this time")
@@ -163,9 +175,9 @@ class Sublayers:
         """([b, H, d] per-head contributions, [b, d] bias part) at the last token, of the linear layer
         whose output is the attention side ``attn`` ([b, d], that token's); raises where none is."""
         projected = self.projected[side]
-        layer_module = self._projections.get(block)
+        layer_module = _projections.get(block)
         if layer_module is None:
-            mixer = other_mixer(block.get_submodule(self._plans[block][0]))
+            mixer = other_mixer(block.get_submodule(_plans[block][0]))
             if mixer is not None:
                 raise SublayerError(
                     f"block {layer} ({type(block).__name__}): its sequence mixer is {mixer}, not "
@@ -173,7 +185,9 @@ class Sublayers:
                 )
             for m, (_, _, out) in projected.items():
                 if out.shape == attn.shape and torch.equal(out, attn.float()):
-                    layer_module = self._projections[block] = m
+                    layer_module = _projections[block] = m
+            if layer_module is not None:
+                _not_projections.update(m for m in projected if m is not layer_module)
             if layer_module is None:
                 raise SublayerError(
                     f"block {layer} ({type(block).__name__}): the attention side's output is not the "
