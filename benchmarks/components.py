@@ -40,7 +40,7 @@ def main() -> None:
             for fast in (True, False):
                 calls = {
                     kind: (
-                        lambda kw=kw, fast=fast: pair.score(
+                        lambda kw=kw, fast=fast, pair=pair, batch=batch: pair.score(
                             batch, batch_size=args.batch, progress=False, fast=fast, **kw
                         )
                     )

@@ -61,6 +61,11 @@ def test_offloaded_pair_places_block_l_of_both_together_and_scores_the_same(dirs
     assert [r.tuco for r in got] == pytest.approx([r.tuco for r in expected], rel=1e-5)
     kw = dict(max_new_tokens=6, do_sample=False)
     assert pair.generate(PROMPTS, alpha=0.5, **kw) == reference.generate(PROMPTS, alpha=0.5, **kw)
+    split, split_reference = pair.score(PROMPTS, heads=True), reference.score(PROMPTS, heads=True)
+    for a, b in zip(split, split_reference, strict=True):  # attention vs MLP and heads, offloaded
+        assert (a.tuco_attn, a.tuco_mlp) == pytest.approx((b.tuco_attn, b.tuco_mlp), rel=1e-5)
+        assert a.ftc_heads == [pytest.approx(row, rel=1e-4, abs=1e-6) for row in b.ftc_heads]
+        assert a.sum_check <= 1e-5
 
 
 def test_torchrun_two_processes_equal_one_process(dirs, tmp_path):

@@ -305,7 +305,9 @@ def _components(pair, out, args, system) -> str:
     from .experiments.components import components
 
     requests, _ = _requests(args)
-    return components(pair, out, requests, args.limit or 40, system, seed=args.seed, batch_size=args.batch_size)
+    return components(
+        pair, out, requests, args.limit or 40, system, seed=args.seed, batch_size=args.batch_size
+    )
 
 
 EXPERIMENTS = {

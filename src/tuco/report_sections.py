@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ def provenance(results: list[str], frame) -> dict:
                 value = f"tuco {value}"
             row[key] = "" if value is None or value != value else str(value)  # value != value: NaN
         mtime = path.stat().st_mtime if path.exists() else None
-        row["date"] = datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if mtime else ""
+        row["date"] = datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%d %H:%M UTC") if mtime else ""
         rows.append(row)
     import pandas as pd
 
@@ -62,12 +62,16 @@ def extremes(scores) -> dict:
         for end, chosen in ends:
             for _, row in chosen.iterrows():
                 text = _prompt_text(row)
-                rows.append({"group": name, "end": end, "id": row["id"], "tuco": row["tuco"], "prompt": text[:200]})
+                rows.append(
+                    {"group": name, "end": end, "id": row["id"], "tuco": row["tuco"], "prompt": text[:200]}
+                )
                 tucos = row.get("tuco_tokens") if per_token else None
                 if isinstance(tucos, list | np.ndarray) and len(tucos):
                     head = html.escape(f"{name}, {end} TuCo: id {row['id']}, TuCo {row['tuco']:.4f}")
                     body = _coloured(row.get("prompt_tokens"), tucos, low, high)
-                    blocks.append(f"<div class='answer'><div class='meta'>{head}</div><div>{body}</div></div>")
+                    blocks.append(
+                        f"<div class='answer'><div class='meta'>{head}</div><div>{body}</div></div>"
+                    )
     import pandas as pd
 
     section = {
@@ -100,10 +104,9 @@ def _coloured(tokens, tucos, low: float, high: float) -> str:
     spans = []
     for token, value in zip(tokens, tucos, strict=True):
         r, g, b, _ = cmap((value - low) / (high - low) if high > low else 0.5)
-        colour = f"rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f})"
-        spans.append(
-            f"<span class='tok' style='background:{colour}' title='TuCo {value:.4f}'>{html.escape(str(token))}</span>"
-        )
+        style = f"background:rgb({r * 255:.0f},{g * 255:.0f},{b * 255:.0f})"
+        text = html.escape(str(token))
+        spans.append(f"<span class='tok' style='{style}' title='TuCo {value:.4f}'>{text}</span>")
     return "".join(spans)
 
 
@@ -130,7 +133,9 @@ def sublayers(scores) -> list[dict]:
         },
     ]
     if "ftc_heads" in scores and scores["ftc_heads"].notna().any():
-        sections.append({"title": "FTC norm per block and head (mean over prompts)", "figure": _heads(scores)})
+        sections.append(
+            {"title": "FTC norm per block and head (mean over prompts)", "figure": _heads(scores)}
+        )
     return sections
 
 
@@ -139,10 +144,14 @@ def _groups(scores):
 
 
 def _mean(rows, column: str) -> np.ndarray:
-    return np.mean(np.stack([np.asarray([np.asarray(r, dtype=float) for r in v]) for v in rows[column]]), axis=0)
+    return np.mean(
+        np.stack([np.asarray([np.asarray(r, dtype=float) for r in v]) for v in rows[column]]), axis=0
+    )
 
 
 def _stacked(scores) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
     groups = _groups(scores)
     fig, axes = figure(ncols=len(groups))
     for ax, (name, rows) in zip(np.atleast_1d(axes), groups, strict=False):
@@ -151,6 +160,7 @@ def _stacked(scores) -> bytes:
         ax.bar(layers, attn, label="attention")
         ax.bar(layers, mlp, bottom=attn, label="MLP")
         ax.set(xlabel="block l", ylabel="||FTC|| at the last token", title=f"{name} (n={len(rows)})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     return png(fig)
 

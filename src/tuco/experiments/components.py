@@ -36,14 +36,18 @@ def components(
         "web": web,
     }
     items = [
-        dict(id=f"{group}/{i}", group=group, text=t, prompt=t if group == "web" else as_prompt(pair, t, system))
+        dict(
+            id=f"{group}/{i}", group=group, text=t, prompt=t if group == "web" else as_prompt(pair, t, system)
+        )
         for group, prompts in texts.items()
         for i, t in enumerate(prompts)
     ]
     heads = _heads_exact(pair, items[0]["prompt"])
 
     def compute(batch: list[dict]) -> list[dict]:
-        scores = pair.score([it["prompt"] for it in batch], batch_size=batch_size, components=True, heads=heads)
+        scores = pair.score(
+            [it["prompt"] for it in batch], batch_size=batch_size, components=True, heads=heads
+        )
         return [
             dict(id=it["id"], group=it["group"], prompt=it["text"])
             | {k: v for k, v in s.to_dict().items() if v is not None}
@@ -60,7 +64,7 @@ def components(
         top = int(np.argmax(attn + mlp))
         values = [mean([r[k] for r in chosen]) for k in ("tuco", "tuco_attn", "tuco_mlp")]
         check = max(r["sum_check"] for r in chosen)
-        rows.append([group, len(chosen), *values, share, top, check])
+        rows.append([group, len(chosen), *values, share, top, f"{check:.1e}"])
         metrics |= {f"{group}_{k}": v for k, v in zip(("tuco", "tuco_attn", "tuco_mlp"), values, strict=True)}
         metrics |= {f"{group}_attention_share": share, f"{group}_sum_check_max": check}
     table = "\n".join(
@@ -73,11 +77,21 @@ def components(
             "FTC (both sides).",
             "",
             *markdown_table(
-                ["group", "n", "TuCo", "TuCo attn", "TuCo MLP", "attention share", "top block", "sum check max"],
+                [
+                    "group",
+                    "n",
+                    "TuCo",
+                    "TuCo attn",
+                    "TuCo MLP",
+                    "attention share",
+                    "top block",
+                    "sum check max",
+                ],
                 rows,
             ),
             "",
-            f"Per-head split: {'computed (results.jsonl: ftc_heads)' if heads else 'not exact for this family'}.",
+            "Per-head split: "
+            + ("computed (results.jsonl: ftc_heads)." if heads else "not exact for this family."),
             "",
         ]
     )
@@ -97,6 +111,8 @@ def _heads_exact(pair: ModelPair, prompt) -> bool:
 
 
 def _by_layer(records: list[dict]):
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = figure(ncols=len(GROUPS))
     for ax, group in zip(axes, GROUPS, strict=True):
         chosen = [r for r in records if r["group"] == group]
@@ -106,6 +122,7 @@ def _by_layer(records: list[dict]):
         ax.bar(layers, attn, label="attention")
         ax.bar(layers, mlp, bottom=attn, label="MLP")
         ax.set(xlabel="block l", ylabel="||FTC_l|| at the last token", title=f"{group} (n={len(chosen)})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     return fig
 
