@@ -37,6 +37,21 @@ def _pair(arch, tok):
     return ModelPair(pt, perturbed_copy(pt, scale=0.3), tok)
 
 
+def block_inputs(pair, batch) -> list[tuple[tuple, dict]]:
+    """(args, kwargs) of every FT block in a plain FT forward of ``batch``."""
+    calls = []
+    blocks = find_blocks(pair.finetuned)
+    handles = [
+        b.register_forward_pre_hook(lambda m, a, k: calls.append((a, k)), with_kwargs=True) for b in blocks
+    ]
+    try:
+        pair.finetuned(**batch, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
 @torch.no_grad()
 def independent(pair, prompts, arch):
     """Per prompt, at its last token: the norms of each block's PTC/FTC attention and MLP sides,
@@ -45,13 +60,7 @@ def independent(pair, prompts, arch):
     last = batch["attention_mask"].sum(1) - 1
     rows = torch.arange(len(prompts))
     blocks_ft, blocks_pt = find_blocks(pair.finetuned), find_blocks(pair.pretrained)
-    calls = []
-    handles = [
-        b.register_forward_pre_hook(lambda m, a, k: calls.append((a, k)), with_kwargs=True) for b in blocks_ft
-    ]
-    pair.finetuned(**batch, use_cache=False)
-    for h in handles:
-        h.remove()
+    calls = block_inputs(pair, batch)
     layers = {k: [] for k in ("ptc_attn", "ftc_attn", "ptc_mlp", "ftc_mlp")}
     for layer, (args, kwargs) in enumerate(calls):
         sides = []
@@ -213,13 +222,7 @@ def test_a_block_that_is_not_input_plus_two_sublayers_is_refused(tok):
 def manual_logits(pair, batch, attn_alpha, mlp_alpha, arch):
     """x + PTC + a FTC^attn + b FTC^mlp block by block, by hand, with the table's sublayer names."""
     ft, pt = find_blocks(pair.finetuned), find_blocks(pair.pretrained)
-    calls = []
-    handles = [
-        b.register_forward_pre_hook(lambda m, a, k: calls.append((a, k)), with_kwargs=True) for b in ft
-    ]
-    pair.finetuned(**batch, use_cache=False)
-    for h in handles:
-        h.remove()
+    calls = block_inputs(pair, batch)
     names = SIDES.get(arch, ("self_attn", "mlp"))
     x = calls[0][0][0] if calls[0][0] else calls[0][1]["hidden_states"]
     for layer, (args, kwargs) in enumerate(calls):

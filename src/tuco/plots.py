@@ -38,3 +38,31 @@ def histogram(groups: dict[str, list[float]], title: str, ylabel: str = "prompts
     ax.set(xlabel="TuCo", ylabel=ylabel, title=title)
     ax.legend()
     return fig
+
+
+def stacked_sides(panels: list[tuple[str, list[float], list[float]]]):
+    """One panel per (title, attention side, MLP side) of per-block FTC norms, stacked bars."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = figure(ncols=len(panels))
+    for ax, (title, attn, mlp) in zip(np.atleast_1d(axes), panels, strict=True):
+        layers = np.arange(len(attn))
+        ax.bar(layers, attn, label="attention")
+        ax.bar(layers, mlp, bottom=attn, label="MLP")
+        ax.set(xlabel="block l", ylabel="||FTC_l|| at the last token", title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    return fig
+
+
+def head_maps(panels: list[tuple[str, object]]):
+    """One heat map per (title, [L, H] grid of FTC norms per block and head)."""
+    import numpy as np
+
+    fig, axes = figure(ncols=len(panels))
+    for ax, (title, grid) in zip(np.atleast_1d(axes), panels, strict=True):
+        image = ax.imshow(np.asarray(grid).T, aspect="auto", origin="lower", cmap="viridis")
+        ax.set(xlabel="block l", ylabel="head", title=title)
+        fig.colorbar(image, ax=ax, label="||FTC head||")
+    return fig

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import figure, png
+from .plots import figure, head_maps, png, stacked_sides
 from .store import settings_path
 
 PROVENANCE = ("command", "pretrained", "finetuned", "adapter", "dtype", "tuco_version", "prompts", "dataset")
@@ -150,19 +150,11 @@ def _mean(rows, column: str) -> np.ndarray:
 
 
 def _stacked(scores) -> bytes:
-    from matplotlib.ticker import MaxNLocator
-
-    groups = _groups(scores)
-    fig, axes = figure(ncols=len(groups))
-    for ax, (name, rows) in zip(np.atleast_1d(axes), groups, strict=False):
-        attn, mlp = _mean(rows, "ftc_attn_layers"), _mean(rows, "ftc_mlp_layers")
-        layers = np.arange(len(attn))
-        ax.bar(layers, attn, label="attention")
-        ax.bar(layers, mlp, bottom=attn, label="MLP")
-        ax.set(xlabel="block l", ylabel="||FTC|| at the last token", title=f"{name} (n={len(rows)})")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
-    return png(fig)
+    panels = [
+        (f"{name} (n={len(rows)})", _mean(rows, "ftc_attn_layers"), _mean(rows, "ftc_mlp_layers"))
+        for name, rows in _groups(scores)
+    ]
+    return png(stacked_sides(panels))
 
 
 def _side_bars(sides) -> bytes:
@@ -177,11 +169,6 @@ def _side_bars(sides) -> bytes:
 
 
 def _heads(scores) -> bytes:
-    groups = _groups(scores[scores["ftc_heads"].notna()])
-    fig, axes = figure(ncols=len(groups))
-    for ax, (name, rows) in zip(np.atleast_1d(axes), groups, strict=False):
-        grid = _mean(rows, "ftc_heads")  # [L, H]
-        image = ax.imshow(grid.T, aspect="auto", origin="lower", cmap="viridis")
-        ax.set(xlabel="block l", ylabel="head", title=f"{name} (n={len(rows)})")
-        fig.colorbar(image, ax=ax, label="||FTC head||")
-    return png(fig)
+    with_heads = scores[scores["ftc_heads"].notna()]
+    panels = [(f"{name} (n={len(rows)})", _mean(rows, "ftc_heads")) for name, rows in _groups(with_heads)]
+    return png(head_maps(panels))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..pair import ModelPair
-from ..plots import figure
+from ..plots import head_maps, stacked_sides
 from ..sublayers import SublayerError
 from ..tables import markdown_table
 from .common import RunDirectory, as_prompt, mean
@@ -110,28 +110,22 @@ def _heads_exact(pair: ModelPair, prompt) -> bool:
         return False
 
 
-def _by_layer(records: list[dict]):
-    from matplotlib.ticker import MaxNLocator
+def _mean(records: list[dict], group: str, field: str) -> np.ndarray:
+    return np.mean([r[field] for r in records if r["group"] == group], axis=0)
 
-    fig, axes = figure(ncols=len(GROUPS))
-    for ax, group in zip(axes, GROUPS, strict=True):
-        chosen = [r for r in records if r["group"] == group]
-        attn = np.mean([r["ftc_attn_layers"] for r in chosen], axis=0)
-        mlp = np.mean([r["ftc_mlp_layers"] for r in chosen], axis=0)
-        layers = np.arange(len(attn))
-        ax.bar(layers, attn, label="attention")
-        ax.bar(layers, mlp, bottom=attn, label="MLP")
-        ax.set(xlabel="block l", ylabel="||FTC_l|| at the last token", title=f"{group} (n={len(chosen)})")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
-    return fig
+
+def _by_layer(records: list[dict]):
+    return stacked_sides(
+        [
+            (
+                f"{g} (n={sum(r['group'] == g for r in records)})",
+                _mean(records, g, "ftc_attn_layers"),
+                _mean(records, g, "ftc_mlp_layers"),
+            )
+            for g in GROUPS
+        ]
+    )
 
 
 def _heads(records: list[dict]):
-    fig, axes = figure(ncols=len(GROUPS))
-    for ax, group in zip(axes, GROUPS, strict=True):
-        grid = np.mean([r["ftc_heads"] for r in records if r["group"] == group], axis=0)  # [L, H]
-        image = ax.imshow(grid.T, aspect="auto", origin="lower", cmap="viridis")
-        ax.set(xlabel="block l", ylabel="head", title=group)
-        fig.colorbar(image, ax=ax)
-    return fig
+    return head_maps([(g, _mean(records, g, "ftc_heads")) for g in GROUPS])
