@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from . import metrics
-from .decompose import Record
+from .record import Record
 
 
 @dataclass
