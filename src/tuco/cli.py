@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also attention vs MLP per block (tuco_attn, tuco_mlp, sum_check)",
     )
     p.add_argument("--heads", action="store_true", help="also per-head FTC/PTC norms (implies --components)")
+    p.add_argument(
+        "--save-vectors",
+        metavar="DIR",
+        help="also write every prompt's per-layer PTC and FTC vectors (last token, or every token with "
+        "--per-token) to DIR as safetensors shards with an index (tuco.vectors.load_vectors)",
+    )
 
     p = sub.add_parser("generate", help="generate with the FTC-alpha model")
     _model_options(p)

@@ -89,13 +89,18 @@ class Decomposition:
         self._ft_cache = self._pt_cache = None
 
     def record(
-        self, last_index: torch.Tensor, per_token: bool = False, p: float = 1, layers: bool = True
+        self,
+        last_index: torch.Tensor,
+        per_token: bool = False,
+        p: float = 1,
+        layers: bool = True,
+        token_vectors: bool = False,
     ) -> Record:
         """Keep the components of the next forward pass (one: the record closes at its last block)
         at token ``last_index[b]`` of row b. Call it again before each pass to record."""
         if self.last_only and per_token:
             raise ValueError("per_token=True needs every position of the PT blocks: use last_only=False")
-        self.recording = Record(last_index, per_token, p, layers)
+        self.recording = Record(last_index, per_token, p, layers, token_vectors)
         return self.recording
 
     def __enter__(self) -> Decomposition:

@@ -8,12 +8,15 @@ write one shard per rank, which rank 0 merges in input order.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
 from . import __version__
 from .errors import UsageError
+
+log = logging.getLogger("tuco")
 
 
 def check_job_options(args) -> None:
@@ -116,6 +119,11 @@ def run_job(args) -> int:
         )
         job.check_lengths()
         if args.command == "score":
+            vectors = (
+                _vector_writer(args, job, total, chosen.to_dict() | {"dtype": dtype})
+                if args.save_vectors
+                else None
+            )
             runs.score(
                 job,
                 records(job.on_invalid),
@@ -124,6 +132,7 @@ def run_job(args) -> int:
                 baselines=args.output_baselines,
                 components=args.components or args.heads,
                 heads=args.heads,
+                vectors=vectors,
             )
         elif args.command == "generate":
             given = {k: getattr(args, k) for k in ("temperature", "top_p", "top_k")}
@@ -185,3 +194,31 @@ def accuracy_table(frame) -> str:
         f"{a:<7g} {row['mean']:8.4f}   {int(row['count'])}" for a, row in table.iterrows()
     ]
     return "\n".join(lines)
+
+
+def _vector_writer(args, job, total: int | None, meta: dict):
+    """``--save-vectors DIR``: the writer, after the size estimate is logged and the disk checked
+    (rows: one per prompt, or with --per-token at most the longest prompt's tokens each)."""
+    from .blocks import num_layers
+    from .vectors import VectorWriter, check_room, estimate_bytes
+
+    config = job.pair.finetuned.config.get_text_config()
+    layers, width = num_layers(job.pair.finetuned) or 0, config.hidden_size
+    writer = VectorWriter(
+        args.save_vectors, meta, layers, width, args.per_token, resume=args.resume, overwrite=args.overwrite
+    )
+    if total is not None:
+        left = total - len(writer.done)
+        rows = left * (job.limit() or 2048) if args.per_token else left
+        needed = estimate_bytes(rows, layers, width)
+        bound = "at most " if args.per_token else ""
+        log.info(
+            "vectors: %s%.3f GB for %d prompts x %d layers x %d (float32, PTC and FTC)",
+            bound,
+            needed / 1e9,
+            left,
+            layers,
+            width,
+        )
+        check_room(args.save_vectors, needed)
+    return writer

@@ -101,6 +101,7 @@ class ModelPair(PairBase):
         fast: bool = True,
         components: bool = False,
         heads: bool = False,
+        vectors: bool = False,
     ) -> list[TucoResult]:
         """TuCo of every prompt at its last real token, one ``TucoResult`` each, in input order.
 
@@ -118,6 +119,9 @@ class ModelPair(PairBase):
         on each result; with ``per_token``, ``tuco_attn_tokens`` and ``tuco_mlp_tokens``), and
         ``heads=True`` the attention side per head at the last token (``ptc_heads``, ``ftc_heads``
         [L][H], the output projection's bias apart), where that split is exact.
+        ``vectors=True`` keeps each prompt's PTC_l and FTC_l themselves on its result
+        (``result.vectors``: [rows, L, d] each, float32, on the CPU; rows = 1, or every real token
+        with ``per_token``), for ``tuco.vectors``.
         """
         check_choice(norm, "norm", ("l1", "l2"))
         reads = "last" if fast and not per_token else "all"
@@ -126,9 +130,10 @@ class ModelPair(PairBase):
 
         def compute(batch: dict[str, torch.Tensor]) -> list[TucoResult]:
             with self.steered(alpha, reads, components=components, heads=heads) as dec:
-                rec = dec.record(inputs.last_index(batch["attention_mask"]), per_token, p=int(norm[1]))
+                last = inputs.last_index(batch["attention_mask"])
+                rec = dec.record(last, per_token, p=int(norm[1]), token_vectors=vectors)
                 self.body(**self.body_inputs(batch), use_cache=False)
-            return from_record(rec, batch["attention_mask"])
+            return from_record(rec, batch["attention_mask"], vectors)
 
         return self.map_batches(self.encode(prompts), batch_size, side, "TuCo", progress, compute)
 

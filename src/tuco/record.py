@@ -31,8 +31,16 @@ class Record:
     with heads ``heads`` -> {"ptc_heads": [batch, L, H], "ftc_heads", "ptc_bias": [batch, L], "ftc_bias"}.
     """
 
-    def __init__(self, last_index: torch.Tensor, per_token: bool = False, p: float = 1, layers: bool = True):
+    def __init__(
+        self,
+        last_index: torch.Tensor,
+        per_token: bool = False,
+        p: float = 1,
+        layers: bool = True,
+        token_vectors: bool = False,
+    ):
         self.last_index = last_index
+        self.token_vectors = token_vectors and per_token  # keep every block's [batch, seq, d] too
         self.per_token = per_token
         self.p = p
         self.layers = layers
@@ -45,6 +53,7 @@ class Record:
         self._heads: list[tuple[torch.Tensor, ...]] = []  # norms: (PTC heads, FTC heads, PTC bias, FTC bias)
         self._errors: list[torch.Tensor] = []  # [batch] sum check of each block
         self.part_tokens: dict[str, torch.Tensor] = {}  # per_token: "ptc_attn" ... -> [batch, seq, d]
+        self._token_blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # token_vectors: [batch, seq, d]
 
     def last(self, t: torch.Tensor) -> torch.Tensor:
         """Each row's token at ``last_index`` of a [batch, seq, ...] tensor: [batch, ...]
@@ -95,8 +104,10 @@ class Record:
         if self.per_token:
             ptc_t = pt_out.float() - x.float()
             ftc_t = ft_out.float() - pt_out.float()
-            if self.ptc_tokens is None or self.ftc_tokens is None:
-                self.ptc_tokens, self.ftc_tokens = ptc_t, ftc_t
+            if self.token_vectors:
+                self._token_blocks.append((ptc_t.to(self._device), ftc_t.to(self._device)))
+            if self.ptc_tokens is None or self.ftc_tokens is None:  # copies: the sums grow in place
+                self.ptc_tokens, self.ftc_tokens = ptc_t.clone(), ftc_t.clone()
             else:
                 self.ptc_tokens += ptc_t.to(self.ptc_tokens.device)
                 self.ftc_tokens += ftc_t.to(self.ftc_tokens.device)
@@ -111,8 +122,8 @@ class Record:
         ):
             if name in self.part_tokens:
                 self.part_tokens[name] += t.to(self.part_tokens[name].device)
-            else:
-                self.part_tokens[name] = t
+            else:  # a copy: the sum grows in place, and t may be the block's own tensor
+                self.part_tokens[name] = t.clone()
 
     @property
     def has_parts(self) -> bool:
@@ -142,6 +153,17 @@ class Record:
     def heads(self) -> dict[str, torch.Tensor]:
         names = ("ptc_heads", "ftc_heads", "ptc_bias", "ftc_bias")
         return {name: torch.stack([h[i] for h in self._heads], dim=1) for i, name in enumerate(names)}
+
+    def vectors(self, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each row's (PTC, FTC) vectors per block, [rows, L, d] on the CPU: rows = 1 (the last
+        token), or one per real token with ``token_vectors``."""
+        if self.token_vectors:
+            ptc = torch.stack([t for t, _ in self._token_blocks], dim=2).cpu()  # [batch, seq, L, d]
+            ftc = torch.stack([t for _, t in self._token_blocks], dim=2).cpu()
+            mask = attention_mask.bool().cpu()
+            return [(ptc[i][mask[i]], ftc[i][mask[i]]) for i in range(len(mask))]
+        ptc, ftc = (t.transpose(0, 1).cpu() for t in self._components())  # [batch, L, d]
+        return [(ptc[i][None], ftc[i][None]) for i in range(ptc.shape[0])]
 
     def _components(self) -> tuple[torch.Tensor, torch.Tensor]:
         """PTC_l and FTC_l of every block so far, [L, batch, d] each."""

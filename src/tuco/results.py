@@ -56,13 +56,18 @@ class TucoResult:
     ftc_heads: list[list[float]] | None = None
     ptc_head_bias: list[float] | None = None
     ftc_head_bias: list[float] | None = None
+    vectors: tuple[torch.Tensor, torch.Tensor] | None = dataclasses.field(
+        default=None, repr=False, compare=False, metadata={"tensor": True}
+    )  # score(vectors=True): (PTC, FTC) per block, [rows, L, d] each (not in to_dict)
 
     @property
     def preco(self) -> float:
         return 1.0 - self.tuco
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("tensor")
+        }
 
 
 @dataclass
@@ -84,7 +89,7 @@ class OutputContribution:
         return dataclasses.asdict(self)
 
 
-def from_record(rec: Record, attention_mask: torch.Tensor) -> list[TucoResult]:
+def from_record(rec: Record, attention_mask: torch.Tensor, vectors: bool = False) -> list[TucoResult]:
     """One ``TucoResult`` per row of a recorded batch (one host transfer per batch)."""
     ptc, ftc = rec.sums()
     columns = {
@@ -111,7 +116,13 @@ def from_record(rec: Record, attention_mask: torch.Tensor) -> list[TucoResult]:
         {k: v[i] for k, v in columns.items()} | {k: v[i][mask[i]].tolist() for k, v in tokens.items()}
         for i in range(len(mask))
     ]
-    return [TucoResult(**row, n_tokens=int(mask[i].sum()), norm=f"l{rec.p:g}") for i, row in enumerate(rows)]
+    results = [
+        TucoResult(**row, n_tokens=int(mask[i].sum()), norm=f"l{rec.p:g}") for i, row in enumerate(rows)
+    ]
+    if vectors:
+        for result, pair in zip(results, rec.vectors(attention_mask), strict=True):
+            result.vectors = pair
+    return results
 
 
 def _sublayer_columns(rec: Record) -> dict[str, torch.Tensor]:

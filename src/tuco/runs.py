@@ -22,6 +22,7 @@ from .inputs import as_chat, choose
 from .pair import ModelPair
 from .sampling import Sampling
 from .store import ResultsFile
+from .vectors import VectorWriter
 
 log = logging.getLogger("tuco")
 
@@ -167,11 +168,30 @@ def score(
     baselines=False,
     components=False,
     heads=False,
+    vectors: VectorWriter | None = None,
 ) -> None:
+    """TuCo records per prompt; with ``vectors``, each prompt's PTC_l and FTC_l also go to its
+    shards, written before the records of the same window (a prompt with a shard but no record,
+    after a crash, is recomputed and not written twice)."""
+
     def compute(batch: list[PromptItem], ids: list[list[int]]) -> list[dict]:
         results = job.pair.score(
-            ids, batch_size=job.batch_size, per_token=per_token, norm=norm, components=components, heads=heads
+            ids,
+            batch_size=job.batch_size,
+            per_token=per_token,
+            norm=norm,
+            components=components,
+            heads=heads,
+            vectors=vectors is not None,
         )
+        if vectors is not None:
+            new = [
+                (r.id, res.vectors) for r, res in zip(batch, results, strict=True) if r.id not in vectors.done
+            ]
+            if new:
+                ptc = [v[0] for _, v in new if v is not None]
+                ftc = [v[1] for _, v in new if v is not None]
+                vectors.write([i for i, _ in new], ptc, ftc)
         extra = job.pair.output_contribution(ids, batch_size=job.batch_size) if baselines else None
         out = []
         for i, (record, result) in enumerate(zip(batch, results, strict=True)):
