@@ -132,3 +132,9 @@ def test_serving_resolves_auto_to_float32_on_any_hardware(native_bf16, dtype):
     assert chosen == torch.float32 and "float32, where a request's tokens and TuCo do not depend" in why
     assert hardware.resolve_dtype("bfloat16", "cpu", None, batch_invariant=True)[0] == torch.bfloat16
     assert hardware.resolve_dtype(dtype, "cpu", None)[0] == (torch.bfloat16 if dtype else None)
+
+
+def test_the_capability_line_tells_amx_apart(native_bf16, monkeypatch):
+    native_bf16(True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert hardware.cpu_capability() == "AVX512+bf16+amx"

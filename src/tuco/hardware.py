@@ -40,11 +40,14 @@ _pinned: list[bool] = []  # assume_cpu's stack
 
 
 def cpu_capability() -> str:
-    """The CPU's vector capability as torch sees it: "AVX2", "AVX512", "DEFAULT", ... (+ "+bf16"),
-    with " (pinned)" when the bf16 answer is pinned rather than probed."""
+    """The CPU's vector capability as torch sees it: "AVX2", "AVX512", "DEFAULT", ... (+ "+bf16",
+    + "+amx" where bf16 runs on AMX tiles), with " (pinned)" when the bf16 answer is pinned rather
+    than probed."""
     capability = torch.backends.cpu.get_cpu_capability()
     pinned = " (pinned)" if _pinned or os.environ.get(ENV) in ("0", "1") else ""
-    return capability + ("+bf16" if cpu_has_native_bf16() else "") + pinned
+    bf16 = cpu_has_native_bf16()
+    amx = bf16 and not pinned and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return capability + ("+bf16" if bf16 else "") + ("+amx" if amx else "") + pinned
 
 
 def cpu_has_native_bf16() -> bool:
