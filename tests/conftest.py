@@ -37,6 +37,20 @@ def make_pair(arch: str, tokenizer, scale: float = 0.3) -> ModelPair:
     return _PAIRS[key]
 
 
+def save_models(root, models: dict) -> None:
+    """Each model and the byte tokenizer saved to ``root / name``, as checkpoints the CLI loads."""
+    for name, model in models.items():
+        model.save_pretrained(root / name)
+        byte_tokenizer().save_pretrained(root / name)
+
+
+def pair_dirs(root):
+    """``root`` with a tiny random pair saved in it: ``root / "pt"`` and ``root / "ft"``."""
+    pt = tiny_model("llama")
+    save_models(root, {"pt": pt, "ft": perturbed_copy(pt, scale=0.3)})
+    return root
+
+
 @pytest.fixture(params=[False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
 def cpu_branch(request, monkeypatch) -> bool:
     """Run the test on both sides of the hardware rule: a CPU without (False) and with (True) native

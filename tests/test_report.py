@@ -4,10 +4,10 @@ import json
 import subprocess
 
 import pytest
+from conftest import pair_dirs
 
 from tuco import cli
 from tuco.report import write_report
-from tuco.testing import byte_tokenizer, perturbed_copy, tiny_model
 
 ROWS = [
     {"id": "a", "prompt": "Hello there, friend.", "group": "chat", "label": 1},
@@ -24,12 +24,7 @@ def write_jsonl(path, rows):
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    pt = tiny_model("llama")
-    for name, model in (("pt", pt), ("ft", perturbed_copy(pt, scale=0.3))):
-        model.save_pretrained(root / name)
-        byte_tokenizer().save_pretrained(root / name)
-    return root
+    return pair_dirs(tmp_path_factory.mktemp("pair"))
 
 
 def models(dirs):

@@ -6,11 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PROMPTS, make_pair
+from conftest import PROMPTS, make_pair, pair_dirs
 
 from tuco import cli
 from tuco.errors import RunError, SettingsMismatchError, UsageError
-from tuco.testing import byte_tokenizer, perturbed_copy, tiny_model
 from tuco.vectors import VectorWriter, check_room, estimate_bytes, load_vectors, read_index, vectors_dataset
 
 
@@ -63,12 +62,7 @@ def test_the_disk_check_refuses_what_does_not_fit(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    pt = tiny_model("llama")
-    for name, model in (("pt", pt), ("ft", perturbed_copy(pt, scale=0.3))):
-        model.save_pretrained(root / name)
-        byte_tokenizer().save_pretrained(root / name)
-    return root
+    return pair_dirs(tmp_path_factory.mktemp("pair"))
 
 
 def test_score_save_vectors_command_resumes_and_loads_as_a_dataset(dirs, tmp_path, caplog):

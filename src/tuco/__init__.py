@@ -10,8 +10,9 @@ fine-tuning component per prompt, and steers the model by scaling it (FTC-alpha)
 """
 
 from .blocks import BlockDiscoveryError, find_blocks
+from .chain import ModelChain
 from .compat import IncompatiblePairError
-from .decompose import Decomposition, Record, adapters_off
+from .decompose import Decomposition, Record, adapters_off, adapters_only
 from .pair import ModelPair
 from .results import OutputContribution, TucoResult
 
@@ -21,11 +22,13 @@ __all__ = [
     "BlockDiscoveryError",
     "Decomposition",
     "IncompatiblePairError",
+    "ModelChain",
     "ModelPair",
     "OutputContribution",
     "Record",
     "TucoResult",
     "__version__",
     "adapters_off",
+    "adapters_only",
     "find_blocks",
 ]

@@ -117,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also attention vs MLP per block (tuco_attn, tuco_mlp, sum_check)",
     )
     p.add_argument("--heads", action="store_true", help="also per-head FTC/PTC norms (implies --components)")
+    chain = p.add_argument_group("a chain of training stages (instead of a pair)")
+    chain.add_argument(
+        "--chain",
+        nargs="+",
+        metavar="CKPT",
+        help="checkpoints M_0 (pre-trained) .. M_K: TuCo of the chain and each stage's share (stage_tuco); "
+        "one base with --chain-adapters; or `--chain demo` (Gemma-3-270m base -> + chat -> + caution LoRA)",
+    )
+    chain.add_argument(
+        "--chain-adapters",
+        nargs="+",
+        metavar="ADAPTER",
+        help="PEFT adapters stacked in order on --chain BASE",
+    )
     p.add_argument(
         "--save-vectors",
         metavar="DIR",
@@ -158,9 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pair",
         default="demo",
-        choices=["demo", "demo-safety"],
+        choices=["demo", "demo-safety", "demo-chain"],
         help="demo: Gemma-3-270m base -> its LoRA chat fine-tune (default); "
-        "demo-safety: SmolLM2-135M-Instruct -> its LoRA safety fine-tune",
+        "demo-safety: SmolLM2-135M-Instruct -> its LoRA safety fine-tune; demo-chain (build only): the "
+        "caution LoRA stacked on the demo's chat LoRA, the third stage of `--chain demo`",
     )
     p.add_argument("--out", default="demo-output", help="output directory of `demo run`")
     p.add_argument(
@@ -225,6 +240,8 @@ def run_demo(args) -> int:
     home = Path(args.home) if args.home else None
     if args.ship and not (args.action == "build" and args.force and not args.tiny):
         raise UsageError("--ship goes with `tuco demo build [--pair P] --force` (the default recipe)")
+    if args.pair == "demo-chain":
+        return _build_demo_chain(args, home)
     if args.action == "build":
         demo = demo_pair(args.pair, args.tiny, home, args.force, args.dtype, args.device, ship=args.ship)
         print(f"demo pair {demo.name!r}: {demo.title}; adapter in {demo.adapter}")
@@ -234,6 +251,23 @@ def run_demo(args) -> int:
             print(f"  {name:<28} n={m['n']:<3} {ends}FT refuses {ft:.0%}  PT refuses {pt:.0%}")
         return 0
     demo_run.run(args.out, config, home, dtype=args.dtype, force=args.force)
+    return 0
+
+
+def _build_demo_chain(args, home) -> int:
+    from .demo.stage import demo_chain
+
+    if args.action != "build":
+        raise UsageError("--pair demo-chain is built, not run: score it with `tuco score --chain demo`")
+    chain = demo_chain(
+        args.tiny, home=home, force=args.force, dtype=args.dtype, device=args.device, ship=args.ship
+    )
+    print(f"demo chain: {chain.title}; adapters {', '.join(map(str, chain.adapters))}")
+    for name, m in chain.metrics["held_out"].items():
+        print(
+            f"  {name:<28} n={m['n']:<3} caution refuses {m['refusal_caution']:.0%}  chat refuses "
+            f"{m['refusal_chat']:.0%}  caution defers {m['defers_caution']:.0%}"
+        )
     return 0
 
 

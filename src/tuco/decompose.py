@@ -22,13 +22,19 @@ Use (``ModelPair`` does this for you)::
 
 In PEFT mode the PT block is the FT block itself with its LoRA layers switched off
 (``pt_blocks=ft_blocks, pt_context=adapters_off``): one copy of the base weights.
+
+A chain of checkpoints M_0 (PT), M_1, ..., M_K (FT) runs the blocks of M_1..M_{K-1} too
+(``stages``), on the same arguments, and splits FTC_l into stage components that telescope::
+
+    C_{k,l} = f_{M_k}(x_l) - f_{M_{k-1}}(x_l),   sum_k C_{k,l} = FTC_l
+    x_{l+1} = x_l + PTC_l + sum_k alpha_k C_{k,l}           (alpha = (alpha_1, ..., alpha_K))
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -36,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import hidden, with_hidden
-from .errors import check_alpha
+from .errors import Alpha, check_alpha
 from .lastpos import last_position_output
 from .record import Record
 from .sublayers import Sublayers
@@ -57,23 +63,43 @@ class Decomposition:
     for the record, and ``heads=True`` the attention side per head (``num_heads`` of them, from an
     output projection of ``width``, the residual stream's).
     ``alpha={"attn": a, "mlp": b}`` scales the two sides apart: x + PTC + a FTC^attn + b FTC^mlp.
+    ``stages[k - 1][l]``: block l of the chain's intermediate checkpoint M_k (k = 1..K-1), run like
+    the PT block (``stage_context(k, l)`` entered around it); the record then keeps each stage's
+    component, and ``alpha=(a_1, ..., a_K)`` scales them apart: x + PTC + sum_k a_k C_k.
     """
 
     def __init__(
         self,
         ft_blocks: Sequence[nn.Module] | nn.ModuleList,
         pt_blocks: Sequence[nn.Module] | nn.ModuleList,
-        alpha: float | Mapping[str, float] = 1.0,
+        alpha: Alpha = 1.0,
         pt_context: Callable[[int], AbstractContextManager] | None = None,
         last_only: bool = False,
         components: bool = False,
         heads: bool = False,
         num_heads: int | None = None,
         width: int | None = None,
+        stages: Sequence[Sequence[nn.Module] | nn.ModuleList] | None = None,
+        stage_context: Callable[[int, int], AbstractContextManager] | None = None,
     ):
+        self.stages = None if stages is None else [list(blocks) for blocks in stages]
         if len(ft_blocks) != len(pt_blocks):
             raise ValueError(f"{len(ft_blocks)} FT blocks but {len(pt_blocks)} PT blocks")
+        for k, blocks in enumerate(self.stages or [], start=1):
+            if len(blocks) != len(ft_blocks):
+                raise ValueError(f"{len(ft_blocks)} FT blocks but {len(blocks)} blocks in stage {k}")
         self.alpha = check_alpha(alpha)
+        self.stage_context = stage_context or (lambda k, layer: contextlib.nullcontext())
+        n_stages = 1 if self.stages is None else len(self.stages) + 1
+        if isinstance(self.alpha, tuple) and len(self.alpha) != n_stages:
+            raise ValueError(
+                f"alpha per stage takes one number for each of the {n_stages} stage(s) of "
+                f"the {'pair' if self.stages is None else 'chain'}, not {len(self.alpha)}"
+            )
+        if self.stages is not None and (components or heads or isinstance(self.alpha, dict)):
+            raise ValueError(
+                "components, heads and alpha per sublayer are not split per stage: use a ModelPair"
+            )
         if last_only and self.alpha != 1.0:
             raise ValueError("last_only=True needs alpha = 1: at other alphas the PT blocks feed the stream")
         self.last_only = last_only
@@ -85,8 +111,10 @@ class Decomposition:
         self.recording: Record | None = None
         self._handles: list = []
         self._pt_out = None  # output of the PT block whose FT twin is running now
+        self._stage_outs: list[torch.Tensor] = []  # and of the chain's intermediate blocks, M_1 first
         self._inside_pt = False  # PEFT mode calls the same module again: its hooks must stand aside
-        self._ft_cache = self._pt_cache = None
+        self._ft_cache = None
+        self._caches: dict[int, Any] = {}  # stage k -> its blocks' KV cache (0: the PT blocks')
 
     def record(
         self,
@@ -125,15 +153,13 @@ class Decomposition:
         if self.sublayers is not None:
             self.sublayers.remove()
             self.sublayers = None
-        self._pt_out = self._ft_cache = self._pt_cache = None
+        self._pt_out = self._ft_cache = None
+        self._caches, self._stage_outs = {}, []
 
     def _run_pt(self, layer: int):
         def hook(module, args, kwargs):
             if self._inside_pt:
                 return None
-            swap = lambda v: self._pt_cache_for(v) if _is_cache(v) else v  # noqa: E731
-            pt_args = tuple(swap(a) for a in args)
-            pt_kwargs = {k: swap(v) for k, v in kwargs.items()}
             if self.sublayers is not None:
                 self.sublayers.reset("pt")
                 self.sublayers.reset("ft")
@@ -141,15 +167,25 @@ class Decomposition:
             self._inside_pt = True
             try:
                 with self.pt_context(layer):
-                    if self.last_only:
-                        self._pt_out = last_position_output(self.pt_blocks[layer], pt_args, pt_kwargs, layer)
-                    else:
-                        self._pt_out = hidden(self.pt_blocks[layer](*pt_args, **pt_kwargs))
+                    self._pt_out = self._run_below(self.pt_blocks[layer], args, kwargs, 0, layer)
+                for k, blocks in enumerate(self.stages or [], start=1):
+                    with self.stage_context(k, layer):
+                        self._stage_outs.append(self._run_below(blocks[layer], args, kwargs, k, layer))
             finally:
                 self._inside_pt = False
             return None
 
         return hook
+
+    def _run_below(self, block: nn.Module, args: tuple, kwargs: dict, stage: int, layer: int) -> torch.Tensor:
+        """A block below the FT one (stage 0: the PT block) on the FT block's arguments, with its
+        own KV cache: its output hidden states, [b, s, d] (``last_only``: [b, 1, d])."""
+        swap = lambda v: self._cache_for(v, stage) if _is_cache(v) else v  # noqa: E731
+        below_args = tuple(swap(a) for a in args)
+        below_kwargs = {k: swap(v) for k, v in kwargs.items()}
+        if self.last_only:
+            return last_position_output(block, below_args, below_kwargs, layer)
+        return hidden(block(*below_args, **below_kwargs))
 
     def _combine(self, layer: int):
         last = layer == len(self.ft_blocks) - 1
@@ -161,15 +197,25 @@ class Decomposition:
             # sharded models: the block's input may still sit on the previous block's device
             x = (args[0] if args else kwargs["hidden_states"]).to(ft_out.device)
             pt_out, self._pt_out = self._pt_out.to(ft_out.device), None
+            stage_outs, self._stage_outs = [t.to(ft_out.device) for t in self._stage_outs], []
             parts = heads = None
             if self.sublayers is not None and (self.recording is not None or isinstance(self.alpha, dict)):
                 parts, heads = self._split(layer, module, x, pt_out, ft_out)
             if self.recording is not None:
-                self.recording.add(x, pt_out, ft_out, parts, heads)
+                self.recording.add(
+                    x, pt_out, ft_out, parts, heads, stage_outs if self.stages is not None else None
+                )
                 if last:  # one forward pass recorded: later ones (e.g. decoding steps) add nothing
                     self.recording = None
             if self.alpha == 1.0:
                 return None  # the FT block's own output: exactly the FT forward
+            if isinstance(self.alpha, tuple):
+                # x + PTC + sum_k a_k C_k, C_k = f_k - f_{k-1}, in float32
+                outs = [t.float() for t in (pt_out, *stage_outs, ft_out)]
+                mixed = outs[0].clone()
+                for a, below, above in zip(self.alpha, outs, outs[1:], strict=False):
+                    mixed += a * (above - below)
+                return with_hidden(output, mixed.to(ft_out.dtype))
             if isinstance(self.alpha, dict) and parts is not None:
                 # x + PTC + a FTC^attn + b FTC^mlp, in float32
                 pt_a, pt_m, ft_a, ft_m = (t.float() for t in parts)
@@ -204,24 +250,26 @@ class Decomposition:
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Generation dropped finished rows from the FT cache (``cache.batch_select_indices(rows)``):
         drop them from the PT blocks' cache too. ``rows``: [kept] indices into the current batch."""
-        if self._pt_cache is not None:
-            self._pt_cache.batch_select_indices(rows)
+        for cache in self._caches.values():
+            cache.batch_select_indices(rows)
 
-    def _pt_cache_for(self, ft_cache):
-        """The PT blocks' own KV cache, twin of the FT cache that transformers passes to the blocks."""
-        if ft_cache is self._ft_cache:
-            return self._pt_cache
-        if ft_cache.get_seq_length() != 0:
-            raise RuntimeError(
-                "The FT model was given a KV cache that already holds tokens; the PT blocks' cache "
-                "for them cannot be rebuilt. Start generation inside the tuco context with a fresh cache."
-            )
-        # Seen at block 0 before the FT block writes to it: an empty cache of the same kind and shape.
-        self._ft_cache, self._pt_cache = ft_cache, copy.deepcopy(ft_cache)
-        return self._pt_cache
+    def _cache_for(self, ft_cache, stage: int = 0):
+        """The KV cache of the blocks below the FT ones (stage 0: the PT blocks'), twin of the FT
+        cache that transformers passes to the blocks."""
+        if ft_cache is not self._ft_cache:
+            if ft_cache.get_seq_length() != 0:
+                raise RuntimeError(
+                    "The FT model was given a KV cache that already holds tokens; the PT blocks' cache "
+                    "for them cannot be rebuilt. Start generation inside the tuco context with a fresh cache."
+                )
+            self._ft_cache, self._caches = ft_cache, {}
+        if stage not in self._caches:
+            # Seen at block 0 before the FT block writes to it: an empty cache of the same kind and shape.
+            self._caches[stage] = copy.deepcopy(ft_cache)
+        return self._caches[stage]
 
 
-def pt_blocks_needed(alpha: float | Mapping[str, float], reads: str) -> str:
+def pt_blocks_needed(alpha: Alpha, reads: str) -> str:
     """Which PT blocks a forward pass runs, by the one rule: at alpha = 1 they never feed the
     stream, so a pass that reads no components needs none (``"none"``: the FT model alone), and one
     that reads them at the last token alone needs them there alone (``"last"``: ``tuco.lastpos``);
@@ -252,3 +300,21 @@ def adapters_off(module: nn.Module):
     finally:
         for m, was in zip(layers, before, strict=True):
             m._disable_adapters = was
+
+
+@contextlib.contextmanager
+def adapters_only(module: nn.Module, names: Sequence[str]):
+    """Within the block, the PEFT adapter layers inside ``module`` apply the adapters ``names`` alone
+    (none: the base), stacked: a chain's intermediate checkpoint in PEFT mode, base + its first
+    adapters. Like ``adapters_off`` it touches no ``requires_grad`` and only this module's layers."""
+    layers: list[Any] = [
+        m for m in module.modules() if hasattr(m, "_active_adapter") and hasattr(m, "base_layer")
+    ]
+    before = [(m._active_adapter, m._disable_adapters) for m in layers]
+    for m in layers:
+        m._active_adapter, m._disable_adapters = list(names), not names
+    try:
+        yield
+    finally:
+        for m, (active, disabled) in zip(layers, before, strict=True):
+            m._active_adapter, m._disable_adapters = active, disabled

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 
 class TucoError(Exception):
@@ -52,13 +52,19 @@ class RunError(TucoError, RuntimeError):
 
 # ---------------------------------------------------------------------- library argument checks
 SUBLAYERS = ("attn", "mlp")
-Alpha = float | Mapping[str, float]  # one alpha, or one per sublayer kind
+Alpha = float | Mapping[str, float] | Sequence[float]  # one alpha, one per sublayer kind, or per stage
 
 
-def check_alpha(alpha, name: str = "alpha") -> float | dict[str, float]:
+def check_alpha(alpha, name: str = "alpha") -> float | dict[str, float] | tuple[float, ...]:
     """``alpha`` as a float: a finite real number (not a string, a bool, nan or inf); or one per
-    sublayer kind, ``{"attn": a, "mlp": b}`` (a kind left out is 1), as a dict of floats, or 1.0
-    where both are 1 (the FT model itself)."""
+    sublayer kind, ``{"attn": a, "mlp": b}`` (a kind left out is 1), as a dict of floats; or one per
+    training stage of a chain (``tuco.chain``), ``[a_1, ..., a_K]``, as a tuple of floats. 1.0 where
+    every one is 1 (the FT model itself)."""
+    if isinstance(alpha, list | tuple):
+        if not alpha:
+            raise ValueError(f"{name} per stage needs one number per stage of the chain, not an empty list")
+        stages = tuple(check_number(a, f"{name}[{i}]") for i, a in enumerate(alpha))
+        return 1.0 if all(a == 1.0 for a in stages) else stages
     if isinstance(alpha, Mapping):
         unknown = sorted(set(map(str, alpha)) - set(SUBLAYERS))
         if unknown:
@@ -77,10 +83,12 @@ def check_number(value, name: str) -> float:
     return float(value)
 
 
-def alpha_text(alpha: float | Mapping[str, float]) -> str:
-    """``0.8``, or ``attn=0.5,mlp=1`` for one alpha per sublayer kind."""
+def alpha_text(alpha: Alpha) -> str:
+    """``0.8``, ``attn=0.5,mlp=1`` for one alpha per sublayer kind, ``[1,0.5]`` for one per stage."""
     if isinstance(alpha, Mapping):
         return ",".join(f"{k}={v:g}" for k, v in alpha.items())
+    if isinstance(alpha, list | tuple):
+        return "[" + ",".join(f"{v:g}" for v in alpha) + "]"
     return f"{alpha:g}"
 
 

@@ -27,6 +27,11 @@ def check_job_options(args) -> None:
             f"--out {args.out}: results are written as JSONL as they arrive; give --out NAME.jsonl and "
             f"--format {suffix[1:]} (which writes NAME{suffix} beside it)"
         )
+    if getattr(args, "chain", None) and (getattr(args, "components", False) or getattr(args, "heads", False)):
+        raise UsageError(
+            "--components/--heads split a pair's blocks, not a chain's stages: score two of its "
+            "checkpoints as a pair (--pretrained/--finetuned) with --components"
+        )
     if args.command in ("generate", "sweep") and not args.alpha:
         args.alpha = [1.0]
     if args.command in ("generate", "sweep") and len(set(args.alpha)) < len(args.alpha):

@@ -22,9 +22,9 @@ from .hardware import resolve_dtype
 log = logging.getLogger("tuco")
 
 
-def joint_device_map(config, strategy: str, max_memory: dict | None, dtype) -> dict:
-    """A module -> device map for ONE of two same-shaped models that share the devices: each gets
-    half of every device's budget, so that the same map holds both (block l of both together)."""
+def joint_device_map(config, strategy: str, max_memory: dict | None, dtype, share: int = 2) -> dict:
+    """A module -> device map for ONE of ``share`` same-shaped models that share the devices: each
+    gets that part of every device's budget, so that the same map holds all (block l of all together)."""
     from accelerate import infer_auto_device_map, init_empty_weights
     from accelerate.utils import get_balanced_memory, get_max_memory
     from transformers import AutoModelForCausalLM
@@ -33,7 +33,9 @@ def joint_device_map(config, strategy: str, max_memory: dict | None, dtype) -> d
     with init_empty_weights():
         empty = AutoModelForCausalLM.from_config(config, dtype=dtype)
     no_split = list(getattr(empty, "_no_split_modules", None) or [])
-    budget = {device: size // 2 for device, size in get_max_memory(max_memory).items() if device != "disk"}
+    budget = {
+        device: size // share for device, size in get_max_memory(max_memory).items() if device != "disk"
+    }
     gpus = [d for d in budget if d != "cpu"]
     if strategy != "sequential" and len(gpus) > 1:
         budget = get_balanced_memory(empty, budget, no_split, dtype, low_zero=strategy == "balanced_low_0")
@@ -225,3 +227,91 @@ def model_type(name_or_path: str, trust_remote_code: bool = False) -> str | None
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
     except Exception:  # loading reports it properly (ModelError)
         return None
+
+
+def load_chain(
+    checkpoints: list[str],
+    *,
+    adapters: list[str] | None = None,
+    dtype: str | torch.dtype | None = "auto",
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    tokenizer: str | None = None,
+    use_finetuned_tokenizer: bool = False,
+    trust_remote_code: bool = False,
+    batch_invariant: bool = False,
+    **model_kwargs,
+):
+    """(models M_0 .. M_K, tokenizer, adapter names or None, why this dtype): what
+    ``ModelChain.from_pretrained`` chains. Full checkpoints: each neighbour pair is checked as
+    ``load_models`` checks a pair (configs before any weight, tokenizers), one dtype and one device
+    map for all (each model gets 1/(K+1) of every device's budget). With ``adapters``: one base
+    checkpoint and one PEFT model holding every adapter, to be stacked in order (one base copy)."""
+    from transformers import AutoConfig
+
+    if adapters:
+        if len(checkpoints) != 1:
+            raise ValueError(f"With adapters, give one base checkpoint (M_0), not {len(checkpoints)}.")
+        _, peft_model, tok, _, why = load_models(
+            checkpoints[0],
+            adapter=adapters[0],
+            dtype=dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            tokenizer=tokenizer,
+            trust_remote_code=trust_remote_code,
+            batch_invariant=batch_invariant,
+            **model_kwargs,
+        )
+        names = ["default"]
+        for k, path in enumerate(adapters[1:], start=2):
+            names.append(f"stage{k}")
+            load(
+                lambda p: peft_model.load_adapter(p, adapter_name=names[-1], autocast_adapter_dtype=False),
+                path,
+                f"adapter of stage {k}",
+            )
+        return [peft_model], tok, names, why
+    if len(checkpoints) < 2:
+        raise ValueError(f"A chain needs at least two checkpoints (M_0 and M_1), not {len(checkpoints)}.")
+    kwargs = dict(model_kwargs, trust_remote_code=trust_remote_code)
+    configs = [
+        load(
+            AutoConfig.from_pretrained,
+            name,
+            f"checkpoint {k} of the chain",
+            trust_remote_code=trust_remote_code,
+        )
+        for k, name in enumerate(checkpoints)
+    ]
+    for k in range(1, len(configs)):
+        try:
+            compat.check_configs(configs[k - 1], configs[k])
+        except ModelError as e:
+            raise ModelError(f"checkpoints {k - 1} and {k} of the chain do not pair: {e}") from e
+    kwargs["dtype"], why = resolve_dtype(
+        dtype, device_map, checkpoint_dtype(configs[-1]), batch_invariant=batch_invariant
+    )
+    if kwargs["dtype"] is None:
+        del kwargs["dtype"]
+    log.info("dtype %s (%s)", str(kwargs.get("dtype", "default")).removeprefix("torch."), why)
+    toks = [
+        load_tokenizer(
+            name, f"checkpoint {k}", fallback=checkpoints[0] if k else None, trust=trust_remote_code
+        )
+        for k, name in enumerate(checkpoints)
+    ]
+    for k in range(1, len(toks)):
+        compat.check_tokenizers(toks[k - 1], toks[k], use_finetuned_tokenizer)
+    if tokenizer is not None:
+        toks[-1] = load_tokenizer(tokenizer, "tokenizer", fallback=None, trust=trust_remote_code)
+    tok = toks[-1]
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        device_map = joint_device_map(
+            configs[-1], device_map, max_memory, kwargs.get("dtype"), len(checkpoints)
+        )
+    models = [
+        load_model(name, f"checkpoint {k} of the chain", device_map=device_map, **kwargs)
+        for k, name in enumerate(checkpoints)
+    ]
+    return models, tok, None, why

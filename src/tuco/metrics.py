@@ -20,6 +20,14 @@ def tuco(ptc_sum: torch.Tensor, ftc_sum: torch.Tensor, p: float = 1) -> torch.Te
     return ratio(torch.linalg.vector_norm(ftc_sum, p, dim=-1), torch.linalg.vector_norm(ptc_sum, p, dim=-1))
 
 
+def stage_shares(stage_sums: torch.Tensor, ptc_sum: torch.Tensor, p: float = 1) -> torch.Tensor:
+    """Each training stage's share of a chain's contributions (``tuco.chain``), [K, ...]:
+    ||C_k|| / (||P|| + sum_j ||C_j||), from ``stage_sums`` [K, ..., d] and ``ptc_sum`` [..., d];
+    with one stage, TuCo itself."""
+    norms = torch.linalg.vector_norm(stage_sums, p, dim=-1)
+    return ratio(norms, torch.linalg.vector_norm(ptc_sum, p, dim=-1) + norms.sum(0) - norms)
+
+
 def output_contribution(x_pt: torch.Tensor, x_ft: torch.Tensor) -> torch.Tensor:
     """OutputCo = ||x_FT - x_PT||_1 / (||x_PT||_1 + ||x_FT - x_PT||_1); x: [..., d] final streams."""
     x_pt, x_ft = x_pt.float(), x_ft.float()

@@ -4,6 +4,10 @@
     >>> models = resolve(pretrained="meta-llama/Llama-2-7b-hf", finetuned="meta-llama/Llama-2-7b-chat-hf")
     >>> pair = load(models, dtype="auto", device="cuda")   # a ModelPair
 
+A chain of training stages (``tuco.chain``) is given as ``resolve(chain=[M_0, ..., M_K])``, or one
+base and stacked adapters ``resolve(chain=[base], chain_adapters=[A_1, ..., A_K])``, or by name
+(``chain=["demo"]``: Gemma-3-270m base -> + chat LoRA -> + caution LoRA); it loads as a ``ModelChain``.
+
 A name is one of the embedded demo pairs (``demo``: Gemma-3-270m base -> its chat LoRA;
 ``demo-safety``: SmolLM2-135M-Instruct -> its safety LoRA) or one of the paper's pairs
 (``tuco.registry``). ``Models.to_dict()`` is what results files and experiment
@@ -29,9 +33,50 @@ class Models:
     adapter: str | None  # a PEFT adapter on top of ``pretrained``
     model_type: str | None
     system: str | None = None  # the named pair's system prompt (paper pairs)
+    chain: tuple[str, ...] | None = None  # a chain's checkpoints M_0 .. M_K (or its one base)
+    chain_adapters: tuple[str, ...] | None = None  # ... and the adapters stacked on that base
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "system"}
+        skip = {"system"} | (
+            {"chain", "chain_adapters"} if self.chain is None else set()
+        )  # older runs resume
+        return {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(self).items()
+            if k not in skip
+        }
+
+
+def resolve_chain(chain: list[str], adapters: list[str] | None, trust_remote_code: bool = False) -> Models:
+    """The models of a chain: checkpoints M_0 .. M_K, one base with ``adapters``, or a named chain."""
+    from .loading import model_type
+
+    name = None
+    if chain == ["demo"] and not adapters:
+        from .demo.stage import demo_chain
+
+        built = demo_chain()
+        name, chain, adapters = "demo", [str(built.base)], [str(a) for a in built.adapters]
+    if adapters and len(chain) != 1:
+        raise UsageError(
+            f"--chain-adapters stack on one base: give --chain BASE, not {len(chain)} checkpoints"
+        )
+    if not adapters and len(chain) < 2:
+        raise UsageError(
+            f"--chain {' '.join(chain)}: give two or more checkpoints (M_0 first), one base with "
+            "--chain-adapters, or --chain demo"
+        )
+    kind = model_type(chain[-1] if not adapters else chain[0], trust_remote_code)
+    finetuned = None if adapters else chain[-1]
+    return Models(
+        name,
+        chain[0],
+        finetuned,
+        None,
+        kind,
+        chain=tuple(chain),
+        chain_adapters=tuple(adapters) if adapters else None,
+    )
 
 
 def resolve(
@@ -73,7 +118,17 @@ def resolve(
 
 
 def resolve_options(options) -> Models:
-    """``resolve`` from the command line's options (``--pair``, ``--pretrained``, ...)."""
+    """``resolve`` from the command line's options (``--pair``, ``--pretrained``, ... or ``--chain``)."""
+    chain, adapters = getattr(options, "chain", None), getattr(options, "chain_adapters", None)
+    if adapters and not chain:
+        raise UsageError("--chain-adapters needs --chain BASE (the model they stack on)")
+    if chain:
+        given = [
+            f"--{k}" for k in ("pair", "pretrained", "finetuned", "adapter") if getattr(options, k, None)
+        ]
+        if given:
+            raise UsageError(f"give --chain or {'/'.join(given)}, not both (--chain names every model)")
+        return resolve_chain(list(chain), list(adapters) if adapters else None, options.trust_remote_code)
     return resolve(
         options.pair, options.pretrained, options.finetuned, options.adapter, options.trust_remote_code
     )
@@ -166,6 +221,17 @@ def load(
     from .pair import ModelPair
 
     torch.manual_seed(seed)
+    if models.chain is not None:
+        from .chain import ModelChain
+
+        return ModelChain.from_pretrained(
+            list(models.chain),
+            adapters=list(models.chain_adapters) if models.chain_adapters else None,
+            dtype=dtype,
+            device_map=placement(device, device_map),
+            trust_remote_code=trust_remote_code,
+            batch_invariant=batch_invariant,
+        )
     paper = models.pair in registry.PAIRS  # the paper's prompt strings, never the checkpoint's template
     return ModelPair.from_pretrained(
         models.pretrained,

@@ -66,3 +66,26 @@ def head_maps(panels: list[tuple[str, object]]):
         ax.set(xlabel="block l", ylabel="head", title=title)
         fig.colorbar(image, ax=ax, label="||FTC head||")
     return fig
+
+
+def stage_shares(table, panels: list[tuple[str, object]], names: list[str]):
+    """Left: one stacked bar per group of the PTC share and each stage's (``table``: groups x
+    [PTC, *names]); then one panel per (title, [K, L] stage norms per block) with a line per stage."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = figure(ncols=1 + len(panels))
+    axes = np.atleast_1d(axes)
+    bottom = np.zeros(len(table))
+    for column in table.columns:
+        axes[0].bar([str(i) for i in table.index], table[column], bottom=bottom, label=column)
+        bottom += table[column].to_numpy()
+    axes[0].set(ylabel="share of ||P|| + sum_k ||C_k||", title="PTC and each stage")
+    axes[0].legend(fontsize=8)
+    for ax, (title, grid) in zip(axes[1:], panels, strict=True):
+        for name, norms in zip(names, np.asarray(grid), strict=True):
+            ax.plot(norms, marker="o", label=name)
+        ax.set(xlabel="block l", ylabel="||C_{k,l}|| at the last token", title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    return fig

@@ -29,6 +29,10 @@ class Record:
     -> {"ptc_attn": [batch, d], ...}, ``sum_check`` [batch] (the largest relative L1 error of
     attn + mlp against the block's own PTC/FTC, and of the heads against the attention side), and
     with heads ``heads`` -> {"ptc_heads": [batch, L, H], "ftc_heads", "ptc_bias": [batch, L], "ftc_bias"}.
+
+    With a chain's stages (``add(..., stages=...)``, ``tuco.chain``), also each block's stage
+    components C_{k,l} = f_{M_k}(x_l) - f_{M_{k-1}}(x_l): ``stage_sums()`` [K, batch, d],
+    ``stage_layers`` [batch, K, L] norms, and with ``per_token`` ``stage_tokens`` [K, batch, seq, d].
     """
 
     def __init__(
@@ -54,6 +58,8 @@ class Record:
         self._errors: list[torch.Tensor] = []  # [batch] sum check of each block
         self.part_tokens: dict[str, torch.Tensor] = {}  # per_token: "ptc_attn" ... -> [batch, seq, d]
         self._token_blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # token_vectors: [batch, seq, d]
+        self._stage_blocks: list[torch.Tensor] = []  # chains: C_{k,l} of each block, [K, batch, d]
+        self.stage_tokens: torch.Tensor | None = None  # chains, per_token: [K, batch, seq, d] sums
 
     def last(self, t: torch.Tensor) -> torch.Tensor:
         """Each row's token at ``last_index`` of a [batch, seq, ...] tensor: [batch, ...]
@@ -70,12 +76,14 @@ class Record:
         ft_out: torch.Tensor,
         parts: tuple[torch.Tensor, ...] | None = None,
         heads: tuple[torch.Tensor, ...] | None = None,
+        stages: list[torch.Tensor] | None = None,
     ) -> None:
         """Account for one block: x, pt_out, ft_out are [batch, seq, d] on the block's device
         (pt_out may be [batch, 1, d]: the last position only, of a left-padded batch).
         ``parts``: (PT attn, PT mlp, FT attn, FT mlp) sides, shaped like pt_out, pt_out, ft_out,
         ft_out; ``heads``: (PT heads [batch, H, d], PT bias [batch, d], FT heads, FT bias) at the
-        last token."""
+        last token; ``stages``: a chain's intermediate blocks' outputs f_{M_1} .. f_{M_{K-1}},
+        shaped like pt_out."""
         if pt_out.shape[1] == x.shape[1]:
             x_last, ft_last, pt_last = self.last(x), self.last(ft_out), self.last(pt_out)
         else:  # left-padded: every row's last token sits at -1
@@ -86,6 +94,8 @@ class Record:
         ptc, ftc = pt_last - x_last, ft_last - pt_last
         self._blocks.append((ptc.to(self._device), ftc.to(self._device)))
         self._stacked = None
+        if stages is not None:
+            self._add_stages(x, pt_out, ft_out, stages, pt_last, ft_last)
         if parts is not None:
             pt_a, pt_m, ft_a, ft_m = (self.last(t).float() for t in parts)
             sides = (pt_a, ft_a - pt_a, pt_m, ft_m - pt_m)
@@ -111,6 +121,35 @@ class Record:
             else:
                 self.ptc_tokens += ptc_t.to(self.ptc_tokens.device)
                 self.ftc_tokens += ftc_t.to(self.ftc_tokens.device)
+
+    def _add_stages(self, x, pt_out, ft_out, stages, pt_last, ft_last) -> None:
+        """C_{k,l} = f_k - f_{k-1} at the last token (and summed at every token), f_0 = pt_out,
+        f_K = ft_out."""
+        take = self.last if pt_out.shape[1] == x.shape[1] else (lambda t: t[:, -1])
+        lasts = [pt_last, *(take(t).float() for t in stages), ft_last]
+        steps = [hi - lo for lo, hi in zip(lasts, lasts[1:], strict=False)]
+        self._stage_blocks.append(torch.stack(steps).to(self._device))
+        if self.per_token:
+            outs = [t.float() for t in (pt_out, *stages, ft_out)]
+            comps = torch.stack([hi - lo for lo, hi in zip(outs, outs[1:], strict=False)])  # [K, b, seq, d]
+            if self.stage_tokens is None:
+                self.stage_tokens = comps
+            else:
+                self.stage_tokens += comps.to(self.stage_tokens.device)
+
+    @property
+    def has_stages(self) -> bool:
+        return bool(self._stage_blocks)  # a chain's record (one stage or more)
+
+    def stage_sums(self) -> torch.Tensor:
+        """[K, batch, d]: each stage's components summed over blocks."""
+        return torch.stack(self._stage_blocks).sum(0)
+
+    @property
+    def stage_layers(self) -> torch.Tensor:
+        """[batch, K, L]: the norm of each stage's component at each block."""
+        norms = torch.linalg.vector_norm(torch.stack(self._stage_blocks), self.p, dim=-1)  # [L, K, batch]
+        return norms.permute(2, 1, 0)
 
     def _add_part_tokens(self, parts: tuple[torch.Tensor, ...]) -> None:
         pt_a, pt_m, ft_a, ft_m = (t.float() for t in parts)

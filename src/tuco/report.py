@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import DataError, RunError, UsageError
 from .plots import figure, png
-from .report_sections import extremes, provenance, sublayers
+from .report_sections import extremes, provenance, stages, sublayers
 from .stats import roc_auc
 from .store import load_results
 from .tables import markdown_table
@@ -68,6 +68,8 @@ def _sections(frame, label: str) -> list[dict]:
             sections.append({"title": "Cumulative ratio beta_l (mean over prompts)", "figure": _beta(scores)})
         if "ftc_attn_layers" in scores:
             sections += sublayers(scores)
+        if "stage_tuco" in scores:
+            sections += stages(scores)
         sections.append(extremes(scores))
         if label in scores:
             sections.append(_roc(scores, label))

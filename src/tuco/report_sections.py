@@ -1,6 +1,7 @@
 """Sections of ``tuco report`` beyond the per-prompt TuCo: where the numbers come from, the prompts
 with the highest and lowest TuCo, and, from ``tuco score --components [--heads]``, where the FTC
-lives inside the blocks (attention vs MLP per layer, TuCo of each side, per-head heat maps).
+lives inside the blocks (attention vs MLP per layer, TuCo of each side, per-head heat maps), and from
+``tuco score --chain``, each training stage's share.
 
 Each section is a dict: title, optional text, table (DataFrame), figure (PNG bytes), html.
 """
@@ -14,10 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import figure, head_maps, png, stacked_sides
+from .plots import figure, head_maps, png, stacked_sides, stage_shares
 from .store import settings_path
 
-PROVENANCE = ("command", "pretrained", "finetuned", "adapter", "dtype", "tuco_version", "prompts", "dataset")
+PROVENANCE = (
+    "command",
+    "pretrained",
+    "finetuned",
+    "adapter",
+    "chain",
+    "chain_adapters",
+    "dtype",
+    "tuco_version",
+    "prompts",
+    "dataset",
+)
 EXTREMES = 3  # prompts shown at each end, per group
 MAX_PANELS = 4  # groups drawn side by side
 
@@ -172,3 +184,44 @@ def _heads(scores) -> bytes:
     with_heads = scores[scores["ftc_heads"].notna()]
     panels = [(f"{name} (n={len(rows)})", _mean(rows, "ftc_heads")) for name, rows in _groups(with_heads)]
     return png(head_maps(panels))
+
+
+# ---------------------------------------------------------------------- training stages
+def stages(scores) -> list[dict]:
+    """From ``tuco score --chain`` records: each stage's mean share per group (PTC's too: the shares
+    and PTC's add up to 1), drawn as stacked bars, and each stage's norm per block."""
+    scores = scores[scores["stage_tuco"].notna()]
+    if not len(scores):
+        return []
+    names = stage_names(scores.iloc[0].to_dict(), len(scores.iloc[0]["stage_tuco"]))
+    rows = {}
+    for group, frame in scores.groupby("_group"):
+        shares = np.mean(np.stack([np.asarray(v, dtype=float) for v in frame["stage_tuco"]]), axis=0)
+        rows[group] = {"n": len(frame), "PTC": 1 - shares.sum(), **dict(zip(names, shares, strict=True))}
+        rows[group]["tuco (all stages)"] = frame["tuco"].mean()
+    import pandas as pd
+
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    panels = [(f"{name} (n={len(rows)})", _mean(rows, "stage_layers")) for name, rows in _groups(scores)]
+    return [
+        {
+            "title": "Training stages: each stage's share (mean over prompts)",
+            "text": "stage k's share: ||C_k|| / (||P|| + sum_j ||C_j||), C_k the sum over blocks of "
+            "f_{M_k}(x_l) - f_{M_{k-1}}(x_l) at the last token, on the final model's stream; the stage "
+            "components add up to the FTC of the first and last checkpoints exactly.",
+            "table": table.round(4),
+            "figure": png(stage_shares(table[["PTC", *names]], panels, names)),
+        }
+    ]
+
+
+def stage_names(record: dict, k: int) -> list[str]:
+    """A label for each stage: the checkpoint or adapter it adds (its last path part)."""
+    added = record.get("chain_adapters")
+    if not isinstance(added, list | tuple):
+        chain = record.get("chain")
+        added = list(chain)[1:] if isinstance(chain, list | tuple) else []
+    labels = [Path(str(a).rstrip("/")).name or str(a) for a in added]
+    if len(labels) != k or len(set(labels)) != k:
+        return [f"stage {i}" for i in range(1, k + 1)]
+    return [f"{i}: {label}" for i, label in enumerate(labels, start=1)]

@@ -32,6 +32,13 @@ class TucoResult:
     - ``tuco_attn_tokens``, ``tuco_mlp_tokens``: with ``per_token``, at every real token
     - ``ptc_heads``, ``ftc_heads``: with ``heads=True``, [L][H] norms per block and head;
       ``ptc_head_bias``, ``ftc_head_bias``: [L], the output projection's bias part
+
+    From a chain of checkpoints (``tuco.chain.ModelChain``; None otherwise), where ``tuco`` and the
+    FTC fields are those of the whole chain (M_0 vs M_K) and C_{k,l} is stage k's part of FTC_l:
+
+    - ``stage_tuco``: [K], stage k's share ||C_k|| / (||P|| + sum_j ||C_j||), C_k = sum_l C_{k,l}
+    - ``stage_norms``: [K], ||C_k||; ``stage_layers``: [K][L], ||C_{k,l}||
+    - ``stage_tuco_tokens``: [K][n_tokens], the shares at every real token (``per_token``)
     """
 
     tuco: float
@@ -56,6 +63,10 @@ class TucoResult:
     ftc_heads: list[list[float]] | None = None
     ptc_head_bias: list[float] | None = None
     ftc_head_bias: list[float] | None = None
+    stage_tuco: list[float] | None = None
+    stage_norms: list[float] | None = None
+    stage_layers: list[list[float]] | None = None
+    stage_tuco_tokens: list[list[float]] | None = None
     vectors: tuple[torch.Tensor, torch.Tensor] | None = dataclasses.field(
         default=None, repr=False, compare=False, metadata={"tensor": True}
     )  # score(vectors=True): (PTC, FTC) per block, [rows, L, d] each (not in to_dict)
@@ -109,6 +120,13 @@ def from_record(rec: Record, attention_mask: torch.Tensor, vectors: bool = False
             t = rec.part_tokens
             token_columns["tuco_attn_tokens"] = metrics.tuco(t["ptc_attn"], t["ftc_attn"], rec.p)
             token_columns["tuco_mlp_tokens"] = metrics.tuco(t["ptc_mlp"], t["ftc_mlp"], rec.p)
+    stage_tokens = None
+    if rec.has_stages:
+        columns |= _stage_columns(rec, ptc)
+        if rec.stage_tokens is not None and rec.ptc_tokens is not None:
+            stage_tokens = (
+                metrics.stage_shares(rec.stage_tokens, rec.ptc_tokens, rec.p).transpose(0, 1).cpu()
+            )  # [b, K, seq]
     columns = {k: v.cpu().tolist() for k, v in columns.items()}
     mask = attention_mask.bool().cpu()
     tokens = {k: v.cpu() for k, v in token_columns.items()}
@@ -116,6 +134,9 @@ def from_record(rec: Record, attention_mask: torch.Tensor, vectors: bool = False
         {k: v[i] for k, v in columns.items()} | {k: v[i][mask[i]].tolist() for k, v in tokens.items()}
         for i in range(len(mask))
     ]
+    if stage_tokens is not None:
+        for i, row in enumerate(rows):
+            row["stage_tuco_tokens"] = stage_tokens[i][:, mask[i]].tolist()
     results = [
         TucoResult(**row, n_tokens=int(mask[i].sum()), norm=f"l{rec.p:g}") for i, row in enumerate(rows)
     ]
@@ -123,6 +144,15 @@ def from_record(rec: Record, attention_mask: torch.Tensor, vectors: bool = False
         for result, pair in zip(results, rec.vectors(attention_mask), strict=True):
             result.vectors = pair
     return results
+
+
+def _stage_columns(rec: Record, ptc_sum: torch.Tensor) -> dict[str, torch.Tensor]:
+    sums = rec.stage_sums()  # [K, batch, d]
+    return {
+        "stage_tuco": metrics.stage_shares(sums, ptc_sum, rec.p).T,
+        "stage_norms": torch.linalg.vector_norm(sums, rec.p, dim=-1).T,
+        "stage_layers": rec.stage_layers,
+    }
 
 
 def _sublayer_columns(rec: Record) -> dict[str, torch.Tensor]:

@@ -57,6 +57,7 @@ class Kind:
     pretrained: Callable[[], Path]  # the base model's directory
     base_name: str  # base_model_name_or_path written into adapter_config.json
     train: Callable[..., tuple[Any, dict]]  # (recipe, home, dtype, device) -> (PEFT model, metrics)
+    saved_adapter: str | None = None  # the one adapter saved, where the model holds others (stacked)
 
 
 def shipped_metrics(kind: Kind) -> dict:
@@ -116,7 +117,10 @@ def build_adapter(
     }
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    peft_model.save_pretrained(tmp)
+    if kind.saved_adapter is None:
+        peft_model.save_pretrained(tmp)
+    else:  # "default" is saved at the top of tmp, as a lone adapter is
+        peft_model.save_pretrained(tmp, selected_adapters=[kind.saved_adapter])
     config = json.loads((tmp / "adapter_config.json").read_text())  # no path of this machine in it
     config["base_model_name_or_path"] = kind.base_name
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -179,10 +183,13 @@ def train_lora(
     per_batch: tuple[int, ...],
     recipe,
     pad_id: int,
+    stack_on: list[str] | None = None,
 ):
     """LoRA fine-tune on ``rows`` of (token ids, labels with -100 off the answer). Each batch takes
     ``per_batch[k]`` rows from ``streams[k]`` (row indices, reshuffled at each pass); linear decay
-    of the learning rate; fixed seed. Returns (the PEFT model in eval mode, the loss of each step)."""
+    of the learning rate; fixed seed. Returns (the PEFT model in eval mode, the loss of each step).
+    ``stack_on``: ``model`` is a PEFT model already holding these adapters; the new one ("default")
+    is trained on top of them, active together and frozen."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -192,7 +199,14 @@ def train_lora(
         target_modules=list(recipe.targets),
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, config)
+    if stack_on:
+        model.add_adapter("default", config)
+        model.base_model.set_adapter([*stack_on, "default"])
+        for name, p in model.named_parameters():
+            p.requires_grad = ".default." in name
+        peft_model = model
+    else:
+        peft_model = get_peft_model(model, config)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(recipe.steps, 1))
