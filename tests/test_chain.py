@@ -120,6 +120,9 @@ def test_cached_generation_per_stage_equals_uncached_steps(tok):
         for _ in range(6):  # one uncached forward per step: no KV cache anywhere
             ids.append(int(chain.logits({"input_ids": [ids]}, alpha=alpha)[0, -1].argmax()))
         assert tok.decode(ids[len(chain.encode([prompt])[0]) :], skip_special_tokens=True) == text
+    # tuco's own decoding loop (TuCo of every token) decodes the same at per-stage alphas
+    monitored = chain.generate_with_tuco(PROMPTS[:2], alpha=alpha, max_new_tokens=6, temperature=0)
+    assert [g.text for g in monitored] == texts
     # alpha = (1, 0) generates as M_1 does
     assert chain.generate(PROMPTS, alpha=[1, 0], max_new_tokens=5, temperature=0) == ModelPair(
         m0, m1, tok
