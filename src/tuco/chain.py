@@ -30,8 +30,7 @@ import torch.nn as nn
 
 from . import compat, inputs
 from .blocks import find_blocks, unwrap
-from .decompose import Decomposition, adapters_off, adapters_only
-from .errors import Alpha, check_alpha
+from .decompose import adapters_only
 from .loading import load_chain
 from .pair import ModelPair
 
@@ -44,9 +43,9 @@ class ModelChain(ModelPair):
     ``ModelChain(models, tokenizer)``: full models in memory, M_0 first (each neighbour pair checked
     like a ``ModelPair``). ``ModelChain([peft_model], tokenizer, adapters=[name_1, ..., name_K])``:
     one PEFT model holding K adapters, stacked: M_k is the base with the first k active (M_0 the base,
-    M_K all of them, as the model runs outside tuco). Components and heads are a pair's
-    (``ModelPair``); everything else of ``ModelPair`` works, with alpha one number (every stage
-    alike) or one per stage."""
+    M_K all of them, as the model runs outside tuco). ``steer`` is the pair's, with the stages'
+    blocks beside the PT ones. Components and heads are a pair's (``ModelPair``); everything else of
+    ``ModelPair`` works, with alpha one number (every stage alike) or one per stage."""
 
     def __init__(
         self,
@@ -77,7 +76,8 @@ class ModelChain(ModelPair):
             # M_K: every adapter active, stacked, as the model runs outside tuco's hooks too
             peft_model: Any = models[0]
             peft_model.base_model.set_adapter(self.adapter_names, inference_mode=True)
-            self.stage_blocks: list[nn.ModuleList] = [self.ft_blocks] * (len(self.adapter_names) - 1)
+            self.stage_blocks = [self.ft_blocks] * (len(self.adapter_names) - 1)
+            self.stage_context = self._stage_context
         else:
             if len(models) < 2:
                 raise ValueError(f"A chain needs at least two models (M_0 and M_1), not {len(models)}.")
@@ -99,6 +99,7 @@ class ModelChain(ModelPair):
     @property
     def num_stages(self) -> int:
         """K: the stages after the pre-trained model."""
+        assert self.stage_blocks is not None
         return len(self.stage_blocks) + 1
 
     @classmethod
@@ -127,31 +128,6 @@ class ModelChain(ModelPair):
             prompt_format=prompt_format,
             dtype_reason=why,
         )
-
-    def steer(
-        self, alpha: Alpha = 1.0, *, last_only: bool = False, components: bool = False, heads: bool = False
-    ) -> Decomposition:
-        """Context manager: inside it, ``self.finetuned`` computes x + PTC + sum_k alpha_k C_k at every
-        block (one alpha: every stage alike, which is the pair's x + PTC + alpha FTC), and a record
-        keeps each stage's component."""
-        alpha = check_alpha(alpha)
-        if components or heads or isinstance(alpha, dict):
-            raise ValueError(
-                "A chain does not split its stages into attention and MLP sides: score the pair of two "
-                "of its checkpoints (ModelPair) with components=True"
-            )
-        return Decomposition(
-            self.ft_blocks,
-            self.pt_blocks,
-            alpha,
-            self._pt_context() if self.adapter_mode else None,
-            last_only=last_only,
-            stages=self.stage_blocks,
-            stage_context=self._stage_context if self.adapter_mode else None,
-        )
-
-    def _pt_context(self):
-        return lambda layer: adapters_off(self.ft_blocks[layer])
 
     def _stage_context(self, k: int, layer: int) -> contextlib.AbstractContextManager:
         """Stage k's block in PEFT mode: the base with the first k adapters."""

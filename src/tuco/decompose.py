@@ -98,7 +98,8 @@ class Decomposition:
             )
         if self.stages is not None and (components or heads or isinstance(self.alpha, dict)):
             raise ValueError(
-                "components, heads and alpha per sublayer are not split per stage: use a ModelPair"
+                "A chain does not split its stages into attention and MLP sides: score the pair of two "
+                "of its checkpoints (ModelPair) with components=True"
             )
         if last_only and self.alpha != 1.0:
             raise ValueError("last_only=True needs alpha = 1: at other alphas the PT blocks feed the stream")

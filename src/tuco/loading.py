@@ -140,6 +140,18 @@ def checkpoint_dtype(config) -> torch.dtype | None:
     return getattr(torch, saved) if isinstance(saved, str) else saved
 
 
+def _choose_dtype(kwargs: dict, dtype, device_map, config, batch_invariant: bool) -> str:
+    """Put the dtype ``from_pretrained`` gets into ``kwargs`` (none: transformers' default), log it,
+    and return why it was chosen (``tuco.hardware.resolve_dtype``)."""
+    kwargs["dtype"], why = resolve_dtype(
+        dtype, device_map, checkpoint_dtype(config), batch_invariant=batch_invariant
+    )
+    if kwargs["dtype"] is None:
+        del kwargs["dtype"]
+    log.info("dtype %s (%s)", str(kwargs.get("dtype", "default")).removeprefix("torch."), why)
+    return why
+
+
 def load_models(
     pretrained: str,
     finetuned: str | None = None,
@@ -178,12 +190,7 @@ def load_models(
         if name is not None
     ]
     config = configs[-1]  # the fine-tuned checkpoint's (the base's for an adapter)
-    kwargs["dtype"], why = resolve_dtype(
-        dtype, device_map, checkpoint_dtype(config), batch_invariant=batch_invariant
-    )
-    if kwargs["dtype"] is None:
-        del kwargs["dtype"]
-    log.info("dtype %s (%s)", str(kwargs.get("dtype", "default")).removeprefix("torch."), why)
+    why = _choose_dtype(kwargs, dtype, device_map, config, batch_invariant)
     if adapter is not None:
         from peft import PeftConfig
 
@@ -289,12 +296,7 @@ def load_chain(
             compat.check_configs(configs[k - 1], configs[k])
         except ModelError as e:
             raise ModelError(f"checkpoints {k - 1} and {k} of the chain do not pair: {e}") from e
-    kwargs["dtype"], why = resolve_dtype(
-        dtype, device_map, checkpoint_dtype(configs[-1]), batch_invariant=batch_invariant
-    )
-    if kwargs["dtype"] is None:
-        del kwargs["dtype"]
-    log.info("dtype %s (%s)", str(kwargs.get("dtype", "default")).removeprefix("torch."), why)
+    why = _choose_dtype(kwargs, dtype, device_map, configs[-1], batch_invariant)
     toks = [
         load_tokenizer(
             name, f"checkpoint {k}", fallback=checkpoints[0] if k else None, trust=trust_remote_code

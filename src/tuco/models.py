@@ -66,7 +66,7 @@ def resolve_chain(chain: list[str], adapters: list[str] | None, trust_remote_cod
             f"--chain {' '.join(chain)}: give two or more checkpoints (M_0 first), one base with "
             "--chain-adapters, or --chain demo"
         )
-    kind = model_type(chain[-1] if not adapters else chain[0], trust_remote_code)
+    kind = model_type(chain[-1], trust_remote_code)  # the last checkpoint, or the one base
     finetuned = None if adapters else chain[-1]
     return Models(
         name,

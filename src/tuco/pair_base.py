@@ -171,7 +171,8 @@ class PairBase:
         """Context manager: inside it, ``self.finetuned`` computes x + PTC + alpha * FTC at every block
         (``alpha={"attn": a, "mlp": b}``: x + PTC + a FTC^attn + b FTC^mlp).
         ``last_only``: the PT blocks run at the last position only (alpha = 1, left-padded batches).
-        ``components`` / ``heads``: the record splits each block into attention and MLP / heads."""
+        ``components`` / ``heads``: the record splits each block into attention and MLP / heads.
+        A chain (``tuco.chain``) also runs its intermediate checkpoints' blocks (``stage_blocks``)."""
         alpha = check_alpha(alpha)
         pt_context = (lambda layer: adapters_off(self.ft_blocks[layer])) if self.adapter_mode else None
         config = unwrap(self.finetuned).config.get_text_config()
@@ -185,7 +186,13 @@ class PairBase:
             heads=heads,
             num_heads=getattr(config, "num_attention_heads", None),
             width=getattr(config, "hidden_size", None),
+            stages=self.stage_blocks,
+            stage_context=self.stage_context,
         )
+
+    # a pair has no stages between its two models; ``tuco.chain.ModelChain`` sets them
+    stage_blocks: list[nn.ModuleList] | None = None
+    stage_context: Callable[[int, int], AbstractContextManager] | None = None
 
     def steered(self, alpha: Alpha, reads: str = "nothing", **split) -> AbstractContextManager:
         """The FTC-alpha model for a pass that ``reads`` components ``"nothing"``, at the ``"last"``

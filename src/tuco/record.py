@@ -84,18 +84,16 @@ class Record:
         ft_out; ``heads``: (PT heads [batch, H, d], PT bias [batch, d], FT heads, FT bias) at the
         last token; ``stages``: a chain's intermediate blocks' outputs f_{M_1} .. f_{M_{K-1}},
         shaped like pt_out."""
-        if pt_out.shape[1] == x.shape[1]:
-            x_last, ft_last, pt_last = self.last(x), self.last(ft_out), self.last(pt_out)
-        else:  # left-padded: every row's last token sits at -1
-            x_last, ft_last, pt_last = x[:, -1], ft_out[:, -1], pt_out[:, -1]
-        x_last, ft_last, pt_last = x_last.float(), ft_last.float(), pt_last.float()
+        # left-padded, PT blocks at the last position only: every row's last token sits at -1
+        take = self.last if pt_out.shape[1] == x.shape[1] else (lambda t: t[:, -1])
+        x_last, ft_last, pt_last = take(x).float(), take(ft_out).float(), take(pt_out).float()
         if self._device is None:
             self._device = x.device
         ptc, ftc = pt_last - x_last, ft_last - pt_last
         self._blocks.append((ptc.to(self._device), ftc.to(self._device)))
         self._stacked = None
         if stages is not None:
-            self._add_stages(x, pt_out, ft_out, stages, pt_last, ft_last)
+            self._add_stages(take, pt_out, ft_out, stages, pt_last, ft_last)
         if parts is not None:
             pt_a, pt_m, ft_a, ft_m = (self.last(t).float() for t in parts)
             sides = (pt_a, ft_a - pt_a, pt_m, ft_m - pt_m)
@@ -122,10 +120,9 @@ class Record:
                 self.ptc_tokens += ptc_t.to(self.ptc_tokens.device)
                 self.ftc_tokens += ftc_t.to(self.ftc_tokens.device)
 
-    def _add_stages(self, x, pt_out, ft_out, stages, pt_last, ft_last) -> None:
-        """C_{k,l} = f_k - f_{k-1} at the last token (and summed at every token), f_0 = pt_out,
-        f_K = ft_out."""
-        take = self.last if pt_out.shape[1] == x.shape[1] else (lambda t: t[:, -1])
+    def _add_stages(self, take, pt_out, ft_out, stages, pt_last, ft_last) -> None:
+        """C_{k,l} = f_k - f_{k-1} at the last token (``take``: add's choice of it), and summed at
+        every token; f_0 = pt_out, f_K = ft_out."""
         lasts = [pt_last, *(take(t).float() for t in stages), ft_last]
         steps = [hi - lo for lo, hi in zip(lasts, lasts[1:], strict=False)]
         self._stage_blocks.append(torch.stack(steps).to(self._device))

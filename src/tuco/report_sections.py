@@ -194,14 +194,14 @@ def stages(scores) -> list[dict]:
     if not len(scores):
         return []
     names = stage_names(scores.iloc[0].to_dict(), len(scores.iloc[0]["stage_tuco"]))
-    rows = {}
+    summary = {}
     for group, frame in scores.groupby("_group"):
-        shares = np.mean(np.stack([np.asarray(v, dtype=float) for v in frame["stage_tuco"]]), axis=0)
-        rows[group] = {"n": len(frame), "PTC": 1 - shares.sum(), **dict(zip(names, shares, strict=True))}
-        rows[group]["tuco (all stages)"] = frame["tuco"].mean()
+        shares = _mean(frame, "stage_tuco")
+        summary[group] = {"n": len(frame), "PTC": 1 - shares.sum(), **dict(zip(names, shares, strict=True))}
+        summary[group]["tuco (all stages)"] = frame["tuco"].mean()
     import pandas as pd
 
-    table = pd.DataFrame.from_dict(rows, orient="index")
+    table = pd.DataFrame.from_dict(summary, orient="index")
     panels = [(f"{name} (n={len(rows)})", _mean(rows, "stage_layers")) for name, rows in _groups(scores)]
     return [
         {
