@@ -145,13 +145,13 @@ def load_test(pair, chats, max_tokens: int, max_batch: int, window: float, deadl
     )
     print(
         "| clients complete | lost or crossed | requests/s | tokens/s | latency p50 | p95 "
-        "| first token p50 | p95 | batches |"
+        "| first token p50 | p95 | steps |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     print(
         f"| {len(results) - bad}/{len(chats)} | {bad} | {len(results) / wall:.2f} | {tokens / wall:.1f} | "
         f"{pct(latencies, 0.5):.2f} s | {pct(latencies, 0.95):.2f} s | {pct(ttft, 0.5):.2f} s | "
-        f"{pct(ttft, 0.95):.2f} s | {app.state.engine.stats.batches} |"
+        f"{pct(ttft, 0.95):.2f} s | {app.state.engine.stats.steps} |"
     )
     return bad
 

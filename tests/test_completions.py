@@ -21,7 +21,7 @@ class FakeEngine:
     load, waiting = 0, 0
 
     class stats:
-        batches, tokens, last_tokens_per_second = 0, 0, 0.0
+        steps, tokens, last_tokens_per_second, rows, peak_rows = 0, 0, 0.0, 0, 0
 
     def __init__(self, events=(), overloaded=False):
         self.events, self.overloaded, self.submitted = list(events), overloaded, []

@@ -1,4 +1,4 @@
-"""``tuco.engine``: the serving loop on its own (no server): batches by alpha, bounds, failures."""
+"""``tuco.engine``: the serving loop on its own (no server): continuous batching, bounds, failures."""
 
 import threading
 import time
@@ -6,6 +6,7 @@ import time
 import pytest
 from conftest import PROMPTS, make_pair
 
+from tuco.batcher import Batcher
 from tuco.decoding import TokenEvent
 from tuco.engine import Engine, Overloaded
 from tuco.sampling import Sampling
@@ -32,7 +33,7 @@ def wait(inboxes, timeout=60.0):
         assert inbox.done.wait(max(0.0, deadline - time.monotonic())), "a request never finished"
 
 
-def test_requests_of_one_alpha_share_a_batch_and_give_what_they_give_alone(tok):
+def test_requests_of_any_alpha_share_the_batch_and_give_what_they_give_alone(tok):
     pair = make_pair("llama", tok)
     engine = Engine(pair, max_batch=4, window=0.05)
     ids = pair.encode(PROMPTS[:3])
@@ -45,7 +46,7 @@ def test_requests_of_one_alpha_share_a_batch_and_give_what_they_give_alone(tok):
         wait(inboxes)
     finally:
         engine.stop()
-    assert engine.stats.batches == 2  # alpha 1 together, alpha 0.5 in the next batch
+    assert engine.stats.peak_rows == 3  # alphas 1 and 0.5 decoded side by side
     assert engine.stats.tokens == sum(len(inbox.items) for inbox in inboxes)
     for row, alpha, inbox in zip(ids, alphas, inboxes, strict=True):
         alone = pair.generate_with_tuco([row], alpha, max_new_tokens=5)[0]
@@ -72,7 +73,7 @@ def test_a_failed_batch_tells_every_request_in_it(tok, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the model broke")
 
-    monkeypatch.setattr(pair, "decode", broken)
+    monkeypatch.setattr(Batcher, "step", broken)
     engine = Engine(pair, max_batch=4, window=0.05)
     inboxes = [Inbox(), Inbox()]
     for inbox in inboxes:

@@ -134,10 +134,9 @@ def test_concurrent_requests_are_batched_and_independent(url, client, pair):
         return client.completions.create(model="m", prompt=prompts[i], max_tokens=lengths[i], temperature=0)
 
     alone = [ask(i) for i in range(8)]
-    batches_before = client_stats(url)
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(ask, range(8)))
-    assert client_stats(url) - batches_before < 8  # some were decoded together
+    assert client_stats(url) > 1  # some were decoded together
     for a, b, n in zip(alone, together, lengths, strict=True):
         assert b.choices[0].text == a.choices[0].text
         assert b.model_extra["tuco"]["tokens"] == pytest.approx(a.model_extra["tuco"]["tokens"], abs=1e-5)
@@ -146,9 +145,10 @@ def test_concurrent_requests_are_batched_and_independent(url, client, pair):
 
 
 def client_stats(url) -> int:
+    """The most requests the server decoded in one step."""
     metrics = httpx.get(f"{url}/metrics").text
     return int(
-        sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("tuco_batches"))
+        next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("tuco_peak_rows"))
     )
 
 

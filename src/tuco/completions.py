@@ -23,13 +23,13 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .decoding import TokenEvent
-from .engine import ClientLeft, Engine, Overloaded, RowError, Submission
+from .engine import ClientLeft, Engine, Overloaded, RowError, Submission, TooLarge
 from .guard import Guard, verdict
 from .openai_shapes import Entry, Shape, busy_response, chat_logprobs, error_response, legacy_logprobs
 from .pair import ModelPair
 from .request_body import Parsed
 from .request_check import Choice, validate
+from .rows import TokenEvent
 from .sampling import Sampling
 from .serve_metrics import ServeMetrics
 
@@ -192,6 +192,9 @@ class Completions:
         except Overloaded as e:
             self.metrics.finished(route, "503")
             return busy_response(e)
+        except TooLarge as e:
+            self.metrics.finished(route, "400")
+            return error_response(400, str(e), "max_tokens")
         except ClientLeft:
             self.metrics.finished(route, "499")
             return Response(status_code=499)

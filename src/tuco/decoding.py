@@ -29,40 +29,16 @@ options for plain generation. Both take their settings from ``tuco.sampling.Samp
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import torch
-
-from . import inputs, metrics
-from .blocks import unwrap
-from .decompose import pt_blocks_needed
-from .errors import Alpha, check_alpha, check_choice
+from .batcher import Batcher
+from .errors import Alpha, check_alpha
 from .pair_base import PairBase
+from .rows import MONITORS, TokenEvent
 from .sampling import Sampling
 
-MONITORS = ("tokens", "prompt")
-
-
-@dataclass
-class TokenEvent:
-    """One generated token of prompt ``index``: the text it adds (may be "" while a character or a
-    possible stop string is incomplete), its TuCo (None with ``monitor="prompt"``); the prompt's
-    TuCo on its first token, the ``finish_reason`` ("stop" or "length") on its last."""
-
-    index: int
-    token_id: int
-    text: str
-    tuco: float | None
-    prompt_tuco: float | None = None
-    finish_reason: str | None = None
-    logprob: float | None = None  # with Sampling.logprobs: the token's log-probability
-    top_logprobs: list[tuple[int, float]] | None = None  # ... and the most likely tokens' (id, logprob)
-    error: str | None = None  # this row failed (finish_reason "error"); the batch goes on
-    overflow: bool = False  # ... because its logits are not finite (its own alpha, too far from 1)
+__all__ = ["MONITORS", "Generation", "TokenEvent", "decode", "generate", "stream"]
 
 
 @dataclass
@@ -81,40 +57,6 @@ class Generation:
         return dataclasses.asdict(self)
 
 
-class _Row:
-    """One prompt being decoded: its tokens, the text sent so far, its random generator."""
-
-    def __init__(self, index: int, sampling: Sampling, tokenizer: Any, eos: set[int], device: torch.device):
-        self.index, self.sampling, self.tokenizer, self.eos = index, sampling, tokenizer, eos
-        self.token_ids: list[int] = []
-        self.done = False
-        self.text = ""  # sent so far: the concatenated events' text
-        self.generator = sampling.generator(device)
-
-    def choose(self, logits: torch.Tensor, greedy: int) -> int:
-        return self.sampling.next_token(logits, greedy, self.generator)
-
-    def add(self, token_id: int) -> tuple[str, str | None]:
-        """Append a token: (the new text to send, the finish reason or None)."""
-        self.token_ids.append(token_id)
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        finish = "stop" if token_id in self.eos else None
-        stops = self.sampling.stop
-        cuts = [i for i in (text.find(s, max(0, len(self.text) - len(s))) for s in stops) if i >= 0]
-        if cuts:
-            text, finish = text[: min(cuts)], "stop"
-        elif finish is None and len(self.token_ids) >= self.sampling.max_new_tokens:
-            finish = "length"
-        if finish is None:  # hold back a half-decoded character and a possible start of a stop string
-            text = text.rstrip("\ufffd")
-            held = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-            text = text[: len(text) - held]
-        new = text[len(self.text) :] if text.startswith(self.text) and len(text) > len(self.text) else ""
-        self.text += new
-        return new, finish
-
-
-@torch.inference_mode()
 def decode(
     pair: PairBase,
     ids: list[list[int]],
@@ -126,103 +68,21 @@ def decode(
     cancelled: Callable[[int], bool] | None = None,
 ) -> Iterator[list[TokenEvent]]:
     """Decode one batch of prompts (token ids) together: one list of events per step, one event per
-    row still running. ``cancelled(i)`` true drops prompt i at the next step, with no more events."""
+    row still running. ``cancelled(i)`` true drops prompt i at the next step, with no more events.
+    (``tuco.batcher`` with every row added at once; ``tuco serve`` adds them as they come.)"""
     alpha = check_alpha(alpha)
-    check_choice(monitor, "monitor", MONITORS)
-    check_choice(norm, "norm", ("l1", "l2"))
     if len(samplings) != len(ids):
         raise ValueError(f"{len(ids)} prompts but {len(samplings)} sampling settings")
+    batcher = Batcher(pair, monitor=monitor, norm=norm, prefill_tokens=2**62, cancelled=cancelled)
     for i, (prompt, sampling) in enumerate(zip(ids, samplings, strict=True)):
         try:
-            pair.check_prompts([prompt], sampling.max_new_tokens)
+            batcher.add(i, prompt, sampling, alpha)
         except ValueError as e:
             raise ValueError(str(e).replace("prompt 0", f"prompt {i}", 1)) from None
-    p = int(norm[1])
-    # the prefill reads the prompt's last token; with TuCo on every token, the PT caches are kept too
-    light = pt_blocks_needed(alpha, "last" if monitor == "prompt" else "all") == "last"
-    batch = pair.body_inputs({k: v.to(pair.device) for k, v in inputs.pad(ids, pair.pad_id, "left").items()})
-    eos = pair.eos_ids()
-    rows = [_Row(i, s, pair.tokenizer, eos, pair.device) for i, s in enumerate(samplings)]
-    dec = pair.steer(alpha, last_only=light)
-    dec.__enter__()
-    try:
-        rec = dec.record(torch.full((len(ids),), batch["input_ids"].shape[1] - 1), p=p, layers=False)
-        out = pair.finetuned(**batch, use_cache=True, logits_to_keep=1)
-        prompt_tucos = tucos = _finite(metrics.tuco(*rec.sums(), p).tolist())
-        if light:  # decoding reads nothing at alpha = 1: the FT model alone
-            dec.__exit__(None, None, None)
-        # transformers 5.24 renamed past_key_values to cache (argument and output)
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
-        takes_cache = "cache" in inspect.signature(unwrap(pair.finetuned).forward).parameters
-        cache_name = "cache" if takes_cache else "past_key_values"
-        mask = batch["attention_mask"]
-        positions = batch["position_ids"][:, -1:] if "position_ids" in batch else None
-        # rows leave the batch as they finish, where every cache layer can drop rows (not recurrent ones)
-        droppable = all(hasattr(layer, "batch_select_indices") for layer in getattr(cache, "layers", [cache]))
-        first = True
-        while True:
-            logits = out.logits[:, -1].float()
-            greedy = logits.argmax(-1).tolist()
-            finite = torch.isfinite(logits).all(-1).tolist()
-            wanted = [row.sampling.logprobs for row in rows]
-            logp = torch.log_softmax(logits, -1) if any(k is not None for k in wanted) else None
-            chosen, events = list(greedy), []
-            for j, row in enumerate(rows):
-                if row.done or (cancelled is not None and cancelled(row.index)):
-                    row.done = True
-                    continue
-                prompt_tuco = prompt_tucos[j] if first else None
-                try:  # a row that fails ends alone, with its error; the others go on
-                    if not finite[j]:
-                        raise FloatingPointError("the logits are not finite (alpha too far from 1 here?)")
-                    chosen[j] = token = row.choose(logits[j], greedy[j])
-                    text, finish = row.add(token)
-                except (RuntimeError, ValueError, FloatingPointError) as e:
-                    overflow = isinstance(e, FloatingPointError)
-                    failed = TokenEvent(
-                        row.index, -1, "", None, prompt_tuco, "error", error=str(e), overflow=overflow
-                    )
-                    events.append(failed)
-                    row.done = True
-                    continue
-                event = TokenEvent(row.index, token, text, tucos[j] if monitor == "tokens" else None)
-                event.prompt_tuco, event.finish_reason = prompt_tuco, finish
-                k = wanted[j]
-                if logp is not None and k is not None:
-                    event.logprob = float(logp[j, token])
-                    top = torch.topk(logp[j], k)
-                    event.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
-                events.append(event)
-                row.done = finish is not None
-            first = False
-            if events:
-                yield events
-            keep = [j for j, row in enumerate(rows) if not row.done]
-            if not keep:
-                return
-            if droppable and len(keep) < len(rows):  # finished rows leave the batch and both caches
-                index = torch.tensor(keep, device=mask.device)
-                cache.batch_select_indices(index)
-                dec.keep_rows(index)
-                rows, chosen, mask = [rows[j] for j in keep], [chosen[j] for j in keep], mask[index]
-                positions = None if positions is None else positions[index]
-            step = {"attention_mask": torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)}
-            mask = step["attention_mask"]
-            if positions is not None:
-                positions = step["position_ids"] = positions + 1
-            if monitor == "tokens":
-                rec = dec.record(torch.zeros(len(rows), dtype=torch.long), p=p, layers=False)
-            next_ids = torch.tensor(chosen, device=mask.device)[:, None]
-            out = pair.finetuned(input_ids=next_ids, **step, **{cache_name: cache}, use_cache=True)
-            if monitor == "tokens":
-                tucos = _finite(metrics.tuco(*rec.sums(), p).tolist())
-    finally:
-        dec.__exit__(None, None, None)
-
-
-def _finite(values: list[float]) -> list[float | None]:
-    """TuCo values, None where one could not be computed (0 / 0: no component at all)."""
-    return [v if math.isfinite(v) else None for v in values]
+    while batcher.busy:
+        events = batcher.step()
+        if events:
+            yield events
 
 
 def stream(

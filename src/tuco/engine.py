@@ -1,18 +1,23 @@
-"""The serving loop behind ``tuco serve``: concurrent requests decoded together, TuCo on every token.
+"""The serving loop behind ``tuco serve``: continuous batching, TuCo on every token.
 
-    >>> engine = Engine(pair, max_batch=8)
+    >>> engine = Engine(pair, max_batch=32, max_batch_tokens=65536)
     >>> engine.start()
     >>> job = engine.submit(ids, Sampling(max_new_tokens=20), alpha=1.0, deliver=print)
     ...                                            # deliver(TokenEvent | Exception), from the thread
-    >>> job.cancel()                               # the client went away: the row leaves its batch
+    >>> job.cancel()                               # the client went away: the row leaves at the next step
     >>> engine.stop()
 
-One worker thread owns the model. It waits for a request, then up to ``window`` seconds for more
-(never past ``max_batch``), and decodes the requests that share the first one's alpha as one batch
-(``ModelPair.decode``): each with its own sampling settings, rows leaving the batch as they
-finish or are cancelled, so a result does not depend on its batch. Requests that arrive meanwhile
-wait for the next batch; past ``max_queue`` waiting or running, ``submit`` raises ``Overloaded``
-(the server answers 503 with Retry-After) instead of queueing without bound.
+One worker thread owns the model and runs ``tuco.batcher``'s steps: a request joins the running
+batch at the next step (its prefill between the others' decoding steps, chunked if long), whatever
+its alpha and sampling settings, and leaves as it finishes or is cancelled; a result does not
+depend on what ran beside it or when it came. When the engine is idle it waits ``window`` seconds
+for more requests, so that a burst is prefilled together.
+
+Bounds, all explicit: at most ``max_batch`` rows run at once, and at most ``max_batch_tokens`` KV
+cache slots: rows x the longest row's prompt + max_tokens (the padded cache's worst case, per cache:
+the PT blocks keep a second one when they run at every step). A request that does not fit now
+waits; one that could never fit is refused (``TooLarge``, the server's 400); past ``max_queue``
+waiting or running, ``submit`` raises ``Overloaded`` (the server answers 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import progress
-from .decoding import TokenEvent
+from .batcher import Batcher
 from .pair import ModelPair
+from .rows import TokenEvent
 from .sampling import Sampling
 
 log = logging.getLogger("tuco")
@@ -40,6 +46,10 @@ class Overloaded(Exception):
 
 class ClientLeft(Exception):
     """The client disconnected before its answer was ready."""
+
+
+class TooLarge(ValueError):
+    """A request whose prompt + max_tokens could never fit the KV budget (``max_batch_tokens``)."""
 
 
 class RowError(RuntimeError):
@@ -74,9 +84,11 @@ class Submission:
 class Stats:
     """What the engine has done, for ``/metrics`` and ``/health``."""
 
-    batches: int = 0
+    steps: int = 0  # decoding steps run (each: one token for every running row, and prefills)
     tokens: int = 0
     last_tokens_per_second: float = 0.0
+    rows: int = 0  # running now
+    peak_rows: int = 0  # the most that ran in one step
 
 
 class Engine:
@@ -88,17 +100,32 @@ class Engine:
         max_batch: int = 8,
         window: float = 0.02,
         max_queue: int = 64,
+        max_batch_tokens: int = 65536,
+        prefill_tokens: int = 2048,
     ):
         if max_batch < 1 or max_queue < max_batch:
             raise ValueError(f"need 1 <= max_batch ({max_batch}) <= max_queue ({max_queue})")
+        if max_batch_tokens < 1 or prefill_tokens < 1:
+            raise ValueError("max_batch_tokens and prefill_tokens must be positive")
         self.pair, self.monitor = pair, monitor
         self.max_batch, self.window, self.max_queue = max_batch, window, max_queue
+        self.max_batch_tokens, self.prefill_tokens = max_batch_tokens, prefill_tokens
         self.stats = Stats()
         self._waiting: deque[Submission] = deque()
-        self._running: list[Submission] = []
+        self._jobs: dict[int, Submission] = {}  # running: the batcher's rows, by index
+        self._count = 0
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.batcher = self._new_batcher()
+
+    def _new_batcher(self) -> Batcher:
+        return Batcher(
+            self.pair,
+            monitor=self.monitor,
+            prefill_tokens=self.prefill_tokens,
+            cancelled=lambda index: self._jobs[index].cancelled,
+        )
 
     # ------------------------------------------------------------------ the server's side
     def start(self) -> None:
@@ -122,10 +149,17 @@ class Engine:
         on_first: Callable[[TokenEvent], bool] | None = None,
         on_token: Callable[[TokenEvent], bool] | None = None,
     ) -> Submission:
+        reserved = len(ids) + sampling.max_new_tokens
+        if reserved > self.max_batch_tokens:
+            raise TooLarge(
+                f"the prompt's {len(ids)} tokens + max_tokens {sampling.max_new_tokens} are more than this "
+                f"server's KV budget of {self.max_batch_tokens} tokens (--max-batch-tokens): ask for fewer"
+            )
         return self._enqueue(Submission(ids, sampling, alpha, deliver, on_first, on_token))
 
     def submit_call(self, call: Callable[[], Any], deliver: Callable[[Any], None]) -> Submission:
-        """Run ``call()`` on the model's thread between batches; ``deliver`` gets its result or error."""
+        """Run ``call()`` on the model's thread between decoding steps; ``deliver`` gets its result
+        or its error."""
         return self._enqueue(Submission([], Sampling(), 1.0, deliver, call=call))
 
     def _enqueue(self, job: Submission) -> Submission:
@@ -137,8 +171,8 @@ class Engine:
         return job
 
     async def call_async(self, call: Callable[[], Any], disconnected: Callable[[], Awaitable[bool]]) -> Any:
-        """``call()`` run on the model's thread between batches, awaited: its result (its exception
-        is raised here; ``ClientLeft`` if the client left while it waited)."""
+        """``call()`` run on the model's thread between decoding steps, awaited: its result (its
+        exception is raised here; ``ClientLeft`` if the client left while it waited)."""
         loop, done = asyncio.get_running_loop(), asyncio.Queue[Any]()
 
         def deliver(result: Any) -> None:  # from the engine's thread
@@ -161,7 +195,7 @@ class Engine:
     def load(self) -> int:
         """Requests waiting or running (cancelled ones have freed their slot)."""
         with self._lock:  # reentrant: submit holds it too
-            running = sum(not (j.cancelled or j.finished) for j in self._running)
+            running = sum(not (j.cancelled or j.finished) for j in self._jobs.values())
             return self.waiting + running
 
     @property
@@ -170,74 +204,96 @@ class Engine:
             return sum(not j.cancelled for j in self._waiting)
 
     # ------------------------------------------------------------------ the worker thread
-    def _next_batch(self) -> list[Submission] | None:
-        with self._lock:
-            while not self._stopping and not self._waiting:
-                self._lock.wait()
-            if self._stopping:
-                return None
-            deadline = time.monotonic() + self.window
-            while len(self._waiting) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                self._lock.wait(left)
-            head = self._waiting[0]
-            if head.call is not None:  # a call runs alone
-                batch = [head]
-            else:
-                alike = [j for j in self._waiting if j.call is None and j.alpha == head.alpha]
-                batch = [j for j in alike if not j.cancelled][: self.max_batch]
-            taken = set(map(id, batch))
-            self._waiting = deque(j for j in self._waiting if id(j) not in taken and not j.cancelled)
-            self._running = batch
-            return batch
-
     def _loop(self) -> None:
         with progress.inner():  # the model's thread of a server: no progress bars on its terminal
-            while (batch := self._next_batch()) is not None:
-                if batch:
-                    self._run(batch)
+            while True:
+                with self._lock:
+                    while not self._stopping and not self._waiting and not self._jobs:
+                        self._lock.wait()
+                    if self._stopping:
+                        break
+                    if not self._jobs:  # idle: a moment for a burst to come whole, prefilled together
+                        deadline = time.monotonic() + self.window
+                        while len(self._waiting) < self.max_batch:
+                            if (left := deadline - time.monotonic()) <= 0:
+                                break
+                            self._lock.wait(left)
+                    call = self._admit()
+                if call is not None:
+                    self._call(call)
+                elif self._jobs:
+                    self._step()
+        self._fail_all(RuntimeError("the server stopped before this request finished"))
 
-    def _run(self, batch: list[Submission]) -> None:
-        if batch[0].call is not None:
-            self._call(batch[0])
-            return
+    def _admit(self) -> Submission | None:
+        """Under the lock: move waiting requests into the batcher while they fit (in order); a call
+        at the head of the queue is returned instead, to run now."""
+        while self._waiting:
+            head = self._waiting[0]
+            if head.cancelled:
+                self._waiting.popleft()
+                continue
+            if head.call is not None:
+                return self._waiting.popleft()
+            longest = max((len(j.ids) + j.sampling.max_new_tokens for j in self._jobs.values()), default=0)
+            longest = max(longest, len(head.ids) + head.sampling.max_new_tokens)
+            if len(self._jobs) >= self.max_batch or (len(self._jobs) + 1) * longest > self.max_batch_tokens:
+                return None  # it waits for rows to leave
+            self._waiting.popleft()
+            index, self._count = self._count, self._count + 1
+            self._jobs[index] = head
+            try:
+                self.batcher.add(index, head.ids, head.sampling, head.alpha)
+            except ValueError as error:  # checked by the server before: a caller of the engine's own
+                del self._jobs[index]
+                head.finished = True
+                head.deliver(error)
+        return None
+
+    def _step(self) -> None:
         started, tokens = time.monotonic(), 0
+        rows = len(self._jobs)
         try:
-            steps = self.pair.decode(
-                [j.ids for j in batch],
-                [j.sampling for j in batch],
-                alpha=batch[0].alpha,
-                monitor=self.monitor,
-                cancelled=lambda i: batch[i].cancelled,
-            )
-            for events in steps:
-                for event in events:
-                    job = batch[event.index]
-                    if event.error is not None:  # this row failed alone: the batch goes on
-                        job.finished = True
-                        job.deliver(RowError(event.error, event.overflow))
-                        continue
-                    tokens += 1
-                    if event.prompt_tuco is not None and job.on_first is not None and job.on_first(event):
-                        job.cancelled = True  # blocked: its first token is not sent
-                        continue
-                    if job.on_token is not None and job.on_token(event):
-                        job.cancelled = True  # stopped by the answer rule: this token is not sent
-                        continue
-                    job.finished = event.finish_reason is not None
-                    job.deliver(event)
-        except Exception as error:  # the batch failed: every request still waiting on it hears why
-            log.exception("tuco serve: a batch of %d failed", len(batch))
-            for job in batch:
-                if not (job.finished or job.cancelled):
-                    job.finished = True
-                    job.deliver(error)
-        finally:
-            elapsed = time.monotonic() - started
-            with self._lock:
-                self._running = []
-                self.stats.batches += 1
-                self.stats.tokens += tokens
-                self.stats.last_tokens_per_second = tokens / elapsed if elapsed > 0 else 0.0
+            events = self.batcher.step()
+        except Exception as error:  # the step failed: every request in it hears why
+            log.exception("tuco serve: a decoding step of %d rows failed", rows)
+            self._fail_all(error)
+            return
+        for event in events:
+            job = self._jobs[event.index]
+            if event.error is not None:  # this row failed alone: the others go on
+                job.finished = True
+                job.deliver(RowError(event.error, event.overflow))
+                continue
+            tokens += 1
+            if event.prompt_tuco is not None and job.on_first is not None and job.on_first(event):
+                job.cancelled = True  # blocked: its first token is not sent
+                continue
+            if job.on_token is not None and job.on_token(event):
+                job.cancelled = True  # stopped by the answer rule: this token is not sent
+                continue
+            job.finished = event.finish_reason is not None
+            job.deliver(event)
+        elapsed = time.monotonic() - started
+        with self._lock:
+            live = self.batcher.indices()
+            self._jobs = {i: j for i, j in self._jobs.items() if i in live and not j.finished}
+            self.stats.steps += 1
+            self.stats.tokens += tokens
+            self.stats.last_tokens_per_second = tokens / elapsed if elapsed > 0 else 0.0
+            self.stats.rows = len(self._jobs)
+            self.stats.peak_rows = max(self.stats.peak_rows, rows)
+
+    def _fail_all(self, error: Exception) -> None:
+        """Every running request hears ``error``; the batcher starts afresh."""
+        with self._lock:
+            jobs, self._jobs = list(self._jobs.values()), {}
+            self.batcher = self._new_batcher()
+            self.stats.rows = 0
+        for job in jobs:
+            if not (job.finished or job.cancelled):
+                job.finished = True
+                job.deliver(error)
 
     def _call(self, job: Submission) -> None:
         try:
@@ -248,5 +304,3 @@ class Engine:
             job.deliver(error)
         finally:
             job.finished = True
-            with self._lock:
-                self._running = []

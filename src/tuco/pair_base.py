@@ -167,11 +167,13 @@ class PairBase:
         last_only: bool = False,
         components: bool = False,
         heads: bool = False,
+        row_alpha: torch.Tensor | None = None,
     ) -> Decomposition:
         """Context manager: inside it, ``self.finetuned`` computes x + PTC + alpha * FTC at every block
         (``alpha={"attn": a, "mlp": b}``: x + PTC + a FTC^attn + b FTC^mlp).
         ``last_only``: the PT blocks run at the last position only (alpha = 1, left-padded batches).
         ``components`` / ``heads``: the record splits each block into attention and MLP / heads.
+        ``row_alpha`` ([batch] floats, with alpha = 1): each row at its own alpha.
         A chain (``tuco.chain``) also runs its intermediate checkpoints' blocks (``stage_blocks``)."""
         alpha = check_alpha(alpha)
         pt_context = (lambda layer: adapters_off(self.ft_blocks[layer])) if self.adapter_mode else None
@@ -188,6 +190,7 @@ class PairBase:
             width=getattr(config, "hidden_size", None),
             stages=self.stage_blocks,
             stage_context=self.stage_context,
+            row_alpha=row_alpha,
         )
 
     # a pair has no stages between its two models; ``tuco.chain.ModelChain`` sets them

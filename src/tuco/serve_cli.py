@@ -1,7 +1,7 @@
 """``tuco serve`` and ``tuco calibrate``: the live monitor and the guard it uses.
 
     tuco calibrate --pair demo --benign benign.jsonl --attacks attacks.jsonl --fpr 0.05 --out guard.json
-    tuco serve     --pair demo --guard guard.json [--guard-action block] [--port 8000] [--max-batch 8]
+    tuco serve     --pair demo --guard guard.json [--guard-action block] [--port 8000] [--max-batch 32]
 
 ``serve`` needs the ``serve`` extra (``pip install 'tuco[serve]'``: FastAPI, uvicorn, Prometheus
 client). It listens on 127.0.0.1 unless ``--host`` says otherwise; one pair per process, so scale
@@ -24,9 +24,24 @@ def add_parsers(sub, model_options) -> None:
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     g.add_argument("--port", type=positive_int, default=8000)
     g.add_argument("--name", help="the model name /v1/models reports (default: the pair's name)")
-    g.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together")
+    g.add_argument("--max-batch", type=positive_int, default=32, help="requests decoded together at most")
+    g.add_argument(
+        "--max-batch-tokens",
+        type=positive_int,
+        default=65536,
+        help="KV cache budget: running requests x the longest one's prompt + max_tokens (per cache); "
+        "a request that does not fit waits, one that never could gets 400",
+    )
+    g.add_argument(
+        "--prefill-tokens",
+        type=positive_int,
+        default=2048,
+        help="prompt tokens prefilled per step between the others' decoding (longer prompts: in chunks)",
+    )
     g.add_argument("--max-queue", type=positive_int, help="requests waiting or running before 503 (8x batch)")
-    g.add_argument("--batch-window", type=positive_float, default=0.02, help="seconds to wait for a batch")
+    g.add_argument(
+        "--batch-window", type=positive_float, default=0.02, help="seconds an idle server waits for a burst"
+    )
     g.add_argument(
         "--monitor",
         default="tokens",
@@ -149,6 +164,8 @@ def run_serve(args) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         window=args.batch_window,
+        max_batch_tokens=args.max_batch_tokens,
+        prefill_tokens=args.prefill_tokens,
         api_keys=keys,
         loopback=loopback,
         max_body_bytes=args.max_body_bytes,

@@ -32,9 +32,15 @@ class ServeMetrics:
         )
         self.flagged = Counter("tuco_flagged", "Prompts the guard flagged", registry=registry)
         Gauge("tuco_load", "Requests waiting or running", registry=registry).set_function(lambda: engine.load)
-        Gauge("tuco_batches", "Batches decoded", registry=registry).set_function(lambda: engine.stats.batches)
-        Gauge("tuco_tokens_per_second", "Tokens/s of the last batch", registry=registry).set_function(
-            lambda: engine.stats.last_tokens_per_second
+        stats = engine.stats
+        Gauge("tuco_steps", "Decoding steps run", registry=registry).set_function(lambda: stats.steps)
+        running = Gauge("tuco_running_rows", "Requests decoding now", registry=registry)
+        running.set_function(lambda: stats.rows)
+        Gauge("tuco_peak_rows", "The most requests decoded in one step", registry=registry).set_function(
+            lambda: stats.peak_rows
+        )
+        Gauge("tuco_tokens_per_second", "Tokens/s of the last step", registry=registry).set_function(
+            lambda: stats.last_tokens_per_second
         )
 
     def finished(self, route: str, status: str, started: float | None = None) -> None:

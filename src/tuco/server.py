@@ -55,9 +55,11 @@ def create_app(
     guard: Guard | None = None,
     guard_action: str = "flag",
     monitor: str = "tokens",
-    max_batch: int = 8,
+    max_batch: int = 32,
     max_queue: int | None = None,
     window: float = 0.02,
+    max_batch_tokens: int = 65536,
+    prefill_tokens: int = 2048,
     api_keys: Sequence[str] = (),
     loopback: bool = True,
     max_body_bytes: int = 4 << 20,
@@ -68,11 +70,18 @@ def create_app(
     """The ASGI app serving ``pair`` under the model name ``name``. In float32 a request's tokens and
     TuCo do not depend on the requests batched with it; in another dtype they may (a warning says
     so), and a guard must have been calibrated in the pair's dtype. ``api_keys``, ``loopback``,
-    ``max_body_bytes``, ``metrics_open``: ``tuco.gate``; ``debug``: tracebacks in the log;
+    ``max_body_bytes``, ``metrics_open``: ``tuco.gate``; ``max_batch``, ``max_batch_tokens``,
+    ``prefill_tokens``, ``window``: ``tuco.engine``; ``debug``: tracebacks in the log;
     ``guard_on_error``: "open" passes, "closed" flags a prompt whose TuCo cannot be computed."""
     _check_dtype(pair, guard)
     engine = Engine(
-        pair, monitor=monitor, max_batch=max_batch, window=window, max_queue=max_queue or 8 * max_batch
+        pair,
+        monitor=monitor,
+        max_batch=max_batch,
+        window=window,
+        max_queue=max_queue or 8 * max_batch,
+        max_batch_tokens=max_batch_tokens,
+        prefill_tokens=prefill_tokens,
     )
     metrics = ServeMetrics(engine)
     shared = dict(name=name, guard=guard, guard_on_error=guard_on_error)

@@ -1,0 +1,313 @@
+"""Continuous batching: rows join the running batch at the next step and leave as they finish.
+
+    >>> batcher = Batcher(pair, monitor="tokens")
+    >>> batcher.add(7, ids, Sampling(max_new_tokens=20), alpha=0.8)   # 7: the events' index
+    >>> while batcher.busy:
+    ...     for event in batcher.step():          # at most one TokenEvent per row and step
+    ...         print(event.index, repr(event.text), event.tuco)
+
+``step`` runs one decoding step of every running row, then (a chunk of) the prefill of the rows
+added since. A prefilled row's first token comes with that step, and the row joins the running
+batch for the next one (``tuco.kvrows`` joins the FT cache and the PT blocks' caches alike): a
+newcomer waits at most one step, a long prompt is prefilled about ``prefill_tokens`` tokens at a
+time between the others' steps, and a row leaves the batch and its caches as soon as it finishes
+or ``cancelled(index)`` says so.
+
+Rows run in lanes, by what their decoding steps need (each lane steps once per ``step``):
+
+- ``monitor="tokens"``, or alpha != 1: the PT blocks run at every step. Rows of any float alpha
+  share one lane, each row at its own alpha (``Decomposition(row_alpha=...)``); an attention / MLP
+  alpha or a chain's per-stage alpha has a lane of its own.
+- ``monitor="prompt"`` at alpha = 1: the FT model alone (a short prompt's prefill runs the PT blocks
+  at its last token only, ``tuco.lastpos``).
+
+A row's tokens (at temperature 0, or from its own seeded generator) and its TuCo do not depend on
+what runs beside it or when it came: rows never mix, padding is masked out, and every row goes
+through the same per-row path. Caches that cannot be joined (static, quantized, recurrent layers)
+keep one batch per lane: newcomers wait until it has finished.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import inputs, kvrows, metrics
+from .blocks import unwrap
+from .errors import Alpha, check_alpha, check_choice
+from .pair_base import PairBase
+from .rows import MONITORS, Row, TokenEvent
+from .sampling import Sampling
+
+LaneKey = tuple[Any, bool]  # (None for float alphas, else the alpha itself; whether the PT blocks run)
+
+
+@dataclass
+class _Batch:
+    """Rows that run forward passes together, left-padded: [b, T] mask, [b, 1] positions of the
+    last token (None where the model takes no position ids), their FT and PT caches."""
+
+    key: LaneKey
+    rows: list[Row]
+    mask: torch.Tensor
+    positions: torch.Tensor | None = None
+    cache: Any = None
+    pt_caches: dict[int, Any] = field(default_factory=dict)
+    next_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Prefill(_Batch):
+    """Rows being prefilled: their padded prompts [b, T], the first ``at`` columns done."""
+
+    input_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    position_ids: torch.Tensor | None = None
+    at: int = 0
+
+
+class Batcher:
+    def __init__(
+        self,
+        pair: PairBase,
+        *,
+        monitor: str = "tokens",
+        norm: str = "l1",
+        prefill_tokens: int = 2048,
+        cancelled: Callable[[int], bool] | None = None,
+    ):
+        check_choice(monitor, "monitor", MONITORS)
+        check_choice(norm, "norm", ("l1", "l2"))
+        self.pair, self.monitor, self.p = pair, monitor, int(norm[1])
+        self.prefill_tokens = prefill_tokens
+        self.cancelled = cancelled or (lambda index: False)
+        self.eos = pair.eos_ids()
+        self.lanes: dict[LaneKey, _Batch] = {}
+        self.prefills: list[_Prefill] = []
+        self.joinable: bool | None = None  # known after the first prefill
+        takes_cache = "cache" in inspect.signature(unwrap(pair.finetuned).forward).parameters
+        self.cache_name = "cache" if takes_cache else "past_key_values"  # renamed in transformers 5.24
+
+    # ------------------------------------------------------------------ what callers see
+    def add(self, index: int, ids: list[int], sampling: Sampling, alpha: Alpha = 1.0) -> None:
+        """A new row: it is prefilled at the next ``step`` (``ValueError`` if it does not fit)."""
+        alpha = check_alpha(alpha)
+        self.pair.check_prompts([ids], sampling.max_new_tokens)
+        row = Row(index, ids, sampling, alpha, self.pair.tokenizer, self.eos, self.pair.device)
+        key = self._key(alpha)
+        waiting = next((p for p in self.prefills if p.key == key and not p.at), None)
+        if waiting is None:
+            self.prefills.append(waiting := _Prefill(key, [], torch.zeros(0)))
+        waiting.rows.append(row)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.lanes or self.prefills)
+
+    def indices(self) -> set[int]:
+        """The rows running or waiting for their prefill."""
+        return {row.index for batch in [*self.lanes.values(), *self.prefills] for row in batch.rows}
+
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        """One decoding step of every running row, then a prefill chunk of every waiting group."""
+        events: list[TokenEvent] = []
+        for key, lane in list(self.lanes.items()):
+            events += self._decode(lane)
+            if not lane.rows:
+                del self.lanes[key]
+        for group in list(self.prefills):
+            if self._may_start(group):
+                events += self._prefill(group)
+        return events
+
+    # ------------------------------------------------------------------ lanes
+    def _key(self, alpha: Alpha) -> LaneKey:
+        if isinstance(alpha, float):
+            return None, self.monitor == "tokens" or alpha != 1.0
+        return (tuple(sorted(alpha.items())) if isinstance(alpha, dict) else alpha), True
+
+    def _may_start(self, group: _Prefill) -> bool:
+        if group.at or self.joinable is not False:
+            return True  # caches join: any time
+        started = any(p.at for p in self.prefills if p.key == group.key)
+        return group.key not in self.lanes and not started
+
+    def _steer(self, batch: _Batch, last_only: bool = False):
+        alpha = batch.rows[0].alpha
+        if batch.key[0] is not None:  # one alpha of its own kind for the lane
+            return self.pair.steer(alpha)
+        if last_only:
+            return self.pair.steer(1.0, last_only=True)
+        return self.pair.steer(1.0, row_alpha=torch.tensor([row.alpha for row in batch.rows]))
+
+    # ------------------------------------------------------------------ forward passes
+    def _forward(
+        self,
+        batch: _Batch,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor | None,
+        *,
+        record_at: int | None,
+        keep_pt: bool,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, list[float | None] | None]:
+        """One pass over ``ids`` [b, s]: the last position's logits [b, vocab] in float32, and each
+        row's TuCo at column ``record_at`` of the pass (None: not recorded)."""
+        step: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "use_cache": True,
+            "logits_to_keep": 1,
+        }
+        if positions is not None:
+            step["position_ids"] = positions
+        if batch.cache is not None:
+            step[self.cache_name] = batch.cache
+        tucos = None
+        if keep_pt or record_at is not None:
+            with self._steer(batch, last_only) as dec:
+                dec.use_caches(batch.cache, batch.pt_caches)
+                at = torch.full((len(batch.rows),), record_at or 0)
+                rec = dec.record(at, p=self.p, layers=False) if record_at is not None else None
+                out = self.pair.finetuned(**step)
+                batch.pt_caches = dec.caches if keep_pt else {}
+            if rec is not None:
+                ptc_sum, ftc_sum = rec.sums()
+                values = metrics.tuco(ptc_sum, ftc_sum, self.p).tolist()
+                tucos = [v if math.isfinite(v) else None for v in values]
+        else:
+            out = self.pair.finetuned(**step)
+        batch.cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return out.logits[:, -1].float(), tucos
+
+    def _decode(self, lane: _Batch) -> list[TokenEvent]:
+        lane.mask = torch.cat([lane.mask, lane.mask.new_ones(len(lane.rows), 1)], dim=1)
+        if lane.positions is not None:
+            lane.positions = lane.positions + 1
+        ids = torch.tensor(lane.next_ids, device=lane.mask.device)[:, None]
+        record_at = 0 if self.monitor == "tokens" else None
+        logits, tucos = self._forward(
+            lane, ids, lane.mask, lane.positions, record_at=record_at, keep_pt=lane.key[1]
+        )
+        events = self._choose(lane, logits, tucos, None)
+        self._leave(lane)
+        return events
+
+    def _prefill(self, group: _Prefill) -> list[TokenEvent]:
+        if not group.at:  # the group's prompts, left-padded: every row's last token in the last column
+            batch = inputs.pad([row.ids for row in group.rows], self.pair.pad_id, "left")
+            batch = self.pair.body_inputs({k: v.to(self.pair.device) for k, v in batch.items()})
+            group.input_ids, group.mask = batch["input_ids"], batch["attention_mask"]
+            group.position_ids = batch.get("position_ids")
+        width = group.input_ids.shape[1]
+        end = min(width, group.at + max(16, self.prefill_tokens // len(group.rows)))
+        last, cols = end == width, slice(group.at, end)
+        positions = None if group.position_ids is None else group.position_ids[:, cols]
+        # a lane without PT blocks keeps no PT caches, unless a long prompt's chunks need them
+        light = not group.key[1] and group.at == 0 and last
+        logits, tucos = self._forward(
+            group,
+            group.input_ids[:, cols],
+            group.mask[:, :end],
+            positions,
+            record_at=end - group.at - 1 if last else None,
+            keep_pt=not light and (group.key[1] or not last),
+            last_only=light and group.rows[0].alpha == 1.0,
+        )
+        if self.joinable is None:
+            self.joinable = kvrows.joinable(group.cache)
+        group.at = end
+        if not last:
+            return []
+        self.prefills.remove(group)
+        events = self._choose(group, logits, tucos, tucos)
+        group.positions = None if group.position_ids is None else group.position_ids[:, -1:]
+        self._leave(group)
+        if group.rows:
+            self._join(group)
+        return events
+
+    # ------------------------------------------------------------------ rows
+    def _choose(
+        self, batch: _Batch, logits: torch.Tensor, tucos: list | None, prompt_tucos: list | None
+    ) -> list[TokenEvent]:
+        """Each row's next token from ``logits`` [b, vocab]: its event (or its error: that row ends alone)."""
+        greedy = logits.argmax(-1).tolist()
+        finite = torch.isfinite(logits).all(-1).tolist()
+        wanted = [row.sampling.logprobs for row in batch.rows]
+        logp = torch.log_softmax(logits, -1) if any(k is not None for k in wanted) else None
+        batch.next_ids, events = list(greedy), []
+        for j, row in enumerate(batch.rows):
+            if row.done or self.cancelled(row.index):
+                row.done = True
+                continue
+            prompt_tuco = prompt_tucos[j] if prompt_tucos is not None else None
+            try:
+                if not finite[j]:
+                    raise FloatingPointError("the logits are not finite (alpha too far from 1 here?)")
+                batch.next_ids[j] = token = row.choose(logits[j], greedy[j])
+                text, finish = row.add(token)
+            except (RuntimeError, ValueError, FloatingPointError) as e:
+                overflow = isinstance(e, FloatingPointError)
+                events.append(
+                    TokenEvent(row.index, -1, "", None, prompt_tuco, "error", error=str(e), overflow=overflow)
+                )
+                row.done = True
+                continue
+            tuco = tucos[j] if tucos is not None and self.monitor == "tokens" else None
+            event = TokenEvent(row.index, token, text, tuco, prompt_tuco, finish)
+            k = wanted[j]
+            if logp is not None and k is not None:
+                event.logprob = float(logp[j, token])
+                top = torch.topk(logp[j], k)
+                event.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+            events.append(event)
+            row.done = finish is not None
+        return events
+
+    def _leave(self, batch: _Batch) -> None:
+        """Finished rows leave the batch and its caches; then the columns no row uses any more."""
+        keep = [j for j, row in enumerate(batch.rows) if not row.done]
+        if len(keep) == len(batch.rows):
+            return
+        caches = [batch.cache, *batch.pt_caches.values()]
+        layers = [layer for cache in caches for layer in getattr(cache, "layers", [cache])]
+        if not keep or not all(hasattr(layer, "batch_select_indices") for layer in layers):
+            if not keep:  # (a recurrent cache cannot drop rows: they run on, unseen, to the end)
+                batch.rows = []
+            return
+        index = torch.tensor(keep, device=batch.mask.device)
+        for cache in caches:
+            cache.batch_select_indices(index)
+        batch.rows, batch.next_ids = [batch.rows[j] for j in keep], [batch.next_ids[j] for j in keep]
+        batch.mask = batch.mask[index]
+        batch.positions = None if batch.positions is None else batch.positions[index]
+        unused = kvrows.padding_columns(batch.mask)
+        if unused and all(map(kvrows.joinable, caches)):
+            for cache in caches:
+                kvrows.trim(cache, unused)
+            batch.mask = batch.mask[:, unused:]
+
+    def _join(self, group: _Prefill) -> None:
+        """The prefilled rows join their lane."""
+        lane = self.lanes.get(group.key)
+        if not group.key[1]:
+            group.pt_caches = {}
+        if lane is None:
+            fields = ("key", "rows", "mask", "positions", "cache", "pt_caches", "next_ids")
+            self.lanes[group.key] = _Batch(**{name: getattr(group, name) for name in fields})
+            return
+        kvrows.join(lane.cache, group.cache)
+        for stage, cache in lane.pt_caches.items():
+            kvrows.join(cache, group.pt_caches[stage])
+        lane.mask = kvrows.join_masks(lane.mask, group.mask)
+        if lane.positions is not None and group.positions is not None:
+            lane.positions = torch.cat([lane.positions, group.positions])
+        lane.rows += group.rows
+        lane.next_ids += group.next_ids
