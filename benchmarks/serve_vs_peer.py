@@ -74,7 +74,8 @@ def server(command: list[str], port: int, log: Path, wait: float):
         deadline = time.monotonic() + wait
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"{command[0]} exited ({process.returncode}); see {log}")
+                tail = log.read_text()[-3000:]
+                raise RuntimeError(f"{command[0]} exited ({process.returncode}):\n{tail}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
@@ -161,6 +162,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=300, help="seconds one request may take")
+    parser.add_argument("--servers", default="peer,prompt,tokens", help="which to run (the peer is the base)")
     parser.add_argument("--deadline", type=float, default=3000, help="seconds the whole run may take")
     args = parser.parse_args()
     signal.signal(signal.SIGALRM, lambda *_: sys.exit("serve_vs_peer: past --deadline, stopped"))
@@ -171,7 +173,8 @@ def main() -> int:
         folder = Path(tmp) / "merged"
         merged_checkpoint(args.pair, args.dtype, folder)
         peer = [
-            "transformers", "serve", "--continuous-batching", "--dtype", args.dtype, "--device", "cpu",
+            str(Path(sys.executable).with_name("transformers")), "serve", "--continuous-batching",
+            "--dtype", args.dtype, "--device", "cpu",
             "--host", "127.0.0.1", "--log-level", "warning", str(folder),
         ]  # fmt: skip
         tuco = [
@@ -179,17 +182,18 @@ def main() -> int:
             "--max-batch", str(args.max_batch),
         ]  # fmt: skip
         servers = {
-            "transformers serve --continuous-batching": (peer, str(folder)),
-            "tuco serve --monitor prompt": ([*tuco, "--monitor", "prompt"], "demo"),
-            "tuco serve (TuCo on every token)": (tuco, "demo"),
+            "transformers serve --continuous-batching": (peer, str(folder), "peer"),
+            "tuco serve --monitor prompt": ([*tuco, "--monitor", "prompt"], "demo", "prompt"),
+            "tuco serve (TuCo on every token)": (tuco, "demo", "tokens"),
         }
+        servers = {k: v[:2] for k, v in servers.items() if v[2] in args.servers.split(",")}
         results: dict[str, dict] = {}
         for name, (command, model) in servers.items():
             port = free_port()
             print(f"\n{name}", flush=True)
             with server([*command, "--port", str(port)], port, Path(tmp) / f"{len(results)}.log", 600) as url:
                 results[name] = measure(url, model, args)
-    base = results["transformers serve --continuous-batching"]
+    base = results.get("transformers serve --continuous-batching") or next(iter(results.values()))
     for load in base:
         print(f"\n## {load}: {args.clients} clients x {args.max_tokens} tokens")
         print("| server | tokens/s | x peer | TTFT p50 | x peer | latency p50 | p95 | x peer | = peer's |")

@@ -73,7 +73,7 @@ def test_a_failed_batch_tells_every_request_in_it(tok, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the model broke")
 
-    monkeypatch.setattr(Batcher, "step", broken)
+    monkeypatch.setattr(Batcher, "prefill", broken)
     engine = Engine(pair, max_batch=4, window=0.05)
     inboxes = [Inbox(), Inbox()]
     for inbox in inboxes:
@@ -132,3 +132,52 @@ def test_the_model_thread_draws_no_progress_bars(tok):
     finally:
         engine.stop()
     assert inbox.items == [True]
+
+
+def test_a_request_that_joins_mid_answer_gets_what_it_gets_alone(tok):
+    """Continuous batching: B and C arrive while A decodes, join its batch, and leave it unchanged."""
+    pair = make_pair("gemma3_text", tok)
+    engine = Engine(pair, max_batch=4, window=0.0)
+    ids = pair.encode(PROMPTS[:3])
+    plan = [(ids[0], Sampling(max_new_tokens=14), 1.0), (ids[1], Sampling(max_new_tokens=5), 0.5)]
+    plan.append((ids[2], Sampling(max_new_tokens=6, temperature=0.9, seed=4), 1.3))
+    inboxes = [Inbox() for _ in plan]
+    engine.start()
+    try:
+        engine.submit(plan[0][0], plan[0][1], alpha=plan[0][2], deliver=inboxes[0])
+        deadline = time.monotonic() + 60
+        while len(inboxes[0].items) < 3:  # A is under way
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        for (row, sampling, alpha), inbox in zip(plan[1:], inboxes[1:], strict=True):
+            engine.submit(row, sampling, alpha=alpha, deliver=inbox)
+        wait(inboxes)
+    finally:
+        engine.stop()
+    assert engine.stats.peak_rows >= 2  # B and C joined A while it ran
+    for (row, sampling, alpha), inbox in zip(plan, inboxes, strict=True):
+        alone = [e for step in pair.decode([row], [sampling], alpha=alpha) for e in step]
+        assert [e.token_id for e in inbox.items] == [e.token_id for e in alone]
+        assert [e.tuco for e in inbox.items] == pytest.approx([e.tuco for e in alone], abs=1e-5)
+    assert engine.load == 0
+
+
+def test_the_kv_budget_is_kept_and_a_request_that_never_fits_is_refused(tok):
+    from tuco.engine import TooLarge
+
+    pair = make_pair("llama", tok)
+    engine = Engine(pair, max_batch=8, window=0.05, max_batch_tokens=2 * 20)
+    with pytest.raises(TooLarge, match="--max-batch-tokens"):
+        engine.submit([5] * 10, Sampling(max_new_tokens=31), alpha=1.0, deliver=print)
+    inboxes = [Inbox() for _ in range(4)]
+    for inbox in inboxes:  # 10 + 10 tokens each: two fit the budget at a time
+        engine.submit(
+            [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], Sampling(max_new_tokens=10), alpha=1.0, deliver=inbox
+        )
+    engine.start()
+    try:
+        wait(inboxes)
+    finally:
+        engine.stop()
+    assert engine.stats.peak_rows == 2
+    assert all(len(inbox.items) == 10 and inbox.text() == inboxes[0].text() for inbox in inboxes)

@@ -329,3 +329,18 @@ def test_a_chat_the_template_refuses_is_a_400(pair):
         assert error["param"] == "messages" and "System role not supported" in error["message"]
         ok = httpx.post(f"{base}/v1/chat/completions", json={"messages": CHAT, "max_tokens": 2}, timeout=30)
         assert ok.status_code == 200
+
+
+def test_a_request_past_the_kv_budget_is_a_400_and_the_budget_is_in_the_metrics(pair):
+    with serving(create_app(pair, max_batch_tokens=120)) as base:
+        for stream in (False, True):
+            body = {"messages": CHAT, "max_tokens": 119, "temperature": 0, "stream": stream}
+            response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert "--max-batch-tokens" in error["message"] and error["param"] == "max_tokens"
+        body = {"messages": CHAT, "max_tokens": 3, "temperature": 0}
+        assert httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60).status_code == 200
+        metrics = httpx.get(f"{base}/metrics").text
+    assert 'tuco_requests_total{route="/v1/chat/completions",status="400"} 2.0' in metrics
+    assert "tuco_steps " in metrics and "tuco_running_rows 0.0" in metrics

@@ -6,8 +6,8 @@
     ...     for event in batcher.step():          # at most one TokenEvent per row and step
     ...         print(event.index, repr(event.text), event.tuco)
 
-``step`` runs one decoding step of every running row, then (a chunk of) the prefill of the rows
-added since. A prefilled row's first token comes with that step, and the row joins the running
+``step`` runs (a chunk of) the prefill of the rows added since, then one decoding step of every
+running row. A prefilled row's first token comes with that step, and the row joins the running
 batch for the next one (``tuco.kvrows`` joins the FT cache and the PT blocks' caches alike): a
 newcomer waits at most one step, a long prompt is prefilled about ``prefill_tokens`` tokens at a
 time between the others' steps, and a row leaves the batch and its caches as soon as it finishes
@@ -88,6 +88,7 @@ class Batcher:
         self.eos = pair.eos_ids()
         self.lanes: dict[LaneKey, _Batch] = {}
         self.prefills: list[_Prefill] = []
+        self._ready: list[_Prefill] = []  # prefilled, joining their lane after the next decoding step
         self.joinable: bool | None = None  # known after the first prefill
         takes_cache = "cache" in inspect.signature(unwrap(pair.finetuned).forward).parameters
         self.cache_name = "cache" if takes_cache else "past_key_values"  # renamed in transformers 5.24
@@ -106,23 +107,41 @@ class Batcher:
 
     @property
     def busy(self) -> bool:
-        return bool(self.lanes or self.prefills)
+        return bool(self.lanes or self.prefills or self._ready)
 
     def indices(self) -> set[int]:
         """The rows running or waiting for their prefill."""
-        return {row.index for batch in [*self.lanes.values(), *self.prefills] for row in batch.rows}
+        batches = [*self.lanes.values(), *self.prefills, *self._ready]
+        return {row.index for batch in batches for row in batch.rows}
+
+    def step(self) -> list[TokenEvent]:
+        """``prefill()`` then ``decode()``: the events of both."""
+        return self.prefill() + self.decode()
 
     @torch.inference_mode()
-    def step(self) -> list[TokenEvent]:
-        """One decoding step of every running row, then a prefill chunk of every waiting group."""
+    def prefill(self) -> list[TokenEvent]:
+        """A prefill chunk of every waiting group: the first tokens of the groups it completes,
+        which join the running batch after the next ``decode``."""
+        events: list[TokenEvent] = []
+        for group in list(self.prefills):
+            if self._may_start(group):
+                events += self._prefill(group)
+                if group.at == group.input_ids.shape[1]:
+                    self._ready.append(group)
+        return events
+
+    @torch.inference_mode()
+    def decode(self) -> list[TokenEvent]:
+        """One decoding step of every running row; then the rows prefilled since join them."""
         events: list[TokenEvent] = []
         for key, lane in list(self.lanes.items()):
             events += self._decode(lane)
             if not lane.rows:
                 del self.lanes[key]
-        for group in list(self.prefills):
-            if self._may_start(group):
-                events += self._prefill(group)
+        ready, self._ready = self._ready, []
+        for group in ready:
+            if group.rows:
+                self._join(group)
         return events
 
     # ------------------------------------------------------------------ lanes
@@ -229,8 +248,6 @@ class Batcher:
         events = self._choose(group, logits, tucos, tucos)
         group.positions = None if group.position_ids is None else group.position_ids[:, -1:]
         self._leave(group)
-        if group.rows:
-            self._join(group)
         return events
 
     # ------------------------------------------------------------------ rows

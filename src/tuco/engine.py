@@ -251,14 +251,30 @@ class Engine:
         return None
 
     def _step(self) -> None:
+        """One step of the batcher: the prefills' first tokens are delivered before the decoding
+        step runs (a newcomer's time to first token does not wait for the others' step)."""
         started, tokens = time.monotonic(), 0
         rows = len(self._jobs)
         try:
-            events = self.batcher.step()
+            tokens += self._deliver(self.batcher.prefill())
+            tokens += self._deliver(self.batcher.decode())
         except Exception as error:  # the step failed: every request in it hears why
             log.exception("tuco serve: a decoding step of %d rows failed", rows)
             self._fail_all(error)
             return
+        elapsed = time.monotonic() - started
+        with self._lock:
+            live = self.batcher.indices()
+            self._jobs = {i: j for i, j in self._jobs.items() if i in live and not j.finished}
+            self.stats.steps += 1
+            self.stats.tokens += tokens
+            self.stats.last_tokens_per_second = tokens / elapsed if elapsed > 0 else 0.0
+            self.stats.rows = len(self._jobs)
+            self.stats.peak_rows = max(self.stats.peak_rows, rows)
+
+    def _deliver(self, events: list[TokenEvent]) -> int:
+        """Hand each event to its request: the tokens generated."""
+        tokens = 0
         for event in events:
             job = self._jobs[event.index]
             if event.error is not None:  # this row failed alone: the others go on
@@ -274,15 +290,7 @@ class Engine:
                 continue
             job.finished = event.finish_reason is not None
             job.deliver(event)
-        elapsed = time.monotonic() - started
-        with self._lock:
-            live = self.batcher.indices()
-            self._jobs = {i: j for i, j in self._jobs.items() if i in live and not j.finished}
-            self.stats.steps += 1
-            self.stats.tokens += tokens
-            self.stats.last_tokens_per_second = tokens / elapsed if elapsed > 0 else 0.0
-            self.stats.rows = len(self._jobs)
-            self.stats.peak_rows = max(self.stats.peak_rows, rows)
+        return tokens
 
     def _fail_all(self, error: Exception) -> None:
         """Every running request hears ``error``; the batcher starts afresh."""
