@@ -14,7 +14,6 @@ import torch.nn as nn
 
 from . import metrics
 from .blocks import embedding_weight, hidden
-from .decompose import adapters_off
 from .pair_base import PairBase
 from .results import OutputContribution
 
@@ -32,7 +31,7 @@ def output_contribution_of(pair: PairBase) -> Callable[[dict[str, torch.Tensor]]
                 "by fine-tuning): the pretrained model cannot run on it for OutputCo."
             )
         x_ft, logits_ft = last_stream(pair.finetuned, pair.ft_blocks, batch)
-        with adapters_off(pair.finetuned) if pair.adapter_mode else contextlib.nullcontext():
+        with pair.pt_side(pair.finetuned) if pair.adapter_mode else contextlib.nullcontext():
             x_pt, logits_pt = last_stream(pt_model, pair.pt_blocks, batch)
         vocab = min(logits_ft.shape[-1], logits_pt.shape[-1])
         x_pt = x_pt.to(x_ft.device)

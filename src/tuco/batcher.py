@@ -29,6 +29,7 @@ keep one batch per lane: newcomers wait until it has finished.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable
@@ -68,6 +69,8 @@ class _Prefill(_Batch):
     input_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     position_ids: torch.Tensor | None = None
     at: int = 0
+    hidden: torch.Tensor | None = None  # [b, 1, d] last hidden states, unembedded with the next step
+    tucos: list[float | None] | None = None
 
 
 class Batcher:
@@ -89,9 +92,12 @@ class Batcher:
         self.lanes: dict[LaneKey, _Batch] = {}
         self.prefills: list[_Prefill] = []
         self._ready: list[_Prefill] = []  # prefilled, joining their lane after the next decoding step
+        self._deferred: list[_Prefill] = []  # prefilled but for the unembedding: it rides the next step's
         self.joinable: bool | None = None  # known after the first prefill
         takes_cache = "cache" in inspect.signature(unwrap(pair.finetuned).forward).parameters
         self.cache_name = "cache" if takes_cache else "past_key_values"  # renamed in transformers 5.24
+        body_takes_cache = "cache" in inspect.signature(pair.body.forward).parameters
+        self.body_cache_name = "cache" if body_takes_cache else "past_key_values"
 
     # ------------------------------------------------------------------ what callers see
     def add(self, index: int, ids: list[int], sampling: Sampling, alpha: Alpha = 1.0) -> None:
@@ -107,11 +113,11 @@ class Batcher:
 
     @property
     def busy(self) -> bool:
-        return bool(self.lanes or self.prefills or self._ready)
+        return bool(self.lanes or self.prefills or self._ready or self._deferred)
 
     def indices(self) -> set[int]:
         """The rows running or waiting for their prefill."""
-        batches = [*self.lanes.values(), *self.prefills, *self._ready]
+        batches = [*self.lanes.values(), *self.prefills, *self._ready, *self._deferred]
         return {row.index for batch in batches for row in batch.rows}
 
     def step(self) -> list[TokenEvent]:
@@ -120,22 +126,24 @@ class Batcher:
 
     @torch.inference_mode()
     def prefill(self) -> list[TokenEvent]:
-        """A prefill chunk of every waiting group: the first tokens of the groups it completes,
-        which join the running batch after the next ``decode``."""
+        """A prefill chunk of every waiting group: the first tokens of the groups it completes (of
+        those whose unembedding rides the next ``decode``: with it); they join the running batch
+        after that ``decode``."""
         events: list[TokenEvent] = []
         for group in list(self.prefills):
             if self._may_start(group):
                 events += self._prefill(group)
-                if group.at == group.input_ids.shape[1]:
-                    self._ready.append(group)
         return events
 
     @torch.inference_mode()
     def decode(self) -> list[TokenEvent]:
-        """One decoding step of every running row; then the rows prefilled since join them."""
+        """One decoding step of every running row (the first tokens of groups whose prefill was
+        done but for the unembedding come with it); then the rows prefilled since join them."""
         events: list[TokenEvent] = []
+        deferred, self._deferred = self._deferred, []
         for key, lane in list(self.lanes.items()):
-            events += self._decode(lane)
+            events += self._decode(lane, deferred)
+            deferred = []
             if not lane.rows:
                 del self.lanes[key]
         ready, self._ready = self._ready, []
@@ -153,7 +161,8 @@ class Batcher:
     def _may_start(self, group: _Prefill) -> bool:
         if group.at or self.joinable is not False:
             return True  # caches join: any time
-        started = any(p.at for p in self.prefills if p.key == group.key)
+        others = [p for p in [*self.prefills, *self._deferred, *self._ready] if p is not group]
+        started = any(p.at for p in others if p.key == group.key)
         return group.key not in self.lanes and not started
 
     def _steer(self, batch: _Batch, last_only: bool = False):
@@ -175,48 +184,78 @@ class Batcher:
         record_at: int | None,
         keep_pt: bool,
         last_only: bool = False,
+        head: bool = True,
     ) -> tuple[torch.Tensor, list[float | None] | None]:
-        """One pass over ``ids`` [b, s]: the last position's logits [b, vocab] in float32, and each
-        row's TuCo at column ``record_at`` of the pass (None: not recorded)."""
-        step: dict[str, Any] = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "use_cache": True,
-            "logits_to_keep": 1,
-        }
+        """One pass over ``ids`` [b, s]: the last position's logits [b, vocab] in float32 (without
+        ``head``: its last hidden states [b, 1, d], the model body's alone), and each row's TuCo
+        at column ``record_at`` of the pass (None: not recorded)."""
+        step: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
+        if head:
+            step["logits_to_keep"] = 1
         if positions is not None:
             step["position_ids"] = positions
         if batch.cache is not None:
-            step[self.cache_name] = batch.cache
+            step[self.cache_name if head else self.body_cache_name] = batch.cache
+        model = self.pair.finetuned if head else self.pair.body
         tucos = None
         if keep_pt or record_at is not None:
             with self._steer(batch, last_only) as dec:
                 dec.use_caches(batch.cache, batch.pt_caches)
                 at = torch.full((len(batch.rows),), record_at or 0)
                 rec = dec.record(at, p=self.p, layers=False) if record_at is not None else None
-                out = self.pair.finetuned(**step)
+                out = model(**step)
                 batch.pt_caches = dec.caches if keep_pt else {}
             if rec is not None:
                 ptc_sum, ftc_sum = rec.sums()
                 values = metrics.tuco(ptc_sum, ftc_sum, self.p).tolist()
                 tucos = [v if math.isfinite(v) else None for v in values]
         else:
-            out = self.pair.finetuned(**step)
+            out = model(**step)
         batch.cache = out["cache"] if "cache" in out else out["past_key_values"]
+        if not head:
+            return out.last_hidden_state[:, -1:], tucos
         return out.logits[:, -1].float(), tucos
 
-    def _decode(self, lane: _Batch) -> list[TokenEvent]:
+    def _decode(self, lane: _Batch, riders: list[_Prefill]) -> list[TokenEvent]:
+        """One step of ``lane``; the ``riders``' last hidden states are unembedded in the same pass
+        (one read of the unembedding for both), and their first tokens chosen."""
         lane.mask = torch.cat([lane.mask, lane.mask.new_ones(len(lane.rows), 1)], dim=1)
         if lane.positions is not None:
             lane.positions = lane.positions + 1
         ids = torch.tensor(lane.next_ids, device=lane.mask.device)[:, None]
         record_at = 0 if self.monitor == "tokens" else None
-        logits, tucos = self._forward(
-            lane, ids, lane.mask, lane.positions, record_at=record_at, keep_pt=lane.key[1]
-        )
-        events = self._choose(lane, logits, tucos, None)
+        with self._riding([group.hidden for group in riders]):
+            logits, tucos = self._forward(
+                lane, ids, lane.mask, lane.positions, record_at=record_at, keep_pt=lane.key[1]
+            )
+        events = self._choose(lane, logits[: len(lane.rows)], tucos, None)
         self._leave(lane)
+        start = len(logits) - sum(len(group.rows) for group in riders)
+        for group in riders:
+            end = start + len(group.rows)
+            events += self._first_tokens(group, logits[start:end], group.tucos)
+            start = end
         return events
+
+    @contextlib.contextmanager
+    def _riding(self, hidden: list):
+        """Within it, the FT model's unembedding also takes ``hidden`` ([b_i, 1, d] each), after
+        the pass's own rows: its logits come out [b + sum b_i, 1, vocab], with the model's own
+        post-processing (soft-capping, scaling: row-wise) applied to every row."""
+        if not hidden:
+            yield
+            return
+        head = unwrap(self.pair.finetuned).get_output_embeddings()
+
+        def pre(module, args):
+            x = args[0]
+            return (torch.cat([x, *(h.to(x.device, x.dtype) for h in hidden)]), *args[1:])
+
+        handle = head.register_forward_pre_hook(pre)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def _prefill(self, group: _Prefill) -> list[TokenEvent]:
         if not group.at:  # the group's prompts, left-padded: every row's last token in the last column
@@ -230,7 +269,10 @@ class Batcher:
         positions = None if group.position_ids is None else group.position_ids[:, cols]
         # a lane without PT blocks keeps no PT caches, unless a long prompt's chunks need them
         light = not group.key[1] and group.at == 0 and last
-        logits, tucos = self._forward(
+        # the unembedding of a last chunk rides this step's decoding pass, when there is one; an
+        # earlier chunk needs none
+        rides = last and any(lane.rows for lane in self.lanes.values())
+        out, tucos = self._forward(
             group,
             group.input_ids[:, cols],
             group.mask[:, :end],
@@ -238,6 +280,7 @@ class Batcher:
             record_at=end - group.at - 1 if last else None,
             keep_pt=not light and (group.key[1] or not last),
             last_only=light and group.rows[0].alpha == 1.0,
+            head=last and not rides,
         )
         if self.joinable is None:
             self.joinable = kvrows.joinable(group.cache)
@@ -245,9 +288,19 @@ class Batcher:
         if not last:
             return []
         self.prefills.remove(group)
+        if rides:
+            group.hidden, group.tucos = out, tucos
+            self._deferred.append(group)
+            return []
+        return self._first_tokens(group, out, tucos)
+
+    def _first_tokens(self, group: _Prefill, logits: torch.Tensor, tucos: list | None) -> list[TokenEvent]:
+        """A prefilled group's first tokens; it joins its lane after this step's decoding."""
         events = self._choose(group, logits, tucos, tucos)
         group.positions = None if group.position_ids is None else group.position_ids[:, -1:]
+        group.hidden = None
         self._leave(group)
+        self._ready.append(group)
         return events
 
     # ------------------------------------------------------------------ rows

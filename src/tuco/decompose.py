@@ -320,6 +320,39 @@ def adapters_off(module: nn.Module):
             m._disable_adapters = was
 
 
+def _lora_delta(layer: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """What the active (or merged) LoRA adapters of ``layer`` add to its output at input ``x``."""
+    names = layer.merged_adapters if layer.merged else [a for a in layer.active_adapters if a in layer.lora_A]
+    delta = None
+    for name in names:
+        a = layer._cast_input_dtype(x, layer.lora_A[name].weight.dtype)
+        term = layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](a))) * layer.scaling[name]
+        delta = term if delta is None else delta + term
+    return delta
+
+
+@contextlib.contextmanager
+def adapters_subtracted(module: nn.Module):
+    """The PT side of ``module`` when its LoRA adapters are merged into the base weights
+    (``PairBase.merge_adapter``): every LoRA layer's output less what its adapters add,
+    (W + sBA) x - sB(Ax) = Wx (in float32, to rounding). Right merged or not; a layer whose
+    ``forward`` was replaced for the moment (``tuco.lastpos``' capture run) is left alone."""
+
+    def hook(layer, args, output):
+        if "forward" in layer.__dict__ or layer.disable_adapters:
+            return None
+        delta = _lora_delta(layer, args[0])
+        return output if delta is None else output - delta.to(output.dtype)
+
+    layers = [m for m in module.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextlib.contextmanager
 def adapters_only(module: nn.Module, names: Sequence[str]):
     """Within the block, the PEFT adapter layers inside ``module`` apply the adapters ``names`` alone

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from . import compat, inputs, progress
 from .blocks import contiguous_unembedding, embedding_weight, find_blocks, unwrap
-from .decompose import Decomposition, adapters_off, pt_blocks_needed
+from .decompose import Decomposition, adapters_off, adapters_subtracted, pt_blocks_needed
 from .errors import Alpha, check_alpha, check_choice, check_int
 from .inputs import Prompts, Side
 
@@ -159,6 +159,33 @@ class PairBase:
             check_choice(padding_side, "padding_side", ("left", "right"))
         return padding_side or getattr(self.tokenizer, "padding_side", None) or "right"
 
+    # ------------------------------------------------------------------ adapter mode
+    merged_adapter = False  # merge_adapter() was called
+
+    def pt_side(self, module: nn.Module) -> AbstractContextManager:
+        """In adapter mode, the context that makes ``module`` (a block, or the whole PEFT model)
+        compute as the pre-trained model: its adapters off, or with ``merge_adapter``, subtracted."""
+        return adapters_subtracted(module) if self.merged_adapter else adapters_off(module)
+
+    def merge_adapter(self) -> str | None:
+        """Adapter mode in float32: merge the LoRA adapter into the base weights (in place, no
+        memory), so the FT side runs as a plain model does (as fast as a merged checkpoint), and the
+        PT side subtracts the adapter's update instead of skipping it: the same TuCo to rounding
+        (1e-6). None when merged, else why not (another dtype, a LoRA variant, ...)."""
+        if not self.adapter_mode or self.merged_adapter:
+            return None if self.merged_adapter else "not a base + adapter pair"
+        if self.dtype_name != "float32":
+            return f"{self.dtype_name}: merged weights would round the adapter's update"
+        layers = [m for m in self.ft_blocks.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+        kinds = {type(m).__name__ for m in layers}
+        if not layers or kinds != {"Linear"} or any(getattr(m, "lora_variant", None) for m in layers):
+            return f"LoRA layers of kinds {sorted(kinds)} (plain LoRA Linear layers merge)"
+        if getattr(self, "stage_blocks", None):
+            return "a chain's stacked adapters stay apart"
+        self.finetuned.merge_adapter()
+        self.merged_adapter = True
+        return None
+
     # ------------------------------------------------------------------ the decomposition
     def steer(
         self,
@@ -176,7 +203,7 @@ class PairBase:
         ``row_alpha`` ([batch] floats, with alpha = 1): each row at its own alpha.
         A chain (``tuco.chain``) also runs its intermediate checkpoints' blocks (``stage_blocks``)."""
         alpha = check_alpha(alpha)
-        pt_context = (lambda layer: adapters_off(self.ft_blocks[layer])) if self.adapter_mode else None
+        pt_context = (lambda layer: self.pt_side(self.ft_blocks[layer])) if self.adapter_mode else None
         config = unwrap(self.finetuned).config.get_text_config()
         return Decomposition(
             self.ft_blocks,

@@ -11,10 +11,13 @@ out with replicas behind a load balancer (README).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 from .errors import DataError, UsageError, nonnegative_int, positive_float, positive_int, probability
+
+log = logging.getLogger("tuco")
 
 
 def add_parsers(sub, model_options) -> None:
@@ -149,7 +152,7 @@ def run_serve(args) -> int:
         print(warning, file=sys.stderr)
     chosen = models.resolve_options(args)
     models.placement(args.device, args.device_map)
-    pair = models.load_options(chosen, args, batch_invariant=True)  # auto: float32 (README, dtype)
+    pair = serving_pair(chosen, args)
     if not pair.formats_chats:
         print(
             "tuco serve: the tokenizer has no chat template: /v1/chat/completions will refuse chats",
@@ -182,6 +185,18 @@ def run_serve(args) -> int:
         timeout_graceful_shutdown=int(args.shutdown_timeout),
     )
     return 0
+
+
+def serving_pair(chosen, args):
+    """The pair as ``tuco serve`` and ``tuco calibrate`` load it: "auto" is float32 (README, dtype),
+    and a LoRA adapter is merged into its base weights there (``PairBase.merge_adapter``: the FT
+    side as fast as a merged checkpoint, the same TuCo to 1e-6)."""
+    from . import models
+
+    pair = models.load_options(chosen, args, batch_invariant=True)
+    if pair.adapter_mode and (why := pair.merge_adapter()) is not None:
+        log.info("tuco: the adapter stays apart from its base weights: %s", why)
+    return pair
 
 
 def formatted_prompts(pair, path: str, field: str | None, chat_template: bool | None) -> list:
@@ -218,7 +233,7 @@ def run_calibrate(args) -> int:
         raise UsageError(f"--fpr {args.fpr}: give a rate between 0 and 1 (exclusive)")
     chosen = models.resolve_options(args)
     models.placement(args.device, args.device_map)
-    pair = models.load_options(chosen, args, batch_invariant=True)  # as tuco serve loads it
+    pair = serving_pair(chosen, args)  # as tuco serve loads it
     benign = prompt_tucos(pair, args.benign, args.field, args.chat_template, args.batch_size)
     attacks = (
         prompt_tucos(pair, args.attacks, args.field, args.chat_template, args.batch_size)
