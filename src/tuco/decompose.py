@@ -320,6 +320,11 @@ def adapters_off(module: nn.Module):
             m._disable_adapters = was
 
 
+def lora_layers(module: nn.Module) -> list[Any]:
+    """The PEFT LoRA layers inside ``module``."""
+    return [m for m in module.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+
+
 def _lora_delta(layer: Any, x: torch.Tensor) -> torch.Tensor | None:
     """What the active (or merged) LoRA adapters of ``layer`` add to its output at input ``x``."""
     names = layer.merged_adapters if layer.merged else [a for a in layer.active_adapters if a in layer.lora_A]
@@ -332,11 +337,12 @@ def _lora_delta(layer: Any, x: torch.Tensor) -> torch.Tensor | None:
 
 
 @contextlib.contextmanager
-def adapters_subtracted(module: nn.Module):
+def adapters_subtracted(module: nn.Module, layers: Sequence[Any] | None = None):
     """The PT side of ``module`` when its LoRA adapters are merged into the base weights
     (``PairBase.merge_adapter``): every LoRA layer's output less what its adapters add,
     (W + sBA) x - sB(Ax) = Wx (in float32, to rounding). Right merged or not; a layer whose
-    ``forward`` was replaced for the moment (``tuco.lastpos``' capture run) is left alone."""
+    ``forward`` was replaced for the moment (``tuco.lastpos``' capture run) is left alone.
+    ``layers``: its LoRA layers, when known (``lora_layers(module)``, found once)."""
 
     def hook(layer, args, output):
         if "forward" in layer.__dict__ or layer.disable_adapters:
@@ -344,7 +350,8 @@ def adapters_subtracted(module: nn.Module):
         delta = _lora_delta(layer, args[0])
         return output if delta is None else output - delta.to(output.dtype)
 
-    layers = [m for m in module.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    if layers is None:
+        layers = lora_layers(module)
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
         yield

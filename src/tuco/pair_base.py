@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from . import compat, inputs, progress
 from .blocks import contiguous_unembedding, embedding_weight, find_blocks, unwrap
-from .decompose import Decomposition, adapters_off, adapters_subtracted, pt_blocks_needed
+from .decompose import Decomposition, adapters_off, adapters_subtracted, lora_layers, pt_blocks_needed
 from .errors import Alpha, check_alpha, check_choice, check_int
 from .inputs import Prompts, Side
 
@@ -161,11 +161,14 @@ class PairBase:
 
     # ------------------------------------------------------------------ adapter mode
     merged_adapter = False  # merge_adapter() was called
+    _lora_layers: dict[int, list] = {}  # id(block) -> its LoRA layers, once merged
 
     def pt_side(self, module: nn.Module) -> AbstractContextManager:
         """In adapter mode, the context that makes ``module`` (a block, or the whole PEFT model)
         compute as the pre-trained model: its adapters off, or with ``merge_adapter``, subtracted."""
-        return adapters_subtracted(module) if self.merged_adapter else adapters_off(module)
+        if self.merged_adapter:
+            return adapters_subtracted(module, self._lora_layers.get(id(module)))
+        return adapters_off(module)
 
     def merge_adapter(self) -> str | None:
         """Adapter mode in float32: merge the LoRA adapter into the base weights (in place, no
@@ -176,7 +179,7 @@ class PairBase:
             return None if self.merged_adapter else "not a base + adapter pair"
         if self.dtype_name != "float32":
             return f"{self.dtype_name}: merged weights would round the adapter's update"
-        layers = [m for m in self.ft_blocks.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+        layers = lora_layers(self.ft_blocks)
         kinds = {type(m).__name__ for m in layers}
         if not layers or kinds != {"Linear"} or any(getattr(m, "lora_variant", None) for m in layers):
             return f"LoRA layers of kinds {sorted(kinds)} (plain LoRA Linear layers merge)"
@@ -184,6 +187,7 @@ class PairBase:
             return "a chain's stacked adapters stay apart"
         self.finetuned.merge_adapter()
         self.merged_adapter = True
+        self._lora_layers = {id(block): lora_layers(block) for block in self.ft_blocks}  # found once
         return None
 
     # ------------------------------------------------------------------ the decomposition
