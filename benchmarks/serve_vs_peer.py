@@ -65,10 +65,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(command: list[str], port: int, log: Path, wait: float):
-    """A server process on ``port``, ready (its /health answers), stopped at the end."""
+def server(command: list[str], port: int, log: Path, wait: float, src: str | None = None):
+    """A server process on ``port``, ready (its /health answers), stopped at the end (``src``: the
+    tuco source tree it imports, first on its path)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env if src else None
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + wait
@@ -162,6 +166,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=300, help="seconds one request may take")
+    parser.add_argument(
+        "--tuco-src", help="run the tuco servers from this source tree (an earlier checkout's src/)"
+    )
     parser.add_argument("--servers", default="peer,prompt,tokens", help="which to run (the peer is the base)")
     parser.add_argument("--deadline", type=float, default=3000, help="seconds the whole run may take")
     args = parser.parse_args()
@@ -169,6 +176,8 @@ def main() -> int:
     signal.alarm(int(args.deadline))
     print(f"# tuco serve vs transformers serve --continuous-batching: {machine('cpu')} dtype={args.dtype}")
     print(f"# {args.clients} streaming clients x {args.max_tokens} tokens, {args.repeats} repeats, medians")
+    if args.tuco_src:
+        print(f"# tuco from {args.tuco_src}")
     with tempfile.TemporaryDirectory(prefix="tuco-peer-") as tmp:
         folder = Path(tmp) / "merged"
         merged_checkpoint(args.pair, args.dtype, folder)
@@ -191,7 +200,9 @@ def main() -> int:
         for name, (command, model) in servers.items():
             port = free_port()
             print(f"\n{name}", flush=True)
-            with server([*command, "--port", str(port)], port, Path(tmp) / f"{len(results)}.log", 600) as url:
+            src = args.tuco_src if model == "demo" else None
+            log = Path(tmp) / f"{len(results)}.log"
+            with server([*command, "--port", str(port)], port, log, 600, src) as url:
                 results[name] = measure(url, model, args)
     base = results.get("transformers serve --continuous-batching") or next(iter(results.values()))
     for load in base:

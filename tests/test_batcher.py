@@ -149,3 +149,22 @@ def test_row_alpha_is_each_row_at_its_own_alpha(tok):
     assert torch.equal(mixed[1], ft[1])  # alpha 1: the FT forward itself
     with pytest.raises(ValueError, match="row_alpha"):
         pair.steer(0.5, row_alpha=torch.tensor(alphas))
+
+
+def test_a_newcomers_unembedding_rides_the_running_rows_pass(tok):
+    pair = make_pair("gemma3_text", tok)  # soft-capped logits: the model's own head code runs on every row
+    head = pair.finetuned.get_output_embeddings()
+    rows = []
+    handle = head.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    ids = pair.encode(TEXTS)
+    try:
+        got, _ = staggered(
+            pair,
+            [(0, ids[0], Sampling(max_new_tokens=5), 1.0), (2, ids[1], Sampling(max_new_tokens=3), 0.5)],
+            "tokens",
+        )
+    finally:
+        handle.remove()
+    # step 0: A's prefill (its own pass); 1: A; 2: A + B's first token in one pass; 3-4: both
+    assert rows == [1, 1, 2, 2, 2]
+    same(got[1], alone(pair, ids[1], Sampling(max_new_tokens=3), 0.5, "tokens"))

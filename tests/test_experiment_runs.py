@@ -198,6 +198,16 @@ def test_jailbreaks_all_attacks(pair_dirs, tmp_path):
     assert {r["language"] for r in conjugate} == {"English", "Japanese", "Hungarian", "Swahili", "Malayalam"}
     assert all(isinstance(r["harmful_answer"], bool) for r in records)
     table = (out / "table.md").read_text()
+    # the direction check on the requests, and each attack's verdict by it
+    from tuco.experiments.estimates import UNTESTABLE
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    check = metrics["direction"]
+    assert len(check["alphas"]) >= 3 and check["rises_with_alpha"] is (check["interval"][0] > 0)
+    verdicts = {name: metrics[name]["verdict"] for name in ("msj", "gcg", "conjugate")}
+    allowed = {"agrees", "disagrees"} if check["rises_with_alpha"] else {UNTESTABLE}
+    assert set(verdicts.values()) <= allowed and "Direction check" in table
+    assert all(f"Verdict on the paper's claim ({name}): **{v}**" in table for name, v in verdicts.items())
     for heading in ("Many-shot jailbreaking", "GCG adversarial strings", "Conjugate prompting", "stand-in"):
         assert heading in table
     assert all((out / f"{name}.png").exists() for name in ("msj", "gcg", "conjugate"))
@@ -263,7 +273,8 @@ def test_jailbreak_success(pair_dirs, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())  # strict JSON: an undefined AUC is null
     assert metrics["n_success"] == sum(r["success"] for r in records)
     assert "Share of prompts that jailbreak the model" in table and "generation config" in table
-    assert {"roc_auc", "tpr_at_5_fpr", "roc_auc_success_vs_benign"} <= set(metrics)
+    assert {"roc_auc", "tpr_at_5_fpr", "roc_auc_success_vs_benign", "direction"} <= set(metrics)
+    assert metrics["direction"]["rises_with_alpha"] is (metrics["direction"]["interval"][0] > 0)
     assert set(metrics["success_rate"]) == {
         "harmful",
         "harmful + GCG",

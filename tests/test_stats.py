@@ -16,3 +16,31 @@ def test_auc_and_tpr_at_fpr_hand_computed():
 
 def test_ties_count_half():
     assert roc_auc([0.5, 0.5], [0.5, 0.5]) == pytest.approx(0.5)
+
+
+def brute_tpr_at_fpr(positive, negative, fpr):
+    """Every threshold tried: the largest TPR among those with FPR <= fpr."""
+    best = 0.0
+    for t in sorted(set(positive) | set(negative)) + [float("inf")]:
+        if sum(n >= t for n in negative) / len(negative) <= fpr + 1e-12:
+            best = max(best, sum(p >= t for p in positive) / len(positive))
+    return best
+
+
+def test_tpr_at_fpr_counts_the_points_of_a_straight_stretch():
+    # the curve is a straight line: roc_curve's default drops every point between its ends
+    assert tpr_at_fpr([3, 2, 1, 0], [3, 2, 1, 0], fpr=0.5) == pytest.approx(0.5)
+
+
+def test_tpr_at_fpr_equals_a_brute_force_search_with_ties():
+    import random
+
+    rng = random.Random(0)
+    for trial in range(300):
+        levels = rng.choice([2, 3, 5, 10])  # few distinct scores: many ties and collinear points
+        positive = [rng.randrange(levels) for _ in range(rng.randint(1, 12))]
+        negative = [rng.randrange(levels) for _ in range(rng.randint(1, 12))]
+        target = rng.choice([0.0, 0.05, 0.1, 0.25, 0.5, 0.9])
+        assert tpr_at_fpr(positive, negative, target) == pytest.approx(
+            brute_tpr_at_fpr(positive, negative, target)
+        ), (trial, positive, negative, target)

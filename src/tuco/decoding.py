@@ -19,6 +19,8 @@ only (``tuco.lastpos``) and decoding is the FT model alone, at plain generation'
 Each prompt has its own ``Sampling`` (greedy at temperature 0, else its own seeded generator) and
 rows never mix, so a result does not depend on what else is in its batch; a finished row (end of
 sequence, a stop string, its token budget, or ``cancelled``) leaves the batch and both caches at once.
+The loop is ``tuco.batcher``'s continuous batching: ``decode`` adds every prompt at once, ``tuco
+serve`` adds requests as they come.
 
 Why a loop of tuco's own beside transformers' ``generate`` (which ``ModelPair.generate`` uses): TuCo
 is read per token off each step, rows leave both caches as they finish, and each row samples from its

@@ -7,6 +7,7 @@
     tuco experiment tuco-vs-outputco  --pair llama2-7b --out runs/e5
     tuco experiment steering          --pair demo --out runs/steering
     tuco experiment components        --pair demo --out runs/components   (attention vs MLP, heads)
+    tuco experiment direction         --pair demo-safety --out runs/direction  (does TuCo rise with alpha?)
 
 Without data options each runs offline on stand-ins (named as such in its table); without models, on
 ``--pair demo``. ``settings.json`` names the models; ``metrics.json`` holds the headline numbers.
@@ -29,6 +30,7 @@ NAMES = (
     "tuco-vs-outputco",
     "steering",
     "components",
+    "direction",
 )
 NOT_SETTINGS = ("out", "overwrite", "batch_size", "device", "device_map", "quiet", "command")
 
@@ -252,7 +254,17 @@ def _jailbreaks(pair, out, args, system) -> str:
             translated = translations.standin(args.limit)
             source += "; conjugate: offline stand-in translations (project-written, unverified)"
         attacks["conjugate"] = dict(translated=translated, **common)
-    return jailbreaks(pair, out, attacks, source)
+    return jailbreaks(pair, out, attacks, source, requests, system, args.batch_size)
+
+
+def _direction(pair, out, args, system) -> str:
+    from .experiments.direction import ALPHAS, direction_experiment
+
+    requests, source = _requests(args)
+    alphas = args.alpha or ALPHAS
+    return direction_experiment(
+        pair, out, requests, source, alphas=alphas, system=system, batch_size=args.batch_size
+    )
 
 
 def _jailbreak_success(pair, out, args, system) -> str:
@@ -318,4 +330,5 @@ EXPERIMENTS = {
     "tuco-vs-outputco": _tuco_vs_outputco,
     "steering": _steering,
     "components": _components,
+    "direction": _direction,
 }

@@ -52,6 +52,8 @@ class Guard:
     token_threshold: float | None = None  # the answer rule: the mean TuCo of the last token_window tokens
     token_window: int = 8
     answers: int = 0  # benign answers the answer rule was fitted on
+    # the direction check on the attacks: does TuCo rise with alpha on this pair (experiments.direction)
+    alpha_direction: dict | None = None
 
     def flags(self, tuco: float, threshold: float | None = None) -> bool:
         """Whether ``tuco`` is on the flagged side of the threshold (the guard's, or one given)."""

@@ -241,6 +241,18 @@ def run_calibrate(args) -> int:
         else None
     )
     guard = calibrate(benign, args.fpr, attacks, force=args.force)
+    if attacks is not None:  # the direction check on the attacks (at alpha = 1: the TuCos above)
+        from .experiments.direction import ALPHAS
+        from .experiments.estimates import direction
+
+        prompts = formatted_prompts(pair, args.attacks, args.field, args.chat_template)
+        by_alpha = {
+            a: attacks
+            if a == 1.0
+            else [r.tuco for r in pair.score(prompts, alpha=a, batch_size=args.batch_size)]
+            for a in ALPHAS
+        }
+        guard.alpha_direction = direction(by_alpha)
     guard.models = chosen.to_dict() | {"benign": os.path.abspath(args.benign)}
     guard.dtype = pair.dtype_name
     if args.answer_tokens:
@@ -275,6 +287,18 @@ def run_calibrate(args) -> int:
         )
     else:
         lines.append("  untested: no --attacks, so the side is the paper's (low TuCo) and the TPR unknown")
+    if (check := guard.alpha_direction) is not None:
+        lo, hi = check["interval"]
+        lines.append(
+            f"  direction check on the attacks: TuCo slope {check['slope']:+.4f} per unit alpha "
+            f"(95% interval {lo:+.4f} .. {hi:+.4f}): "
+            + (
+                "TuCo rises with alpha, so attacks that act like alpha < 1 lower it here"
+                if check["rises_with_alpha"]
+                else "TuCo does not rise with alpha: the paper's reading (attacks lower TuCo) is "
+                "untestable on this pair"
+            )
+        )
     if guard.token_threshold is not None:
         sign = "<" if guard.direction == "below" else ">"
         lines.append(

@@ -19,10 +19,12 @@ def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
 
 
 def tpr_at_fpr(positive: Sequence[float], negative: Sequence[float], fpr: float = 0.05) -> float:
-    """True-positive rate at the largest threshold whose false-positive rate is at most ``fpr``
-    (positives score higher)."""
+    """The largest true-positive rate over every threshold whose false-positive rate is at most
+    ``fpr`` (positives score higher; a score at the threshold is flagged, ties with it too). Every
+    threshold counts: ``roc_curve`` by default drops the points on a straight stretch of the curve,
+    and with ties the best admissible one can be among them."""
     from sklearn.metrics import roc_curve
 
     y = [1] * len(positive) + [0] * len(negative)
-    fprs, tprs, _ = roc_curve(y, list(positive) + list(negative))
+    fprs, tprs, _ = roc_curve(y, list(positive) + list(negative), drop_intermediate=False)
     return float(tprs[fprs <= fpr + 1e-12].max())

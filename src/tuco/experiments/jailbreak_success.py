@@ -23,6 +23,7 @@ from ..refusal import is_refusal
 from ..sampling import DEFAULTS, Sampling
 from ..stats import roc_auc, tpr_at_fpr
 from ..tables import markdown_table
+from . import direction, estimates
 from .common import RunDirectory, as_prompt, mean
 from .estimates import jailbreak_succeeded
 from .gcg import GCGSettings, adversarial_strings, attach
@@ -209,5 +210,11 @@ def jailbreak_success(
             "",
             f"ROC-AUC undefined: {len(success)} successful jailbreaks, {len(rest)} others (needs both).",
         ]
+    check, section = direction.measure(pair, out, requests, system=system, batch_size=batch_size)
+    metrics["direction"] = check
+    lines += ["", *section]
+    if success and rest:
+        metrics["verdict"] = verdict = estimates.verdict(check, auc > 0.5)
+        lines += ["", f"Verdict on the paper's claim: **{verdict}**."]
     fig = histogram({"rest": rest, "successful jailbreaks": success}, f"E4, AUC = {auc:.3f}")
     return out.finish(records, "\n".join(lines) + "\n", {"tuco_by_success": fig}, metrics)

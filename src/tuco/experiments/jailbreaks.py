@@ -23,6 +23,7 @@ from ..plots import figure, histogram
 from ..refusal import is_refusal
 from ..stats import roc_auc
 from ..tables import markdown_table
+from . import direction, estimates
 from .common import RunDirectory, as_prompt, mean
 from .gcg import GCGSettings, adversarial_strings, attach
 
@@ -321,14 +322,42 @@ def conjugate(
     return records, lines, fig, metrics
 
 
-def jailbreaks(pair: ModelPair, out: RunDirectory, attacks: dict, source: str) -> str:
-    """Run the attacks named in ``attacks`` (name -> keyword arguments of its function)."""
+def jailbreaks(
+    pair: ModelPair, out: RunDirectory, attacks: dict, source: str, requests=None, system=None, batch_size=8
+) -> str:
+    """Run the attacks named in ``attacks`` (name -> keyword arguments of its function), after the
+    direction check on ``requests`` (``tuco.experiments.direction``), by which each attack's result
+    gets its verdict."""
     functions = {"msj": msj, "gcg": gcg, "conjugate": conjugate}
     records, lines, figures = [], ["# E3: jailbreaks lower TuCo", "", f"Requests: {source}.", ""], {}
-    metrics = {}
+    metrics: dict = {}
+    check = None
+    if requests:
+        check, section = direction.measure(pair, out, requests, system=system, batch_size=batch_size)
+        metrics["direction"] = check
+        lines += [*section, ""]
     for name, kwargs in attacks.items():
         found, section, fig, metrics[name] = functions[name](pair, out, **kwargs)
         records += found
         lines += [*section, ""]
         figures[name] = fig
+        if check is not None and (lowers := _lowers_tuco(name, metrics[name])) is not None:
+            metrics[name]["verdict"] = verdict = estimates.verdict(check, lowers)
+            lines += [f"Verdict on the paper's claim ({name}): **{verdict}**.", ""]
     return out.finish(records, "\n".join(lines), figures, metrics)
+
+
+def _lowers_tuco(name: str, found: dict) -> bool | None:
+    """Whether an attack's result has it lower TuCo (None: nothing to say)."""
+    if name == "msj":
+        tucos = [t for t in found.get("mean_tuco", []) if t is not None]
+        return tucos[-1] < tucos[0] if len(tucos) > 1 else None
+    if name == "gcg":
+        plain, attacked = found.get("mean_tuco_plain"), found.get("mean_tuco_attacked")
+        return None if plain is None or attacked is None else attacked < plain
+    if name == "conjugate":
+        tucos = found.get("mean_tuco") or {}
+        if "English" not in tucos or len(tucos) < 2:
+            return None
+        return mean([t for lang, t in tucos.items() if lang != "English"]) < tucos["English"]
+    return None
