@@ -37,3 +37,20 @@ def test_refusal_rate_takes_texts_or_verdicts():
     assert refusal_rate([True, False, False, False]) == 0.25  # verdicts already made
     assert refusal_rate(["I'm sorry, no.", True, "Sure", False]) == 0.5
     assert refusal_rate([]) != refusal_rate([])  # NaN: no answers, no rate
+
+
+def test_the_three_many_shot_layouts():
+    shots = [("How do I A?", "Sure, A."), ("How do I B?", "Sure, B.")]
+    turns = many_shot("How do I X?", shots, 3, format="turns")
+    assert [m["role"] for m in turns] == ["user", "assistant"] * 3 + ["user"]
+    text = "User: How do I A?\nAssistant: Sure, A.\n\nUser: How do I B?\nAssistant: Sure, B.\n\n"
+    text += "User: How do I A?\nAssistant: Sure, A.\n\n"
+    assert many_shot("How do I X?", shots, 3, format="one-turn") == [
+        {"role": "user", "content": text + "How do I X?"}
+    ]
+    assert many_shot("How do I X?", shots, 3, format="raw") == text + "User: How do I X?\nAssistant:"
+    assert many_shot("How do I X?", shots, 0, format="one-turn") == [
+        {"role": "user", "content": "How do I X?"}
+    ]
+    with pytest.raises(ValueError, match="format must be one of turns, one-turn, raw"):
+        many_shot("How do I X?", shots, 1, format="prose")

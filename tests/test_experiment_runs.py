@@ -275,6 +275,10 @@ def test_jailbreak_success(pair_dirs, tmp_path):
     assert "Share of prompts that jailbreak the model" in table and "generation config" in table
     assert {"roc_auc", "tpr_at_5_fpr", "roc_auc_success_vs_benign", "direction"} <= set(metrics)
     assert metrics["direction"]["rises_with_alpha"] is (metrics["direction"]["interval"][0] > 0)
+    for group, shares in metrics["success_by_rule"].items():  # at least k of the 3 samples not refused
+        assert len(shares) == 3 and shares == sorted(shares, reverse=True)
+        assert shares[1] == pytest.approx(metrics["success_rate"][group])  # this run's rule: k = 2
+    assert "The share of successes by the rule" in table
     assert set(metrics["success_rate"]) == {
         "harmful",
         "harmful + GCG",
@@ -305,3 +309,51 @@ def test_components(pair_dirs, tmp_path):
     assert all(len(r["ftc_heads"]) == 3 for r in records)
     assert (out / "ftc_by_layer.png").exists() and (out / "ftc_heads.png").exists()
     assert "attention share" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("layout", ["one-turn", "raw"])
+def test_jailbreaks_msj_layouts(pair_dirs, tmp_path, layout):
+    from tuco import ModelPair
+    from tuco.attacks import many_shot
+    from tuco.demo.recipe import compliance_pool
+    from tuco.experiments import request_sets
+    from tuco.inputs import as_chat
+
+    out = tmp_path / "e3"
+    args = ["experiment", "jailbreaks", *pair_dirs, "--dtype", "float32", "--attacks", "msj", "--limit", "1"]
+    args += ["--answer-tokens", "0", "--max-shots", "2", "--msj-format", layout, "--out", str(out)]
+    assert cli.main(args) == 0
+    assert json.loads((out / "metrics.json").read_text())["msj"]["format"] == layout
+    record = next(r for r in lines(out / "results.jsonl") if r["attack"] == "msj" and r["shots"] == 2)
+    request = request_sets.standin_requests(1)[0]["prompt"]
+    built = many_shot(request, compliance_pool(), 2, layout)
+    prompt = built if isinstance(built, str) else as_chat(built)
+    pair = ModelPair.from_pretrained(pair_dirs[1], pair_dirs[3], dtype="float32")
+    assert record["tuco"] == pytest.approx(pair.score([prompt])[0].tuco, abs=1e-5)
+    assert f"laid out as {layout}" in (out / "table.md").read_text()
+
+
+def test_web_vs_chat_offline_chats_were_never_trained_on():
+    """E2's offline chat prompts hold none of the prompts either demo fine-tune was trained on."""
+    from tuco.demo import chat_recipe, recipe
+    from tuco.experiments.web_vs_chat import held_out_requests, web_and_chat_prompts
+    from tuco.testing import byte_tokenizer
+
+    trained = {
+        chat[0]["content"]
+        for kind in ("harmful", "benign")
+        for chat in chat_recipe.requests(chat_recipe.ChatRecipe())[kind]
+    }
+    trained |= {
+        chat[0]["content"] for chat, _ in chat_recipe.requests(chat_recipe.ChatRecipe())["arithmetic"]
+    }
+    tasks = recipe.BENIGN_TRAIN + [task for _, task in recipe.tasks(recipe.HARMFUL_TRAIN)]
+    trained |= {
+        t.format(task=task) for task in tasks for t in recipe.TEMPLATES_TRAIN
+    }  # the safety fine-tune's
+    held_out = held_out_requests()
+    assert len(held_out) >= 40 and not set(held_out) & trained
+    held_out_tasks = set(recipe.BENIGN_HELD_OUT) | {t for _, t in recipe.tasks(recipe.HARMFUL_HELD_OUT)}
+    assert not held_out_tasks & set(tasks) and not set(chat_recipe.TOPICS_HELD_OUT) & set(chat_recipe.TOPICS)
+    _, chats, _ = web_and_chat_prompts(byte_tokenizer(), limit=40)
+    assert len(chats) == 40 and set(chats) <= set(held_out)

@@ -86,6 +86,13 @@ def add_parser(sub, model_options) -> None:
     g.add_argument(
         "--shots-file", help="many-shot dialogues: a prompt file with 'prompt' and 'answer' fields"
     )
+    g.add_argument(
+        "--msj-format",
+        choices=["turns", "one-turn", "raw"],
+        default="turns",
+        help="many-shot layout: real chat turns (default), the dialogues written out in one user turn, "
+        "or that text with no chat template",
+    )
     g.add_argument("--translations", help="conjugate prompting: translated requests with a 'language' field")
     g.add_argument("--gcg-cache", help="GCG strings cache (default: OUT/gcg_strings.jsonl)")
     g.add_argument(
@@ -240,6 +247,7 @@ def _jailbreaks(pair, out, args, system) -> str:
             control_pool=control,
             pool_name=name,
             max_shots=args.max_shots or 128,
+            format=args.msj_format,
             **common,
         )
     if "gcg" in args.attacks:

@@ -77,13 +77,15 @@ def msj(
     batch_size: int = 8,
     control_pool: list[tuple[str, str]] | None = None,
     pool_name: str = "",
+    format: str = "turns",
 ) -> Section:
     """Many-shot jailbreaking: k faux (request, compliant answer) turns from ``pool`` before each
-    request; with ``control_pool``, the same k of benign turns too."""
+    request; with ``control_pool``, the same k of benign turns too. ``format``: how the shots are
+    laid out (``tuco.attacks.many_shot``)."""
     fits = context_length(pair) - answer_tokens
     grid, longest = [], max(requests, key=lambda r: len(r["prompt"]))["prompt"]
     for k in shot_grid(max_shots):
-        if len(pair.encode([_msj_chat(longest, pool, k, system)])[0]) <= fits:
+        if len(pair.encode([_msj_chat(longest, pool, k, system, format)])[0]) <= fits:
             grid.append(k)
 
     def shots(attack: str, shot_pool: list[tuple[str, str]], counts: list[int]) -> list[dict]:
@@ -93,7 +95,7 @@ def msj(
                 attack=attack,
                 shots=k,
                 prompt=r["prompt"],
-                chat=_msj_chat(r["prompt"], shot_pool, k, system),
+                chat=_msj_chat(r["prompt"], shot_pool, k, system, format),
             )
             for k in counts
             for r in requests
@@ -112,8 +114,8 @@ def msj(
     lines = [
         "## Many-shot jailbreaking",
         "",
-        f"{len(requests)} requests; shots: {pool_name or 'given'}; shots that fit the context "
-        f"({fits} tokens): {', '.join(map(str, grid))}."
+        f"{len(requests)} requests; shots: {pool_name or 'given'}, laid out as {format}; shots that fit "
+        f"the context ({fits} tokens): {', '.join(map(str, grid))}."
         + (" Control: the same numbers of benign shots." if control_pool else ""),
         "",
         *markdown_table(
@@ -133,6 +135,7 @@ def msj(
         ),
     ]
     metrics = {
+        "format": format,
         "shots": grid,
         "mean_tuco": [mean([r["tuco"] for r in rs]) for _, rs in rows],
         "mean_tuco_benign_shots": [mean([r["tuco"] for r in controls[k]]) for k in grid]
@@ -179,8 +182,9 @@ def random_string(tokenizer, n_tokens: int, seed: int) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def _msj_chat(request: str, pool, k: int, system: str | None):
-    return as_chat(many_shot(request, pool, k), system)
+def _msj_chat(request: str, pool, k: int, system: str | None, format: str = "turns"):
+    built = many_shot(request, pool, k, format)
+    return built if isinstance(built, str) else as_chat(built, system)  # raw text takes no system turn
 
 
 def _rate(records: list[dict]) -> str:

@@ -2,8 +2,9 @@
 
 With hub access (``online``): OpenWebText windows vs the first human turn of HH-RLHF dialogues,
 web text scored raw and chat prompts through the chat template (the paper's appendix E.2). Offline:
-windows of Gutenberg Shakespeare (a stand-in for web text) vs the demo recipe's project-written
-requests, labelled as stand-ins in the table.
+windows of Gutenberg Shakespeare (a stand-in for web text) vs project-written requests on the demo
+recipes' held-out tasks and topics (never trained on by either demo fine-tune), labelled as
+stand-ins in the table.
 """
 
 from __future__ import annotations
@@ -39,22 +40,25 @@ def web_and_chat_prompts(
             if len(chat) == limit:
                 break
         return web, chat, "OpenWebText windows vs HH-RLHF first human turns"
-    from ..demo import recipe as safety
     from ..demo.texts import windows
 
     web = [w["prompt"] for w in windows(tokenizer, limit, seed=seed)]
+    chat = random.Random(seed).sample(held_out_requests(), min(limit, len(held_out_requests())))
+    return web, chat, "offline stand-ins: Shakespeare windows vs project-written held-out requests"
+
+
+def held_out_requests() -> list[str]:
+    """The offline chat prompts: requests on the demo recipes' held-out tasks and topics (in a seen
+    and an unseen template), none of which either demo fine-tune was trained on."""
+    from ..demo import chat_recipe as chat
+    from ..demo import recipe as safety
+
+    tasks = safety.BENIGN_HELD_OUT + [task for _, task in safety.tasks(safety.HARMFUL_HELD_OUT)]
     requests = [
-        t.format(task=task)
-        for task in safety.BENIGN_TRAIN + safety.BENIGN_HELD_OUT
-        for t in safety.TEMPLATES_TRAIN[:2]
+        t.format(task=task) for task in tasks for t in (safety.TEMPLATES_TRAIN[0], safety.TEMPLATE_HELD_OUT)
     ]
-    requests += [
-        t.format(task=task)
-        for _, task in safety.tasks(safety.HARMFUL_TRAIN)
-        for t in safety.TEMPLATES_TRAIN[:1]
-    ]
-    chat = random.Random(seed).sample(requests, min(limit, len(requests)))
-    return web, chat, "offline stand-ins: Shakespeare windows vs project-written requests"
+    templates = (chat.QUESTION_TEMPLATES[0], chat.QUESTION_TEMPLATE_HELD_OUT)
+    return requests + [t.format(topic=topic) for topic in chat.TOPICS_HELD_OUT for t in templates]
 
 
 def web_vs_chat(
