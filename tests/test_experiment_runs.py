@@ -357,3 +357,30 @@ def test_web_vs_chat_offline_chats_were_never_trained_on():
     assert not held_out_tasks & set(tasks) and not set(chat_recipe.TOPICS_HELD_OUT) & set(chat_recipe.TOPICS)
     _, chats, _ = web_and_chat_prompts(byte_tokenizer(), limit=40)
     assert len(chats) == 40 and set(chats) <= set(held_out)
+
+
+def test_jailbreak_success_at_other_temperatures(pair_dirs, tmp_path):
+    out = tmp_path / "e4"
+    args = [
+        "experiment",
+        "jailbreak-success",
+        *pair_dirs,
+        "--limit",
+        "2",
+        "--samples",
+        "3",
+        "--max-new-tokens",
+        "4",
+    ]
+    args += [*GCG_TINY, "--temperature", "1", "--temperatures", "1", "0.2", "--out", str(out)]
+    assert cli.main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    by_temperature = metrics["success_by_temperature"]
+    assert set(by_temperature) == {"1", "0.2"}
+    # at the run's own temperature, with the same seed: the same samples, so the same shares
+    assert by_temperature["1"] == metrics["success_by_rule"]
+    for shares in by_temperature["0.2"].values():
+        assert len(shares) == 3 and shares == sorted(shares, reverse=True)
+    assert "The same at other temperatures" in (out / "table.md").read_text()
+    steps = sorted(p.name for p in (out / "steps").iterdir())
+    assert "samples-t0.2.jsonl" in steps and "samples-t1.jsonl" in steps

@@ -129,6 +129,12 @@ def add_parser(sub, model_options) -> None:
         help="E4: sampling temperature (default: the fine-tuned model's generation config)",
     )
     g.add_argument(
+        "--temperatures",
+        type=positive_float,
+        nargs="+",
+        help="E4: also sample at these temperatures: the share of successes by rule at each (sensitivity)",
+    )
+    g.add_argument(
         "--judge-model", help="E4: a guard model (e.g. meta-llama/LlamaGuard-7b) instead of strings"
     )
 
@@ -298,6 +304,7 @@ def _jailbreak_success(pair, out, args, system) -> str:
         samples=args.samples,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
+        temperatures=args.temperatures or (),
         judge=judge,
         seed=args.seed,
         batch_size=args.batch_size,

@@ -12,7 +12,7 @@ Llama Guard, whose chat template formats the conversation and whose verdict star
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -85,6 +85,35 @@ def sampling_settings(pair: ModelPair, temperature: float | None) -> dict:
     return {k: getattr(chosen, k) for k in DEFAULTS}
 
 
+def sample_and_judge(
+    pair: ModelPair,
+    chats: list,
+    requests: list[str],
+    sampling: dict,
+    *,
+    samples: int,
+    max_new_tokens: int,
+    judge: Judge,
+    seed: int,
+    batch_size: int,
+) -> list[tuple[list[str], list[bool]]]:
+    """``samples`` sampled completions of each chat and the judge's verdict on each (refused or not)."""
+    if not chats:
+        return []
+    torch.manual_seed(seed)
+    completions = pair.generate(
+        [c for c in chats for _ in range(samples)],
+        max_new_tokens=max_new_tokens,
+        **sampling,
+        batch_size=batch_size * samples,
+    )
+    out = []
+    for n, request in enumerate(requests):
+        mine = completions[n * samples : (n + 1) * samples]
+        out.append((mine, [judge(request, c) for c in mine]))
+    return out
+
+
 def describe_sampling(sampling: dict, temperature: float | None) -> str:
     where = "the model's generation config, transformers' defaults where it sets none"
     return ", ".join(f"{k} {v:g}" for k, v in sampling.items()) + (
@@ -111,15 +140,20 @@ def jailbreak_success(
     batch_size: int = 8,
     source: str = "",
     gcg_source_model: str | None = None,
+    temperatures: Sequence[float] = (),
 ) -> str:
     """``temperature`` None: sample with the fine-tuned model's own generation config (its
     temperature / top-p / top-k; the paper does not give its settings), else with this temperature
-    and nothing else cut."""
+    and nothing else cut. ``temperatures``: also sample the harmful prompts at each of these, for the
+    share of successes by rule at every temperature (how much the labels hang on the sampling)."""
     gcg_settings = gcg_settings or GCGSettings()
     strings = adversarial_strings(
         pair, requests, gcg_cache, gcg_settings, placement, system, gcg_source_model
     )
     sampling = sampling_settings(pair, temperature)
+    judging = dict(
+        samples=samples, max_new_tokens=max_new_tokens, judge=judge, seed=seed, batch_size=batch_size
+    )
     items = [dict(id=b["id"], group="benign", request=b["prompt"], prompt=b["prompt"]) for b in benign]
     for r in requests:
         items.append(dict(id=f"harmful/{r['id']}", group="harmful", request=r["prompt"], prompt=r["prompt"]))
@@ -131,16 +165,10 @@ def jailbreak_success(
         scores = pair.score(chats, batch_size=batch_size)
         records = [it | s.to_dict() for it, s in zip(batch, scores, strict=True)]
         harmful = [i for i, it in enumerate(batch) if it["group"] != "benign"]
-        torch.manual_seed(seed)
-        completions = pair.generate(
-            [chats[i] for i in harmful for _ in range(samples)],
-            max_new_tokens=max_new_tokens,
-            **sampling,
-            batch_size=batch_size * samples,
+        judged = sample_and_judge(
+            pair, [chats[i] for i in harmful], [batch[i]["request"] for i in harmful], sampling, **judging
         )
-        for n, i in enumerate(harmful):
-            mine = completions[n * samples : (n + 1) * samples]
-            refused = [judge(batch[i]["request"], c) for c in mine]
+        for i, (mine, refused) in zip(harmful, judged, strict=True):
             success = jailbreak_succeeded(refused, min_successes)
             records[i] |= dict(completions=mine, refused=refused, success=success)
         for record in records:
@@ -195,8 +223,42 @@ def jailbreak_success(
             floats="{:.2f}",
         ),
     ]
+    by_temperature = {}
+    for t in temperatures:
+        harmful_items = [dict(it, id=f"t{t:g}/{it['id']}") for it in items if it["group"] != "benign"]
+
+        def at_temperature(batch: list[dict], t: float = t) -> list[dict]:
+            chats = [as_prompt(pair, it["prompt"], system) for it in batch]
+            judged = sample_and_judge(
+                pair, chats, [it["request"] for it in batch], sampling_settings(pair, t), **judging
+            )
+            return [
+                dict(id=it["id"], group=it["group"], refused=r)
+                for it, (_, r) in zip(batch, judged, strict=True)
+            ]
+
+        found = out.step(f"samples-t{t:g}", harmful_items, at_temperature, batch_size, desc=f"E4 at T={t:g}")
+        by_temperature[t] = {
+            g: [
+                mean([sum(not x for x in r["refused"]) >= k for r in found if r["group"] == g])
+                for k in range(1, samples + 1)
+            ]
+            for g in by_rule
+        }
+    if by_temperature:
+        lines += [
+            "",
+            "The same at other temperatures (nothing else cut; the share of successes by the rule):",
+            "",
+            *markdown_table(
+                ["temperature", "prompts", *[f"k={k}" for k in range(1, samples + 1)]],
+                [[f"{t:g}", g, *v] for t, shares in by_temperature.items() for g, v in shares.items()],
+                floats="{:.2f}",
+            ),
+        ]
     metrics = {
         "success_by_rule": by_rule,
+        "success_by_temperature": {f"{t:g}": v for t, v in by_temperature.items()},
         "n_success": len(success),
         "n_rest": len(rest),
         "roc_auc": float("nan"),
