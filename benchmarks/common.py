@@ -106,3 +106,15 @@ class IdsOnlyTokenizer:
 
     def decode(self, ids, skip_special_tokens=True):
         return " ".join(map(str, ids))
+
+
+def load_parser(doc: str, dtype: str = "auto"):
+    """The options both serving benchmarks share: the pair, its dtype, the clients and their tokens."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", default="demo")
+    parser.add_argument("--dtype", default=dtype)
+    parser.add_argument("--clients", type=int, default=32, help="streaming clients of each load")
+    parser.add_argument("--max-tokens", type=int, default=32, help="new tokens each client asks for")
+    return parser

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import socket
@@ -27,7 +26,7 @@ import time
 
 import httpx
 import uvicorn
-from common import machine
+from common import load_parser, machine
 
 from tuco import models
 from tuco.pair_base import PairBase
@@ -157,13 +156,7 @@ def load_test(pair, chats, max_tokens: int, max_batch: int, window: float, deadl
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--pair", default="demo")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser = load_parser(__doc__, dtype="auto")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--cost-prompts", type=int, default=16, help="prompts of the monitoring-cost part")
     parser.add_argument("--runs", type=int, default=3, help="runs of the monitoring-cost part (0: skip it)")

@@ -21,7 +21,6 @@ run is bounded by ``--deadline`` seconds).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import machine
+from common import load_parser, machine
 
 TOPICS = ["the sea", "a cat", "bread", "trains", "winter", "music", "a garden", "the moon"]
 ASKS = ["Write one sentence about", "Give me a fact about", "Describe", "Tell me a story about"]
@@ -155,13 +154,7 @@ def measure(url: str, model: str, args) -> dict[str, dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--pair", default="demo")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser = load_parser(__doc__, dtype="float32")
     parser.add_argument("--every", type=float, default=0.25, help="seconds between arrivals over time")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=32)
