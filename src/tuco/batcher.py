@@ -146,6 +146,8 @@ class Batcher:
             deferred = []
             if not lane.rows:
                 del self.lanes[key]
+        if deferred:  # prefill() lets a group ride only when a lane runs: decode() must follow it
+            raise RuntimeError("prefilled rows had no decoding pass to ride: call decode() after prefill()")
         ready, self._ready = self._ready, []
         for group in ready:
             if group.rows:
