@@ -62,9 +62,10 @@ def test_web_vs_chat_offline(pair_dirs, tmp_path):
     out = tmp_path / "e2"
     assert cli.main(["experiment", "web-vs-chat", *pair_dirs, "--limit", "6", "--out", str(out)]) == 0
     records = lines(out / "results.jsonl")
-    assert [r["group"] for r in records] == ["web"] * 6 + ["chat"] * 6
+    groups = ["web: Python docs"] * 6 + ["web: Shakespeare"] * 6 + ["chat"] * 6
+    assert [r["group"] for r in records] == groups
     table = (out / "table.md").read_text()
-    assert "offline stand-ins" in table and "ROC-AUC" in table
+    assert "offline stand-ins" in table and "ROC-AUC" in table and "Python's documentation" in table
     models = json.loads((out / "settings.json").read_text())["models"]  # what produced the run
     assert models == {
         "pair": None,
@@ -74,8 +75,11 @@ def test_web_vs_chat_offline(pair_dirs, tmp_path):
         "model_type": "llama",
     }
     metrics = json.loads((out / "metrics.json").read_text())
-    auc = roc_auc([r["tuco"] for r in records[6:]], [r["tuco"] for r in records[:6]])
+    chat = [r["tuco"] for r in records[12:]]
+    auc = roc_auc(chat, [r["tuco"] for r in records[:6]])  # the headline: Python's documentation
     assert metrics["roc_auc"] == pytest.approx(auc) and metrics["n_web"] == metrics["n_chat"] == 6
+    second = metrics["web_groups"]["web: Shakespeare"]["roc_auc"]
+    assert second == pytest.approx(roc_auc(chat, [r["tuco"] for r in records[6:12]]))
     assert f"**{auc:.3f}**" in table
 
 
@@ -355,8 +359,9 @@ def test_web_vs_chat_offline_chats_were_never_trained_on():
     assert len(held_out) >= 40 and not set(held_out) & trained
     held_out_tasks = set(recipe.BENIGN_HELD_OUT) | {t for _, t in recipe.tasks(recipe.HARMFUL_HELD_OUT)}
     assert not held_out_tasks & set(tasks) and not set(chat_recipe.TOPICS_HELD_OUT) & set(chat_recipe.TOPICS)
-    _, chats, _ = web_and_chat_prompts(byte_tokenizer(), limit=40)
+    web, chats, _ = web_and_chat_prompts(byte_tokenizer(), limit=40)
     assert len(chats) == 40 and set(chats) <= set(held_out)
+    assert list(web) == ["web: Python docs", "web: Shakespeare"] and all(len(w) == 40 for w in web.values())
 
 
 def test_jailbreak_success_at_other_temperatures(pair_dirs, tmp_path):
@@ -384,3 +389,19 @@ def test_jailbreak_success_at_other_temperatures(pair_dirs, tmp_path):
     assert "The same at other temperatures" in (out / "table.md").read_text()
     steps = sorted(p.name for p in (out / "steps").iterdir())
     assert "samples-t0.2.jsonl" in steps and "samples-t1.jsonl" in steps
+
+
+def test_the_docs_stand_in_is_prose_from_pythons_own_documentation():
+    from tuco.demo.texts import DOC_MODULES, read_docs, windows
+    from tuco.testing import byte_tokenizer
+
+    docs = read_docs()
+    assert set(docs) == set(DOC_MODULES) and sum(map(len, docs.values())) > 100_000
+    assert all("\n" not in p for text in docs.values() for p in text.split("\n\n"))  # one line each
+    tok = byte_tokenizer()
+    found = windows(tok, 12, length=60, source="docs")
+    assert len({w["source"] for w in found}) == 12 and all(w["source"] in DOC_MODULES for w in found)
+    assert all(len(tok(w["prompt"], add_special_tokens=False)["input_ids"]) == 60 for w in found)
+    assert windows(tok, 3, length=60, source="docs") == windows(tok, 3, length=60, source="docs")
+    with pytest.raises(ValueError, match="shakespeare or docs"):
+        windows(tok, 1, source="news")

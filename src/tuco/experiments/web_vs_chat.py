@@ -2,9 +2,10 @@
 
 With hub access (``online``): OpenWebText windows vs the first human turn of HH-RLHF dialogues,
 web text scored raw and chat prompts through the chat template (the paper's appendix E.2). Offline:
-windows of Gutenberg Shakespeare (a stand-in for web text) vs project-written requests on the demo
-recipes' held-out tasks and topics (never trained on by either demo fine-tune), labelled as
-stand-ins in the table.
+two stand-ins for web text, windows of Python's standard-library documentation (modern expository
+prose: the headline) and of Gutenberg Shakespeare (``tuco.demo.texts``), vs project-written
+requests on the demo recipes' held-out tasks and topics (never trained on by either demo fine-tune),
+labelled as stand-ins in the table.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from .common import RunDirectory, as_prompt, mean
 
 def web_and_chat_prompts(
     tokenizer, limit: int, seed: int = 0, offline: bool = True
-) -> tuple[list, list, str]:
-    """(web windows as raw text, chat requests as user messages, source description)."""
+) -> tuple[dict[str, list], list, str]:
+    """({web group: its windows as raw text}, chat requests as user messages, source description).
+    Offline there are two web stand-ins: Python's documentation first (the headline), Shakespeare."""
     if not offline:
         from ..data import read_dataset
 
@@ -34,6 +36,7 @@ def web_and_chat_prompts(
                 web.append(tokenizer.decode(ids[start : start + 97]))
             if len(web) == limit:
                 break
+        web = {"web": web}
         chat = []
         for record in read_dataset("Anthropic/hh-rlhf", "test", "chosen"):
             chat.append(record.prompt.split("\n\nHuman: ")[1].split("\n\nAssistant:")[0].strip())
@@ -42,9 +45,16 @@ def web_and_chat_prompts(
         return web, chat, "OpenWebText windows vs HH-RLHF first human turns"
     from ..demo.texts import windows
 
-    web = [w["prompt"] for w in windows(tokenizer, limit, seed=seed)]
+    web = {
+        "web: Python docs": [w["prompt"] for w in windows(tokenizer, limit, seed=seed, source="docs")],
+        "web: Shakespeare": [w["prompt"] for w in windows(tokenizer, limit, seed=seed)],
+    }
     chat = random.Random(seed).sample(held_out_requests(), min(limit, len(held_out_requests())))
-    return web, chat, "offline stand-ins: Shakespeare windows vs project-written held-out requests"
+    source = (
+        "offline stand-ins: windows of Python's documentation and of Shakespeare vs project-written "
+        "held-out requests"
+    )
+    return web, chat, source
 
 
 def held_out_requests() -> list[str]:
@@ -71,9 +81,14 @@ def web_vs_chat(
     batch_size: int = 8,
 ) -> str:
     web, chat, source = web_and_chat_prompts(pair.tokenizer, limit, seed, offline)
-    items = [dict(id=f"web/{i}", group="web", label=0, prompt=p, text=p) for i, p in enumerate(web)]
+    ids = {"web": "web", "web: Python docs": "docs", "web: Shakespeare": "shakespeare"}
+    items = [
+        dict(id=f"{ids[group]}/{i}", group=group, label=0, prompt=p, text=p)
+        for group, texts in web.items()
+        for i, p in enumerate(texts)
+    ]
     items += [
-        dict(id=f"chat/{i}", group="chat", label=1, prompt=as_prompt(pair, p, system), text=p)
+        dict(id=f"held-out-chat/{i}", group="chat", label=1, prompt=as_prompt(pair, p, system), text=p)
         for i, p in enumerate(chat)
     ]
 
@@ -85,9 +100,12 @@ def web_vs_chat(
         ]
 
     records = out.step("scores", items, compute, batch_size, desc="E2 scores")
-    t_web = [r["tuco"] for r in records if r["group"] == "web"]
     t_chat = [r["tuco"] for r in records if r["group"] == "chat"]
-    auc = roc_auc(t_chat, t_web)
+    t_web = {group: [r["tuco"] for r in records if r["group"] == group] for group in web}
+    aucs = {group: roc_auc(t_chat, tucos) for group, tucos in t_web.items()}
+    headline = next(iter(web))
+    auc = aucs[headline]
+    rows = [[group, len(tucos), mean(tucos), aucs[group]] for group, tucos in t_web.items()]
     table = "\n".join(
         [
             "# E2: web text vs chat",
@@ -95,20 +113,21 @@ def web_vs_chat(
             f"Source: {source}.",
             "",
             *markdown_table(
-                ["group", "n", "mean TuCo"],
-                [["web", len(web), mean(t_web)], ["chat", len(chat), mean(t_chat)]],
+                ["group", "n", "mean TuCo", "ROC-AUC vs chat"], [*rows, ["chat", len(chat), mean(t_chat), ""]]
             ),
             "",
-            f"ROC-AUC of TuCo (chat positive): **{auc:.3f}** (paper: >= 0.89 for 8 of 9 models).",
+            f"ROC-AUC of TuCo (chat positive) against {headline}: **{auc:.3f}** "
+            "(paper: >= 0.89 for 8 of 9 models).",
             "",
         ]
     )
-    fig = histogram({"web": t_web, "chat": t_chat}, f"E2, AUC = {auc:.3f}", bins=20)
+    fig = histogram({**t_web, "chat": t_chat}, f"E2, AUC = {auc:.3f}", bins=20)
     metrics = {
         "roc_auc": auc,
-        "mean_tuco_web": mean(t_web),
+        "mean_tuco_web": mean(t_web[headline]),
         "mean_tuco_chat": mean(t_chat),
-        "n_web": len(t_web),
+        "n_web": len(t_web[headline]),
         "n_chat": len(t_chat),
+        "web_groups": {group: {"roc_auc": aucs[group], "mean_tuco": mean(t)} for group, t in t_web.items()},
     }
     return out.finish(records, table, {"tuco_histogram": fig}, metrics)
