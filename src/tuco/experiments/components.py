@@ -29,7 +29,7 @@ def components(
     seed: int = 0,
     batch_size: int = 8,
 ) -> str:
-    web, _, _ = web_and_chat_prompts(pair.tokenizer, limit, seed)
+    web = web_and_chat_prompts(pair.tokenizer, limit, seed)[0]["web: Shakespeare"]  # as in docs/RESULTS
     texts = {
         "chat": [r["prompt"] for r in standin_benign(limit)],
         "harmful": [r["prompt"] for r in requests[:limit]],
