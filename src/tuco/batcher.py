@@ -280,8 +280,8 @@ class Batcher:
             group.mask[:, :end],
             positions,
             record_at=end - group.at - 1 if last else None,
-            keep_pt=not light and (group.key[1] or not last),
-            last_only=light and group.rows[0].alpha == 1.0,
+            keep_pt=group.key[1] or not last,
+            last_only=light,
             head=last and not rides,
         )
         if self.joinable is None:

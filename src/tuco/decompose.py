@@ -108,7 +108,6 @@ class Decomposition:
             raise ValueError("last_only=True needs alpha = 1: at other alphas the PT blocks feed the stream")
         if row_alpha is not None and (self.alpha != 1.0 or components or heads):
             raise ValueError("row_alpha= gives each row its alpha: leave alpha at 1, without components")
-        self.row_alpha = row_alpha
         self._row_weight = None if row_alpha is None or bool((row_alpha == 1).all()) else row_alpha.float()
         self.last_only = last_only
         self.ft_blocks, self.pt_blocks = list(ft_blocks), list(pt_blocks)

@@ -79,6 +79,11 @@ class Submission:
     def cancel(self) -> None:
         self.cancelled = True
 
+    @property
+    def reserved(self) -> int:
+        """The KV cache slots its row may hold: its prompt and every token it may add."""
+        return len(self.ids) + self.sampling.max_new_tokens
+
 
 @dataclass
 class Stats:
@@ -149,13 +154,13 @@ class Engine:
         on_first: Callable[[TokenEvent], bool] | None = None,
         on_token: Callable[[TokenEvent], bool] | None = None,
     ) -> Submission:
-        reserved = len(ids) + sampling.max_new_tokens
-        if reserved > self.max_batch_tokens:
+        job = Submission(ids, sampling, alpha, deliver, on_first, on_token)
+        if job.reserved > self.max_batch_tokens:
             raise TooLarge(
                 f"the prompt's {len(ids)} tokens + max_tokens {sampling.max_new_tokens} are more than this "
                 f"server's KV budget of {self.max_batch_tokens} tokens (--max-batch-tokens): ask for fewer"
             )
-        return self._enqueue(Submission(ids, sampling, alpha, deliver, on_first, on_token))
+        return self._enqueue(job)
 
     def submit_call(self, call: Callable[[], Any], deliver: Callable[[Any], None]) -> Submission:
         """Run ``call()`` on the model's thread between decoding steps; ``deliver`` gets its result
@@ -235,8 +240,7 @@ class Engine:
                 continue
             if head.call is not None:
                 return self._waiting.popleft()
-            longest = max((len(j.ids) + j.sampling.max_new_tokens for j in self._jobs.values()), default=0)
-            longest = max(longest, len(head.ids) + head.sampling.max_new_tokens)
+            longest = max([head.reserved, *(j.reserved for j in self._jobs.values())])
             if len(self._jobs) >= self.max_batch or (len(self._jobs) + 1) * longest > self.max_batch_tokens:
                 return None  # it waits for rows to leave
             self._waiting.popleft()

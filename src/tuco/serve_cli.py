@@ -213,12 +213,9 @@ def formatted_prompts(pair, path: str, field: str | None, chat_template: bool | 
     return prompts
 
 
-def prompt_tucos(
-    pair, path: str, field: str | None, chat_template: bool | None, batch_size: int
-) -> list[float]:
-    """Prompt TuCo of every record of a prompts file, formatted as the server formats requests."""
-    prompts = formatted_prompts(pair, path, field, chat_template)
-    return [r.tuco for r in pair.score(prompts, batch_size=batch_size)]
+def prompt_tucos(pair, prompts: list, batch_size: int, alpha: float = 1.0) -> list[float]:
+    """Prompt TuCo of every prompt (``formatted_prompts``), along the FTC-alpha stream."""
+    return [r.tuco for r in pair.score(prompts, alpha=alpha, batch_size=batch_size)]
 
 
 def run_calibrate(args) -> int:
@@ -234,22 +231,19 @@ def run_calibrate(args) -> int:
     chosen = models.resolve_options(args)
     models.placement(args.device, args.device_map)
     pair = serving_pair(chosen, args)  # as tuco serve loads it
-    benign = prompt_tucos(pair, args.benign, args.field, args.chat_template, args.batch_size)
-    attacks = (
-        prompt_tucos(pair, args.attacks, args.field, args.chat_template, args.batch_size)
-        if args.attacks
-        else None
+    benign_prompts = formatted_prompts(pair, args.benign, args.field, args.chat_template)
+    benign = prompt_tucos(pair, benign_prompts, args.batch_size)
+    attack_prompts = (
+        formatted_prompts(pair, args.attacks, args.field, args.chat_template) if args.attacks else []
     )
+    attacks = prompt_tucos(pair, attack_prompts, args.batch_size) if args.attacks else None
     guard = calibrate(benign, args.fpr, attacks, force=args.force)
     if attacks is not None:  # the direction check on the attacks (at alpha = 1: the TuCos above)
         from .experiments.direction import ALPHAS
         from .experiments.estimates import direction
 
-        prompts = formatted_prompts(pair, args.attacks, args.field, args.chat_template)
         by_alpha = {
-            a: attacks
-            if a == 1.0
-            else [r.tuco for r in pair.score(prompts, alpha=a, batch_size=args.batch_size)]
+            a: attacks if a == 1.0 else prompt_tucos(pair, attack_prompts, args.batch_size, alpha=a)
             for a in ALPHAS
         }
         guard.alpha_direction = direction(by_alpha)
@@ -258,9 +252,8 @@ def run_calibrate(args) -> int:
     if args.answer_tokens:
         from .guard import calibrate_answers
 
-        prompts = formatted_prompts(pair, args.benign, args.field, args.chat_template)
         answers = pair.generate_with_tuco(
-            prompts, max_new_tokens=args.answer_tokens, temperature=0, batch_size=args.batch_size
+            benign_prompts, max_new_tokens=args.answer_tokens, temperature=0, batch_size=args.batch_size
         )
         calibrate_answers(guard, [g.tokens_tuco or [] for g in answers], args.window)
     guard.batching = (

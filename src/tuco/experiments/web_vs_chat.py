@@ -49,7 +49,8 @@ def web_and_chat_prompts(
         "web: Python docs": [w["prompt"] for w in windows(tokenizer, limit, seed=seed, source="docs")],
         "web: Shakespeare": [w["prompt"] for w in windows(tokenizer, limit, seed=seed)],
     }
-    chat = random.Random(seed).sample(held_out_requests(), min(limit, len(held_out_requests())))
+    requests = held_out_requests()
+    chat = random.Random(seed).sample(requests, min(limit, len(requests)))
     source = (
         "offline stand-ins: windows of Python's documentation and of Shakespeare vs project-written "
         "held-out requests"
