@@ -76,3 +76,11 @@ def test_the_experiment_measures_tuco_along_the_alpha_stream(pair_dirs, tmp_path
     assert "Direction check" in table_md and ("rises" in table_md or "untestable on this pair" in table_md)
     assert cli.main([*args, "--out", str(out)]) == 0  # a rerun resumes: the same numbers
     assert json.loads((out / "metrics.json").read_text())["direction"] == check
+
+
+def test_the_experiment_refuses_fewer_than_three_alphas_before_loading(tmp_path, capsys):
+    out = tmp_path / "direction"
+    assert (
+        cli.main(["experiment", "direction", "--pair", "demo", "--alpha", "0.5", "1", "--out", str(out)]) == 2
+    )
+    assert "needs at least three alphas" in capsys.readouterr().err and not out.exists()

@@ -146,6 +146,10 @@ def run(args) -> str:
     from .experiments.common import RunDirectory
 
     check_paths(args)
+    if args.name == "direction" and args.alpha and len(set(args.alpha)) < 3:
+        raise UsageError(
+            f"--alpha {' '.join(map(str, args.alpha))}: the direction check needs at least three alphas"
+        )
     chosen = models.resolve_options(args)
     models.placement(args.device, args.device_map)  # a device this machine lacks: refused now
     system = args.system_prompt if args.system_prompt is not None else chosen.system
