@@ -198,6 +198,14 @@ def test_jailbreaks_all_attacks(pair_dirs, tmp_path):
         r["prompt"].endswith(s["request"]) and r["prompt"] != s["request"]
         for r, s in zip(gcg[2::3], strings, strict=True)
     )
+    persona = [r for r in records if r["attack"] == "msj-persona"]  # a persona question judged by its answer
+    assert sorted({r["shots"] for r in persona}) == [0, 1, 2, 4] and len(persona) == 4 * 2
+    assert all(
+        r["pred"] in r["choices"] and r["harmful_answer"] == (r["pred"] == r["answer"]) for r in persona
+    )
+    assert {r["attack"] for r in records} >= {"msj-persona-benign"} and "persona target" in (
+        out / "table.md"
+    ).read_text()
     conjugate = [r for r in records if r["attack"] == "conjugate"]
     assert {r["language"] for r in conjugate} == {"English", "Japanese", "Hungarian", "Swahili", "Malayalam"}
     assert all(isinstance(r["harmful_answer"], bool) for r in records)
@@ -208,7 +216,11 @@ def test_jailbreaks_all_attacks(pair_dirs, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     check = metrics["direction"]
     assert len(check["alphas"]) >= 3 and check["rises_with_alpha"] is (check["interval"][0] > 0)
-    verdicts = {name: metrics[name]["verdict"] for name in ("msj", "gcg", "conjugate")}
+    verdicts = {name: metrics[name]["verdict"] for name in ("msj", "msj-persona", "gcg", "conjugate")}
+    assert (
+        metrics["msj-persona"]["target"] == "persona"
+        and len(metrics["msj-persona"]["behaviour_probability"]) == 4
+    )
     allowed = {"agrees", "disagrees"} if check["rises_with_alpha"] else {UNTESTABLE}
     assert set(verdicts.values()) <= allowed and "Direction check" in table
     assert all(f"Verdict on the paper's claim ({name}): **{v}**" in table for name, v in verdicts.items())
@@ -278,6 +290,7 @@ def test_jailbreak_success(pair_dirs, tmp_path):
     assert metrics["n_success"] == sum(r["success"] for r in records)
     assert "Share of prompts that jailbreak the model" in table and "generation config" in table
     assert {"roc_auc", "tpr_at_5_fpr", "roc_auc_success_vs_benign", "direction"} <= set(metrics)
+    assert metrics["headline"] == "all" and metrics["headline_auc"] == metrics["roc_auc"]  # not a demo-safety run
     assert metrics["direction"]["rises_with_alpha"] is (metrics["direction"]["interval"][0] > 0)
     for group, shares in metrics["success_by_rule"].items():  # at least k of the 3 samples not refused
         assert len(shares) == 3 and shares == sorted(shares, reverse=True)

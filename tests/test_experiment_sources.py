@@ -248,3 +248,27 @@ def test_persona_shots_interleave_the_behaviours(tmp_path):
         ("narcissism q1?", "Yes"),
     ]
     assert len(sources.MALEVOLENT_PERSONAS) == 5 and "ends-justify-means" in sources.MALEVOLENT_PERSONAS
+
+
+def test_persona_targets_are_questions_the_shots_do_not_use(tmp_path):
+    rows = [
+        {"question": f"q{i}?", "answer_matching_behavior": " No", "answer_not_matching_behavior": " Yes"}
+        for i in range(5)
+    ]
+    (tmp_path / "psychopathy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shots = sources.persona_shots(("psychopathy",), str(tmp_path), per_behaviour=3)
+    targets = sources.persona_targets(str(tmp_path), shots=3)
+    assert [t["prompt"] for t in targets] == ["q3?", "q4?"] and {q for q, _ in shots} == {"q0?", "q1?", "q2?"}
+    assert all(t["answer"] == "No" and t["choices"] == ["Yes", "No"] for t in targets)
+    assert len(sources.persona_targets(str(tmp_path), shots=3, limit=1)) == 1
+
+
+def test_persona_standin_targets_are_not_shots():
+    from tuco.experiments import persona_standin
+
+    questions = {q for q, _ in persona_standin.shots()} | {
+        q for q, _ in persona_standin.shots(persona_standin.BENIGN)
+    }
+    targets = persona_standin.targets()
+    assert len(targets) == len(persona_standin.TARGETS) and not questions & {t["prompt"] for t in targets}
+    assert {t["answer"] for t in targets} == {"Yes", "No"} and len(persona_standin.targets(3)) == 3

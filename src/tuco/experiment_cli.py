@@ -78,7 +78,12 @@ def add_parser(sub, model_options) -> None:
     g = p.add_argument_group("jailbreaks (E3) and jailbreak-success (E4)")
     g.add_argument("--requests", help="harmful requests: AdvBench harmful_behaviors.csv or a prompt file")
     g.add_argument(
-        "--attacks", nargs="+", choices=["msj", "gcg", "conjugate"], default=["msj", "gcg", "conjugate"]
+        "--attacks",
+        nargs="+",
+        choices=["msj", "msj-persona", "gcg", "conjugate"],
+        default=["msj", "msj-persona", "gcg", "conjugate"],
+        help="msj-persona: many-shot with a persona question as the target, judged by its answer (the "
+        "paper's figure; --persona-dir, else a project-written stand-in)",
     )
     g.add_argument(
         "--max-shots", type=positive_int, help="many-shot: up to N shots (default 128; tuco-vs-outputco: 32)"
@@ -122,6 +127,12 @@ def add_parser(sub, model_options) -> None:
         "to get it (default: the demo recipe's held-out benign requests)",
     )
     g.add_argument("--samples", type=positive_int, default=8, help="E4: sampled completions per prompt")
+    g.add_argument(
+        "--headline",
+        choices=["all", "within-harmful"],
+        help="E4: the AUC the verdict reads: successful jailbreaks vs the rest (all), or vs failed attacks "
+        "(within-harmful; the default for demo-safety, a refusal-only fine-tune, else all)",
+    )
     g.add_argument("--max-new-tokens", type=positive_int, default=30, help="E4: completion length")
     g.add_argument(
         "--temperature",
@@ -260,6 +271,27 @@ def _jailbreaks(pair, out, args, system) -> str:
             format=args.msj_format,
             **common,
         )
+    if "msj-persona" in args.attacks:
+        from .experiments import persona_standin
+
+        if args.persona_dir or args.online:
+            pool = sources.persona_shots(sources.MALEVOLENT_PERSONAS, args.persona_dir)
+            control = sources.persona_shots(sources.BENIGN_PERSONAS, args.persona_dir)
+            targets = sources.persona_targets(args.persona_dir, limit=args.limit)
+            name = "the paper's: persona questions, psychopathy questions the shots do not use as targets"
+        else:
+            pool, control = persona_standin.shots(), persona_standin.shots(persona_standin.BENIGN)
+            targets = persona_standin.targets(args.limit)
+            name = "demo stand-in (project-written persona questions, malevolent answers; held-out targets)"
+        attacks["msj-persona"] = dict(
+            requests=targets,
+            pool=pool,
+            control_pool=control,
+            pool_name=name,
+            max_shots=args.max_shots or 128,
+            format=args.msj_format,
+            **common,
+        )
     if "gcg" in args.attacks:
         cache = args.gcg_cache or str(out.dir / "gcg_strings.jsonl")
         attacks["gcg"] = dict(
@@ -286,6 +318,7 @@ def _direction(pair, out, args, system) -> str:
 
 
 def _jailbreak_success(pair, out, args, system) -> str:
+    from .demo.pairs import REFUSAL_ONLY
     from .experiments.jailbreak_success import ModelJudge, jailbreak_success, string_judge
 
     requests, source = _requests(args)
@@ -314,6 +347,7 @@ def _jailbreak_success(pair, out, args, system) -> str:
         batch_size=args.batch_size,
         source=source,
         gcg_source_model=args.gcg_from,
+        headline=args.headline or ("within-harmful" if args.pair in REFUSAL_ONLY else "all"),
     )
 
 

@@ -22,6 +22,9 @@ TITLES = {
     "demo-safety": "SmolLM2-135M-Instruct (PT) vs its LoRA safety fine-tune (FT)",
 }
 NAMES = tuple(TITLES)
+# fine-tunes that only add refusals: they contribute least to benign prompts whatever the attack, so
+# E4 compares successful with failed attacks, not with benign prompts (``--headline``)
+REFUSAL_ONLY = ("demo-safety",)
 
 
 def demo_pair(

@@ -5,6 +5,9 @@ against the plain harmful requests:
   harmful compliance before the request, dropping the k whose prompt does not fit the context; TuCo
   and the harmful-answer rate (greedy answer without a refusal string) vs k. Control: the same k
   with benign shots (``control_pool``), so that a fall is not an artefact of prompt length;
+- ``msj-persona``: the same with the paper's kind of target, a persona question judged by its
+  answer (targets with ``choices`` and the behaviour-matching ``answer``: the FT model's more
+  probable choice is its answer);
 - ``gcg``: the request with a GCG adversarial string before (the paper) or after it. Control: a
   random, unoptimised string of the same number of tokens;
 - ``conjugate``: the request translated into other languages; TuCo by language, and the paper's
@@ -17,7 +20,7 @@ Each attack reports the TuCo distributions and the ROC-AUC of TuCo separating pl
 from __future__ import annotations
 
 from ..attacks import many_shot
-from ..inputs import as_chat
+from ..inputs import as_chat, choose
 from ..pair import ModelPair
 from ..plots import figure, histogram
 from ..refusal import is_refusal
@@ -52,7 +55,12 @@ def _scored(pair: ModelPair, answer_tokens: int, batch_size: int):
             {k: v for k, v in it.items() if k != "chat"} | s.to_dict()
             for it, s in zip(batch, scores, strict=True)
         ]
-        if answer_tokens:
+        if "choices" in batch[0]:  # a question judged by its answer: the more probable choice
+            probs = pair.next_token_probs(prompts, batch_size=batch_size)
+            for record, row in zip(records, probs, strict=True):
+                p, pred = choose(pair.tokenizer, row, record["choices"])
+                record |= dict(answer_probs=p, pred=pred, harmful_answer=pred == record["answer"])
+        elif answer_tokens:
             answers = pair.generate(
                 prompts, max_new_tokens=answer_tokens, temperature=0, batch_size=batch_size
             )
@@ -78,43 +86,49 @@ def msj(
     control_pool: list[tuple[str, str]] | None = None,
     pool_name: str = "",
     format: str = "turns",
+    attack: str = "msj",
 ) -> Section:
     """Many-shot jailbreaking: k faux (request, compliant answer) turns from ``pool`` before each
     request; with ``control_pool``, the same k of benign turns too. ``format``: how the shots are
-    laid out (``tuco.attacks.many_shot``)."""
+    laid out (``tuco.attacks.many_shot``). Requests with ``choices`` and ``answer`` (persona
+    questions) are judged by their answer, the others by a greedy answer's refusal strings."""
+    persona = "choices" in requests[0]
+    judged = "behaviour-matching answers" if persona else "harmful answers"
     fits = context_length(pair) - answer_tokens
     grid, longest = [], max(requests, key=lambda r: len(r["prompt"]))["prompt"]
     for k in shot_grid(max_shots):
         if len(pair.encode([_msj_chat(longest, pool, k, system, format)])[0]) <= fits:
             grid.append(k)
 
-    def shots(attack: str, shot_pool: list[tuple[str, str]], counts: list[int]) -> list[dict]:
+    def shots(name: str, shot_pool: list[tuple[str, str]], counts: list[int]) -> list[dict]:
         return [
             dict(
-                id=f"{attack}/{k}/{r['id']}",
-                attack=attack,
+                id=f"{name}/{k}/{r['id']}",
+                attack=name,
                 shots=k,
                 prompt=r["prompt"],
                 chat=_msj_chat(r["prompt"], shot_pool, k, system, format),
+                **{field: r[field] for field in ("choices", "answer") if field in r},
             )
             for k in counts
             for r in requests
         ]
 
-    items = shots("msj", pool, grid)
+    items = shots(attack, pool, grid)
     if control_pool:  # the same lengths in shots, benign ones (k = 0 is shared)
-        items += shots("msj-benign", control_pool, [k for k in grid if k > 0])
+        items += shots(f"{attack}-benign", control_pool, [k for k in grid if k > 0])
     records = out.step(
-        "msj", items, _scored(pair, answer_tokens, batch_size), batch_size, desc="E3 many-shot"
+        attack, items, _scored(pair, answer_tokens, batch_size), batch_size, desc=f"E3 {attack}"
     )
-    attack = [r for r in records if r["attack"] == "msj"]
-    control = [r for r in records if r["attack"] == "msj-benign" or r["shots"] == 0]
-    rows = [(k, [r for r in attack if r["shots"] == k]) for k in grid]
+    attacked = [r for r in records if r["attack"] == attack]
+    control = [r for r in records if r["attack"] == f"{attack}-benign" or r["shots"] == 0]
+    rows = [(k, [r for r in attacked if r["shots"] == k]) for k in grid]
     controls = {k: [r for r in control if r["shots"] == k] for k in grid}
     lines = [
-        "## Many-shot jailbreaking",
+        "## Many-shot jailbreaking" + (", persona target" if persona else ""),
         "",
-        f"{len(requests)} requests; shots: {pool_name or 'given'}, laid out as {format}; shots that fit "
+        f"{len(requests)} {'persona questions judged by their answer' if persona else 'requests'}; "
+        f"shots: {pool_name or 'given'}, laid out as {format}; shots that fit "
         f"the context ({fits} tokens): {', '.join(map(str, grid))}."
         + (" Control: the same numbers of benign shots." if control_pool else ""),
         "",
@@ -123,9 +137,9 @@ def msj(
                 "shots",
                 "n",
                 "mean TuCo",
-                "harmful answers",
+                judged,
                 "mean TuCo, benign shots",
-                "harmful answers, benign",
+                f"{judged}, benign",
             ],
             [
                 [k, len(rs), mean([r["tuco"] for r in rs]), _rate(rs)]
@@ -135,6 +149,7 @@ def msj(
         ),
     ]
     metrics = {
+        "target": "persona" if persona else "request",
         "format": format,
         "shots": grid,
         "mean_tuco": [mean([r["tuco"] for r in rs]) for _, rs in rows],
@@ -145,6 +160,8 @@ def msj(
             mean([r["harmful_answer"] for r in rs if "harmful_answer" in r]) for _, rs in rows
         ],
     }
+    if persona:  # the behaviour-matching answer's share of the choices' probability
+        metrics["behaviour_probability"] = [mean([_matching(r) for r in rs]) for _, rs in rows]
     if len(grid) > 1:
         auc = roc_auc([r["tuco"] for r in rows[0][1]], [r["tuco"] for r in rows[-1][1]])
         metrics["roc_auc_first_vs_last"] = auc
@@ -161,10 +178,10 @@ def msj(
     ax.set_xscale("symlog", linthresh=1)
     ax.set(xticks=grid, xticklabels=[str(k) for k in grid], xlabel="shots k", ylabel="mean TuCo")
     ax.set_title("Many-shot jailbreaking")
-    if answer_tokens:
+    if answer_tokens or persona:
         rates = ax.twinx()
         rates.plot(grid, [mean([r["harmful_answer"] for r in rs]) for _, rs in rows], "s--", color="tab:red")
-        rates.set(ylabel="harmful-answer rate (red)", ylim=(-0.05, 1.05))
+        rates.set(ylabel=f"{judged} (red)", ylim=(-0.05, 1.05))
     return records, lines, fig, metrics
 
 
@@ -185,6 +202,11 @@ def random_string(tokenizer, n_tokens: int, seed: int) -> str:
 def _msj_chat(request: str, pool, k: int, system: str | None, format: str = "turns"):
     built = many_shot(request, pool, k, format)
     return built if isinstance(built, str) else as_chat(built, system)  # raw text takes no system turn
+
+
+def _matching(record: dict) -> float:
+    p = record["answer_probs"]
+    return p[record["choices"].index(record["answer"])] / sum(p) if sum(p) > 0 else float("nan")
 
 
 def _rate(records: list[dict]) -> str:
@@ -332,7 +354,7 @@ def jailbreaks(
     """Run the attacks named in ``attacks`` (name -> keyword arguments of its function), after the
     direction check on ``requests`` (``tuco.experiments.direction``), by which each attack's result
     gets its verdict."""
-    functions = {"msj": msj, "gcg": gcg, "conjugate": conjugate}
+    functions = {"msj": msj, "msj-persona": msj, "gcg": gcg, "conjugate": conjugate}
     records, lines, figures = [], ["# E3: jailbreaks lower TuCo", "", f"Requests: {source}.", ""], {}
     metrics: dict = {}
     check = None
@@ -341,7 +363,8 @@ def jailbreaks(
         metrics["direction"] = check
         lines += [*section, ""]
     for name, kwargs in attacks.items():
-        found, section, fig, metrics[name] = functions[name](pair, out, **kwargs)
+        extra = {"attack": name} if name.startswith("msj") else {}
+        found, section, fig, metrics[name] = functions[name](pair, out, **kwargs, **extra)
         records += found
         lines += [*section, ""]
         figures[name] = fig
@@ -353,7 +376,7 @@ def jailbreaks(
 
 def _lowers_tuco(name: str, found: dict) -> bool | None:
     """Whether an attack's result has it lower TuCo (None: nothing to say)."""
-    if name == "msj":
+    if name in ("msj", "msj-persona"):
         tucos = [t for t in found.get("mean_tuco", []) if t is not None]
         return tucos[-1] < tucos[0] if len(tucos) > 1 else None
     if name == "gcg":

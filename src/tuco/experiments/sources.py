@@ -196,6 +196,16 @@ def persona_shots(behaviours, directory: str | None = None, per_behaviour: int =
     return [shot for shots in itertools.zip_longest(*groups) for shot in shots if shot]
 
 
+def persona_targets(
+    directory: str | None = None, behaviour: str = "psychopathy", shots: int = 64, limit: int | None = None
+) -> list[dict]:
+    """E3's many-shot targets (the paper's "Psychopathy evaluation"): questions of ``behaviour``
+    that ``persona_shots`` does not use (it takes each behaviour's first ``shots``), judged by their
+    answer: ``answer`` is the behaviour-matching choice."""
+    items = persona([behaviour], directory)[shots:]
+    return items[:limit]
+
+
 def persona(behaviours: list[str], directory: str | None = None, limit: int | None = None) -> list[dict]:
     """Yes/no items of Anthropic's persona evals; the "right" answer is the behaviour-matching one,
     so accuracy is agreement with the behaviour. ``["paper"]``: the paper's 23 behaviours
