@@ -290,7 +290,9 @@ def test_jailbreak_success(pair_dirs, tmp_path):
     assert metrics["n_success"] == sum(r["success"] for r in records)
     assert "Share of prompts that jailbreak the model" in table and "generation config" in table
     assert {"roc_auc", "tpr_at_5_fpr", "roc_auc_success_vs_benign", "direction"} <= set(metrics)
-    assert metrics["headline"] == "all" and metrics["headline_auc"] == metrics["roc_auc"]  # not a demo-safety run
+    assert (
+        metrics["headline"] == "all" and metrics["headline_auc"] == metrics["roc_auc"]
+    )  # not a demo-safety run
     assert metrics["direction"]["rises_with_alpha"] is (metrics["direction"]["interval"][0] > 0)
     for group, shares in metrics["success_by_rule"].items():  # at least k of the 3 samples not refused
         assert len(shares) == 3 and shares == sorted(shares, reverse=True)
@@ -418,3 +420,29 @@ def test_the_docs_stand_in_is_prose_from_pythons_own_documentation():
     assert windows(tok, 3, length=60, source="docs") == windows(tok, 3, length=60, source="docs")
     with pytest.raises(ValueError, match="shakespeare or docs"):
         windows(tok, 1, source="news")
+
+
+def test_attack_set_writes_files_that_tuco_calibrate_reads(pair_dirs, tmp_path, capsys):
+    from tuco.guard import Guard
+
+    out = tmp_path / "guard-set"
+    args = ["experiment", "attack-set", *pair_dirs, "--dtype", "float32", "--limit", "3", "--max-shots", "2"]
+    assert cli.main([*args, "--attacks", "msj", "gcg", *GCG_TINY, "--out", str(out)]) == 0
+    attacks, benign = lines(out / "attacks.jsonl"), lines(out / "benign.jsonl")
+    assert [a["attack"] for a in attacks] == ["msj-2"] * 3 + ["gcg"] * 3 and len(benign) == 3
+    strings = {s["request"]: s["string"] for s in lines(out / "gcg_strings.jsonl")}
+    for a in attacks:
+        last = a["messages"][-1]
+        assert last["role"] == "user" and last["content"].endswith(a["request"])
+        if a["attack"] == "gcg":
+            assert last["content"] == f"{strings[a['request']]} {a['request']}" and len(a["messages"]) == 1
+        else:
+            assert len(a["messages"]) == 2 * 2 + 1
+    assert lines(out / "results.jsonl") == attacks + benign
+    guard = tmp_path / "guard.json"
+    calibrate = ["calibrate", *pair_dirs, "--dtype", "float32", "--fpr", "0.5", "--out", str(guard)]
+    files = ["--benign", str(out / "benign.jsonl"), "--attacks", str(out / "attacks.jsonl")]
+    assert cli.main([*calibrate, *files]) == 0
+    assert Guard.load(guard).attacks == 6 and Guard.load(guard).benign == 3
+    assert cli.main([*args, "--attacks", "conjugate", "--out", str(tmp_path / "none")]) == 2
+    assert "attack-set builds msj and gcg prompts: --attacks msj gcg" in capsys.readouterr().err

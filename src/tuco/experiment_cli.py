@@ -8,6 +8,7 @@
     tuco experiment steering          --pair demo --out runs/steering
     tuco experiment components        --pair demo --out runs/components   (attention vs MLP, heads)
     tuco experiment direction         --pair demo-safety --out runs/direction  (does TuCo rise with alpha?)
+    tuco experiment attack-set        --pair demo-safety --attacks msj gcg --out runs/guard  (calibrate files)
 
 Without data options each runs offline on stand-ins (named as such in its table); without models, on
 ``--pair demo``. ``settings.json`` names the models; ``metrics.json`` holds the headline numbers.
@@ -31,6 +32,7 @@ NAMES = (
     "steering",
     "components",
     "direction",
+    "attack-set",
 )
 NOT_SETTINGS = ("out", "overwrite", "batch_size", "device", "device_map", "quiet", "command")
 
@@ -322,12 +324,7 @@ def _jailbreak_success(pair, out, args, system) -> str:
     from .experiments.jailbreak_success import ModelJudge, jailbreak_success, string_judge
 
     requests, source = _requests(args)
-    if args.benign == "parden":
-        benign = request_sets.parden(None, args.limit)
-    elif args.benign:
-        benign = request_sets.benign_file(args.benign, args.limit)
-    else:
-        benign = request_sets.standin_benign(args.limit)
+    benign = _benign(args)
     judge = ModelJudge(args.judge_model, device=args.device) if args.judge_model else string_judge
     return jailbreak_success(
         pair,
@@ -348,6 +345,42 @@ def _jailbreak_success(pair, out, args, system) -> str:
         source=source,
         gcg_source_model=args.gcg_from,
         headline=args.headline or ("within-harmful" if args.pair in REFUSAL_ONLY else "all"),
+    )
+
+
+def _benign(args) -> list[dict]:
+    if args.benign == "parden":
+        return request_sets.parden(None, args.limit)
+    if args.benign:
+        return request_sets.benign_file(args.benign, args.limit)
+    return request_sets.standin_benign(args.limit)
+
+
+def _attack_set(pair, out, args, system) -> str:
+    from .demo.recipe import compliance_pool
+    from .experiments.attack_set import KINDS, attack_set
+
+    chosen = tuple(a for a in args.attacks if a in KINDS)
+    if not chosen:
+        raise UsageError(
+            f"attack-set builds {' and '.join(KINDS)} prompts: --attacks msj gcg (or one of them)"
+        )
+    requests, source = _requests(args)
+    pool = request_sets.shots_file(args.shots_file) if args.shots_file else compliance_pool()
+    return attack_set(
+        pair,
+        out,
+        requests,
+        _benign(args),
+        attacks=chosen,
+        shots=args.max_shots or 8,
+        pool=pool,
+        format=args.msj_format,
+        gcg_cache=args.gcg_cache or str(out.dir / "gcg_strings.jsonl"),
+        gcg_settings=_gcg_settings(args),
+        placement=args.placement,
+        system=system,
+        source=source,
     )
 
 
@@ -384,4 +417,5 @@ EXPERIMENTS = {
     "steering": _steering,
     "components": _components,
     "direction": _direction,
+    "attack-set": _attack_set,
 }

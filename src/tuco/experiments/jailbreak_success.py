@@ -167,8 +167,9 @@ def jailbreak_success(
     cannot be compared with harmful ones (a refusal-only fine-tune contributes least to benign
     prompts whatever the attack). ``temperature`` None: sample with the fine-tuned model's own
     generation config (its temperature / top-p / top-k; the paper does not give its settings), else
-    with this temperature and nothing else cut. ``temperatures``: also sample the harmful prompts at each of these, for the
-    share of successes by rule at every temperature (how much the labels hang on the sampling)."""
+    with this temperature and nothing else cut. ``temperatures``: also sample the harmful prompts at
+    each of these, for the share of successes by rule at every temperature (how much the labels hang
+    on the sampling)."""
     check_choice(headline, "headline", HEADLINES)
     gcg_settings = gcg_settings or GCGSettings()
     strings = adversarial_strings(
