@@ -56,12 +56,18 @@ def test_gcg_optimises_and_appends_to_the_cache(tmp_path, tok):
     assert found == {"request/0": line["string"]} and line["placement"] == "after" and line["loss"] > 0
 
 
-def test_jailbreak_success_with_a_custom_judge(tmp_path, tok):
+def cached_e4(tmp_path, tok):
+    """A tiny pair, one-step GCG settings with the string cached, and two benign requests."""
     pair = make_pair("llama", tok)
     settings = gcg.GCGSettings(steps=1, search_width=8, topk=8, tokens=4)
     cache = tmp_path / "strings.jsonl"
     cache.write_text(json.dumps(cache_line(pair, settings)) + "\n")
     benign = [dict(id="benign/0", prompt="How do I bake bread?"), dict(id="benign/1", prompt="Hi there")]
+    return pair, settings, cache, benign
+
+
+def test_jailbreak_success_with_a_custom_judge(tmp_path, tok):
+    pair, settings, cache, benign = cached_e4(tmp_path, tok)
     seen = []
 
     def judge(request, completion):  # nothing is a refusal: every harmful prompt is a jailbreak
@@ -86,11 +92,7 @@ def test_jailbreak_success_with_a_custom_judge(tmp_path, tok):
 
 
 def test_jailbreak_success_headline_within_harmful_prompts(tmp_path, tok):
-    pair = make_pair("llama", tok)
-    settings = gcg.GCGSettings(steps=1, search_width=8, topk=8, tokens=4)
-    cache = tmp_path / "strings.jsonl"
-    cache.write_text(json.dumps(cache_line(pair, settings)) + "\n")
-    benign = [dict(id="benign/0", prompt="How do I bake bread?"), dict(id="benign/1", prompt="Hi there")]
+    pair, settings, cache, benign = cached_e4(tmp_path, tok)
     calls = []
 
     def judge(request, completion):  # the first prompt's 3 samples are not refused, the next 3 are

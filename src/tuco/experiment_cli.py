@@ -250,6 +250,11 @@ def _jailbreaks(pair, out, args, system) -> str:
     requests, source = _requests(args)
     common = dict(system=system, answer_tokens=args.answer_tokens, batch_size=args.batch_size)
     attacks = {}
+
+    def many_shot(targets, pool, control, name) -> dict:
+        options = dict(max_shots=args.max_shots or 128, format=args.msj_format, **common)
+        return dict(requests=targets, pool=pool, control_pool=control, pool_name=name, **options)
+
     if "msj" in args.attacks:
         from .demo.recipe import benign_pool, compliance_pool
 
@@ -264,15 +269,7 @@ def _jailbreaks(pair, out, args, system) -> str:
         else:
             pool, control = compliance_pool(), benign_pool()
             name = "demo stand-in (not the paper's persona shots): project-written, content-free compliance"
-        attacks["msj"] = dict(
-            requests=requests,
-            pool=pool,
-            control_pool=control,
-            pool_name=name,
-            max_shots=args.max_shots or 128,
-            format=args.msj_format,
-            **common,
-        )
+        attacks["msj"] = many_shot(requests, pool, control, name)
     if "msj-persona" in args.attacks:
         from .experiments import persona_standin
 
@@ -285,15 +282,7 @@ def _jailbreaks(pair, out, args, system) -> str:
             pool, control = persona_standin.shots(), persona_standin.shots(persona_standin.BENIGN)
             targets = persona_standin.targets(args.limit)
             name = "demo stand-in (project-written persona questions, malevolent answers; held-out targets)"
-        attacks["msj-persona"] = dict(
-            requests=targets,
-            pool=pool,
-            control_pool=control,
-            pool_name=name,
-            max_shots=args.max_shots or 128,
-            format=args.msj_format,
-            **common,
-        )
+        attacks["msj-persona"] = many_shot(targets, pool, control, name)
     if "gcg" in args.attacks:
         cache = args.gcg_cache or str(out.dir / "gcg_strings.jsonl")
         attacks["gcg"] = dict(
