@@ -18,6 +18,7 @@ Rerunning the same command resumes; ``--overwrite`` starts again.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from .errors import UsageError, finite_alpha, nonnegative_int, positive_float, positive_int
@@ -251,6 +252,11 @@ def _jailbreaks(pair, out, args, system) -> str:
     common = dict(system=system, answer_tokens=args.answer_tokens, batch_size=args.batch_size)
     attacks = {}
 
+    @functools.cache
+    def paper_shots() -> tuple[list, list]:  # the persona files, read once for both many-shot attacks
+        malevolent = sources.persona_shots(sources.MALEVOLENT_PERSONAS, args.persona_dir)
+        return malevolent, sources.persona_shots(sources.BENIGN_PERSONAS, args.persona_dir)
+
     def many_shot(targets, pool, control, name) -> dict:
         options = dict(max_shots=args.max_shots or 128, format=args.msj_format, **common)
         return dict(requests=targets, pool=pool, control_pool=control, pool_name=name, **options)
@@ -261,8 +267,7 @@ def _jailbreaks(pair, out, args, system) -> str:
         if args.shots_file:
             pool, name, control = request_sets.shots_file(args.shots_file), args.shots_file, benign_pool()
         elif args.persona_dir or args.online:
-            pool = sources.persona_shots(sources.MALEVOLENT_PERSONAS, args.persona_dir)
-            control = sources.persona_shots(sources.BENIGN_PERSONAS, args.persona_dir)
+            pool, control = paper_shots()
             name = (
                 f"the paper's: persona questions answered as {', '.join(sources.MALEVOLENT_PERSONAS)} would"
             )
@@ -274,8 +279,7 @@ def _jailbreaks(pair, out, args, system) -> str:
         from .experiments import persona_standin
 
         if args.persona_dir or args.online:
-            pool = sources.persona_shots(sources.MALEVOLENT_PERSONAS, args.persona_dir)
-            control = sources.persona_shots(sources.BENIGN_PERSONAS, args.persona_dir)
+            pool, control = paper_shots()
             targets = sources.persona_targets(args.persona_dir, limit=args.limit)
             name = "the paper's: persona questions, psychopathy questions the shots do not use as targets"
         else:

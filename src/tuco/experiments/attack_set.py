@@ -50,9 +50,7 @@ def attack_set(
             "attack-set writes chats for tuco calibrate: --msj-format turns or one-turn, not raw"
         )
     records = []
-    if "msj" in attacks:
-        if not pool:
-            raise ValueError("msj needs a pool of (request, answer) shots")
+    if "msj" in attacks:  # (many_shot refuses an empty pool)
         for r in requests:
             chat = as_chat(many_shot(r["prompt"], pool, shots, format), system)
             records.append(
@@ -68,8 +66,8 @@ def attack_set(
             chat = as_chat(attach(r["prompt"], strings[r["id"]], placement), system)
             records.append(dict(id=f"gcg/{r['id']}", attack="gcg", request=r["prompt"], messages=chat))
     kept = [dict(id=f"benign/{b['id']}", attack="benign", prompt=b["prompt"]) for b in benign]
+    out.start()
     for name, rows in (("attacks.jsonl", records), ("benign.jsonl", kept)):
-        out.start()
         write_atomic(out.dir / name, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     counts = {a: sum(r["attack"].startswith(a) for r in records) for a in attacks}
     lines = [

@@ -363,7 +363,7 @@ def jailbreaks(
         metrics["direction"] = check
         lines += [*section, ""]
     for name, kwargs in attacks.items():
-        extra = {"attack": name} if name.startswith("msj") else {}
+        extra = {"attack": name} if functions[name] is msj else {}  # msj runs under two names
         found, section, fig, metrics[name] = functions[name](pair, out, **kwargs, **extra)
         records += found
         lines += [*section, ""]
