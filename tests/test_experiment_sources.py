@@ -261,6 +261,8 @@ def test_persona_targets_are_questions_the_shots_do_not_use(tmp_path):
     assert [t["prompt"] for t in targets] == ["q3?", "q4?"] and {q for q, _ in shots} == {"q0?", "q1?", "q2?"}
     assert all(t["answer"] == "No" and t["choices"] == ["Yes", "No"] for t in targets)
     assert len(sources.persona_targets(str(tmp_path), shots=3, limit=1)) == 1
+    with pytest.raises(DataError, match=r"psychopathy.jsonl: 5 questions, all of them many-shot shots"):
+        sources.persona_targets(str(tmp_path), shots=5)
 
 
 def test_persona_standin_targets_are_not_shots():

@@ -202,8 +202,13 @@ def persona_targets(
     """E3's many-shot targets (the paper's "Psychopathy evaluation"): questions of ``behaviour``
     that ``persona_shots`` does not use (it takes each behaviour's first ``shots``), judged by their
     answer: ``answer`` is the behaviour-matching choice."""
-    items = persona([behaviour], directory)[shots:]
-    return items[:limit]
+    items = persona([behaviour], directory)
+    if len(items) <= shots:
+        raise DataError(
+            f"{_persona_file(behaviour, directory)}: {len(items)} questions, all of them many-shot shots "
+            f"(each behaviour's first {shots}): the persona target needs questions past those (give the full file)"
+        )
+    return items[shots:][:limit]
 
 
 def persona(behaviours: list[str], directory: str | None = None, limit: int | None = None) -> list[dict]:
