@@ -206,7 +206,8 @@ def persona_targets(
     if len(items) <= shots:
         raise DataError(
             f"{_persona_file(behaviour, directory)}: {len(items)} questions, all of them many-shot shots "
-            f"(each behaviour's first {shots}): the persona target needs questions past those (give the full file)"
+            f"(each behaviour's first {shots}): the persona target needs questions past those (give the "
+            "full file)"
         )
     return items[shots:][:limit]
 
