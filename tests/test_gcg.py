@@ -46,6 +46,20 @@ def test_cached_strings_are_not_optimised_again(tmp_path, tok, monkeypatch):
         gcg.adversarial_strings(pair, REQUESTS, cache, dataclasses.replace(settings, steps=2))
 
 
+def test_the_cache_is_keyed_by_the_pairs_stable_identity(tmp_path, tok, monkeypatch):
+    pair = make_pair("llama", tok)
+    settings = gcg.GCGSettings(steps=1, search_width=8, topk=8, tokens=4)
+    cache = tmp_path / "strings.jsonl"
+    made_elsewhere = cache_line(pair, settings) | dict(model="demo-safety@2411ca63f0c4")
+    cache.write_text(json.dumps(made_elsewhere) + "\n")
+    monkeypatch.setattr(gcg, "_import_nanogcg", lambda: pytest.fail("optimised although cached"))
+    monkeypatch.setattr(pair, "identity", "demo-safety@2411ca63f0c4")  # as tuco.models.load names it
+    assert gcg.adversarial_strings(pair, REQUESTS, cache, settings) == {"request/0": "zz qq"}
+    monkeypatch.setattr(pair, "identity", "demo-safety@another recipe")
+    with pytest.raises(pytest.fail.Exception, match="although cached"):
+        gcg.adversarial_strings(pair, REQUESTS, cache, settings)
+
+
 def test_gcg_optimises_and_appends_to_the_cache(tmp_path, tok):
     pytest.importorskip("nanogcg", reason="installed by make venv (pip install --no-deps nanogcg)")
     pair = make_pair("llama", tok)

@@ -21,6 +21,7 @@ import functools
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -224,7 +225,7 @@ def load(
     if models.chain is not None:
         from .chain import ModelChain
 
-        return ModelChain.from_pretrained(
+        chain = ModelChain.from_pretrained(
             list(models.chain),
             adapters=list(models.chain_adapters) if models.chain_adapters else None,
             dtype=dtype,
@@ -232,8 +233,10 @@ def load(
             trust_remote_code=trust_remote_code,
             batch_invariant=batch_invariant,
         )
+        chain.identity = identity(models)
+        return chain
     paper = models.pair in registry.PAIRS  # the paper's prompt strings, never the checkpoint's template
-    return ModelPair.from_pretrained(
+    pair = ModelPair.from_pretrained(
         models.pretrained,
         models.finetuned,
         adapter=models.adapter,
@@ -243,3 +246,23 @@ def load(
         batch_invariant=batch_invariant,
         prompt_format=functools.partial(registry.paper_chat, models.pair) if paper else None,
     )
+    pair.identity = identity(models)
+    return pair
+
+
+def identity(models: Models) -> str:
+    """A name for ``models`` that is the same on every machine: a demo pair's name with its recipe's
+    hash (its checkpoints are local folders that differ between machines), a named pair's name, else
+    the checkpoints as given (a hub id, or a local folder: then only on this machine)."""
+    from .demo.pairs import NAMES as DEMO_NAMES
+
+    if models.chain is not None:
+        given = " -> ".join([*models.chain, *(models.chain_adapters or ())])
+        return f"{models.pair} chain" if models.pair else given
+    if models.pair in DEMO_NAMES and models.adapter:
+        metrics = Path(models.adapter) / "metrics.json"
+        recipe = json.loads(metrics.read_text()).get("recipe") if metrics.exists() else None
+        return f"{models.pair}@{recipe or 'unknown recipe'}"
+    if models.pair:
+        return models.pair
+    return models.finetuned or f"{models.pretrained} + adapter {models.adapter}"

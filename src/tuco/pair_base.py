@@ -65,6 +65,9 @@ class PairBase:
         self.pretrained, self.tokenizer = pretrained, tokenizer
         self.prompt_format = prompt_format
         self.dtype_reason = dtype_reason
+        # a name for the models that holds on every machine (caches keyed by model: GCG strings);
+        # ``tuco.models.load`` sets it, None: the checkpoints' own names
+        self.identity: str | None = None
         self.adapter_mode = pretrained is None
         self.ft_blocks = find_blocks(finetuned, block_path)
         if pretrained is None:  # adapter mode

@@ -55,7 +55,8 @@ def adversarial_strings(
     Each request needs ``prompt`` and ``target`` (the compliant answer's start GCG aims for).
     ``source_model``: reuse the strings optimised on that model (as the paper used Llama-2-7B's
     strings for every model); they must all be in ``cache``, nothing is optimised."""
-    own = getattr(pair.finetuned, "name_or_path", "") or pair.finetuned.config.name_or_path
+    # the pair's stable name (a demo pair's checkpoints are folders that differ between machines)
+    own = pair.identity or getattr(pair.finetuned, "name_or_path", "") or pair.finetuned.config.name_or_path
     model_name = source_model or own
     keys = {
         r["id"]: dict(
