@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import types
 
 import pytest
 from conftest import make_pair
@@ -58,6 +59,29 @@ def test_the_cache_is_keyed_by_the_pairs_stable_identity(tmp_path, tok, monkeypa
     monkeypatch.setattr(pair, "identity", "demo-safety@another recipe")
     with pytest.raises(pytest.fail.Exception, match="although cached"):
         gcg.adversarial_strings(pair, REQUESTS, cache, settings)
+
+
+def test_gcg_settings_reach_nanogcg_and_key_the_cache(tmp_path, tok, monkeypatch):
+    pair = make_pair("llama", tok)
+    configs = []
+    fake = types.SimpleNamespace(
+        GCGConfig=lambda **kw: configs.append(kw) or kw,
+        run=lambda model, tokenizer, messages, target, config: types.SimpleNamespace(
+            best_string=f"s{len(configs)}", best_loss=0.5
+        ),
+    )
+    monkeypatch.setattr(gcg, "_import_nanogcg", lambda: fake)
+    cache = tmp_path / "strings.jsonl"
+    stopping = gcg.GCGSettings(steps=40, search_width=16, topk=8, tokens=4, early_stop=True)
+    assert gcg.adversarial_strings(pair, REQUESTS, cache, stopping) == {"request/0": "s1"}
+    assert configs[0]["early_stop"] is True and configs[0]["num_steps"] == 40
+    assert configs[0]["search_width"] == 16 and configs[0]["optim_str_init"] == "x x x x"
+    # the same settings but running every step: another string, beside the first in the cache
+    assert gcg.adversarial_strings(
+        pair, REQUESTS, cache, dataclasses.replace(stopping, early_stop=False)
+    ) == {"request/0": "s2"}
+    assert configs[1]["early_stop"] is False and len(cache.read_text().splitlines()) == 2
+    assert gcg.adversarial_strings(pair, REQUESTS, cache, stopping) == {"request/0": "s1"}
 
 
 def test_gcg_optimises_and_appends_to_the_cache(tmp_path, tok):

@@ -112,6 +112,11 @@ def add_parser(sub, model_options) -> None:
     g.add_argument("--gcg-width", type=positive_int, default=512, help="GCG candidates per step")
     g.add_argument("--gcg-topk", type=positive_int, default=256)
     g.add_argument("--gcg-tokens", type=positive_int, default=20, help="length of the adversarial string")
+    g.add_argument(
+        "--gcg-early-stop",
+        action="store_true",
+        help="stop a request's optimisation once the fine-tuned model's greedy answer is the target",
+    )
     g.add_argument("--placement", choices=["before", "after"], default="before", help="GCG string position")
     g.add_argument(
         "--answer-tokens", type=nonnegative_int, default=24, help="E3: greedy answer length (0: no answers)"
@@ -241,7 +246,9 @@ def _requests(args) -> tuple[list[dict], str]:
 def _gcg_settings(args):
     from .experiments.gcg import GCGSettings
 
-    return GCGSettings(args.gcg_steps, args.gcg_width, args.gcg_topk, args.gcg_tokens, args.seed)
+    return GCGSettings(
+        args.gcg_steps, args.gcg_width, args.gcg_topk, args.gcg_tokens, args.seed, args.gcg_early_stop
+    )
 
 
 def _jailbreaks(pair, out, args, system) -> str:

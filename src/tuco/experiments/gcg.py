@@ -33,6 +33,7 @@ class GCGSettings:
     topk: int = 256
     tokens: int = 20  # length of the adversarial string ("x x x ..." to start)
     seed: int = 0
+    early_stop: bool = False  # stop once the fine-tuned model's greedy answer is the target
 
 
 def attach(request: str, string: str, placement: str = "before") -> str:
@@ -83,6 +84,7 @@ def adversarial_strings(
                 topk=settings.topk,
                 optim_str_init=" ".join(["x"] * settings.tokens),
                 seed=settings.seed,
+                early_stop=settings.early_stop,
                 use_prefix_cache=False,  # nanogcg's prefix cache is the legacy tuple format
                 verbosity="WARNING",
             )
