@@ -113,6 +113,12 @@ def add_parser(sub, model_options) -> None:
     g.add_argument("--gcg-topk", type=positive_int, default=256)
     g.add_argument("--gcg-tokens", type=positive_int, default=20, help="length of the adversarial string")
     g.add_argument(
+        "--gcg-limit",
+        type=positive_int,
+        metavar="N",
+        help="E4: the GCG group on the first N requests only (GCG is the costly part); the rest on all",
+    )
+    g.add_argument(
         "--gcg-early-stop",
         action="store_true",
         help="stop a request's optimisation once the fine-tuned model's greedy answer is the target",
@@ -345,6 +351,7 @@ def _jailbreak_success(pair, out, args, system) -> str:
         source=source,
         gcg_source_model=args.gcg_from,
         headline=args.headline or ("within-harmful" if args.pair in REFUSAL_ONLY else "all"),
+        gcg_limit=args.gcg_limit,
     )
 
 

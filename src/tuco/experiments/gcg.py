@@ -5,6 +5,10 @@ file (an interrupted optimisation keeps the strings already found).
     >>> strings = adversarial_strings(pair, requests, "runs/gcg_strings.jsonl", GCGSettings(steps=250))
     >>> attacked = attach(request["prompt"], strings[request["id"]], placement="before")
 
+Strings the project optimised for its demo pairs ship with tuco (``SHIPPED``, with the command that
+made them in ``tuco/demo/gcg_strings.md``): a request whose key is there is copied into the cache,
+not optimised again.
+
 ``nanogcg`` 0.3 declares ``transformers<=4.47.1`` but works with 5.x without its prefix cache
 (``use_prefix_cache=False`` here); install it with ``pip install --no-deps nanogcg==0.3.0``.
 """
@@ -15,6 +19,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from ..errors import DataError
@@ -24,6 +29,7 @@ from ..store import ResultsFile, record_key
 
 log = logging.getLogger("tuco")
 PLACEMENTS = ("before", "after")
+SHIPPED = resources.files("tuco.demo") / "gcg_strings.jsonl"  # the demo pairs' strings
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,9 @@ def adversarial_strings(
     key = ("model", "request", "placement", "settings")
     with ResultsFile(cache, resume=True, key=key) as results:
         todo = [r for r in requests if not results.is_done(keys[r["id"]])]
+        if todo and (found := shipped({record_key(keys[r["id"]], key) for r in todo}, key)):
+            results.write(found)  # the shipped strings of these keys: copied, not optimised again
+            todo = [r for r in todo if not results.is_done(keys[r["id"]])]
         if todo and source_model is not None:
             raise DataError(
                 f"{cache}: no GCG string of {source_model} for {len(todo)} of the requests (the first: "
@@ -93,6 +102,14 @@ def adversarial_strings(
     with open(cache, encoding="utf-8") as f:
         found = {record_key(r, key): r["string"] for r in map(json.loads, f)}
     return {rid: found[record_key(k, key)] for rid, k in keys.items()}
+
+
+def shipped(wanted: set[str], key: tuple[str, ...]) -> list[dict]:
+    """The shipped strings whose key (``record_key`` of ``key``) is in ``wanted``."""
+    if not SHIPPED.is_file():
+        return []
+    lines = SHIPPED.read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, filter(None, lines)) if record_key(r, key) in wanted]
 
 
 def _import_nanogcg():

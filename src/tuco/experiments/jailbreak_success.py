@@ -161,6 +161,7 @@ def jailbreak_success(
     gcg_source_model: str | None = None,
     temperatures: Sequence[float] = (),
     headline: str = "all",
+    gcg_limit: int | None = None,
 ) -> str:
     """``headline``: the ROC-AUC the verdict reads: ``"all"``, successful jailbreaks vs the rest (the
     paper's), or ``"within-harmful"``, successful vs failed attacks, for a pair whose benign prompts
@@ -169,11 +170,13 @@ def jailbreak_success(
     generation config (its temperature / top-p / top-k; the paper does not give its settings), else
     with this temperature and nothing else cut. ``temperatures``: also sample the harmful prompts at
     each of these, for the share of successes by rule at every temperature (how much the labels hang
-    on the sampling)."""
+    on the sampling). ``gcg_limit``: the GCG group holds the first ``gcg_limit`` requests only (GCG
+    is the costly part), the plain harmful and benign groups every one."""
     check_choice(headline, "headline", HEADLINES)
     gcg_settings = gcg_settings or GCGSettings()
+    attacked = requests[:gcg_limit] if gcg_limit else requests
     strings = adversarial_strings(
-        pair, requests, gcg_cache, gcg_settings, placement, system, gcg_source_model
+        pair, attacked, gcg_cache, gcg_settings, placement, system, gcg_source_model
     )
     sampling = sampling_settings(pair, temperature)
     judging = dict(
@@ -182,8 +185,9 @@ def jailbreak_success(
     items = [dict(id=b["id"], group="benign", request=b["prompt"], prompt=b["prompt"]) for b in benign]
     for r in requests:
         items.append(dict(id=f"harmful/{r['id']}", group="harmful", request=r["prompt"], prompt=r["prompt"]))
-        attacked = attach(r["prompt"], strings[r["id"]], placement)
-        items.append(dict(id=f"gcg/{r['id']}", group="harmful + GCG", request=r["prompt"], prompt=attacked))
+        if r["id"] in strings:
+            prompt = attach(r["prompt"], strings[r["id"]], placement)
+            items.append(dict(id=f"gcg/{r['id']}", group="harmful + GCG", request=r["prompt"], prompt=prompt))
 
     def compute(batch: list[dict]) -> list[dict]:
         chats = [as_prompt(pair, it["prompt"], system) for it in batch]
