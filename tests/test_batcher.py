@@ -7,6 +7,7 @@ from conftest import make_pair
 
 from tuco import decoding, inputs
 from tuco.batcher import Batcher
+from tuco.rows import PromptTuco
 from tuco.sampling import Sampling
 
 ARCHS = ["llama", "gemma3_text", "mistral", "lfm2"]  # sliding windows of 5; lfm2: caches that cannot join
@@ -36,16 +37,21 @@ def alone(pair, ids, sampling, alpha, monitor):
     return [e for step in events for e in step]
 
 
-def staggered(pair, requests, monitor, prefill_tokens=2048, cancel=None):
-    """Every request's events, each added at its step; ``cancel``: index -> tokens after which it leaves."""
+def staggered(
+    pair, requests, monitor, prefill_tokens=2048, cancel=None, prompt_first=True, first_token="ride"
+):
+    """Every request's events, each added at its step; ``cancel``: index -> tokens after which it
+    leaves; ``prompt_first=False``: the prompts' TuCo may follow the first tokens (``PromptTuco``)."""
     got: dict[int, list] = {i: [] for i in range(len(requests))}
     cancelled = lambda i: cancel is not None and i in cancel and len(got[i]) >= cancel[i]  # noqa: E731
-    batcher = Batcher(pair, monitor=monitor, prefill_tokens=prefill_tokens, cancelled=cancelled)
+    batcher = Batcher(
+        pair, monitor=monitor, prefill_tokens=prefill_tokens, cancelled=cancelled, first_token=first_token
+    )
     step, first_at = 0, {}
     while step <= max(r[0] for r in requests) or batcher.busy:
         for i, (at, ids, sampling, alpha) in enumerate(requests):
             if at == step:
-                batcher.add(i, ids, sampling, alpha)
+                batcher.add(i, ids, sampling, alpha, prompt_first=prompt_first)
         for event in batcher.step():
             first_at.setdefault(event.index, step)
             got[event.index].append(event)
@@ -168,3 +174,66 @@ def test_a_newcomers_unembedding_rides_the_running_rows_pass(tok):
     # step 0: A's prefill (its own pass); 1: A; 2: A + B's first token in one pass; 3-4: both
     assert rows == [1, 1, 2, 2, 2]
     same(got[1], alone(pair, ids[1], Sampling(max_new_tokens=3), 0.5, "tokens"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "lfm2"])
+def test_a_first_token_sent_before_its_prompts_tuco_changes_neither(arch, tok):
+    pair = make_pair(arch, tok)
+    requests = plan(pair)
+    got, first_at = staggered(pair, requests, "prompt", prompt_first=False)
+    for i, (at, ids, sampling, alpha) in enumerate(requests):
+        reference = alone(pair, ids, sampling, alpha, "prompt")
+        events = got[i]
+        if alpha == 1.0:  # the light lane: the first token, then its prompt's TuCo, in the same step
+            assert isinstance(events[1], PromptTuco) and events[0].prompt_tuco is None
+            assert events[1].prompt_tuco == pytest.approx(reference[0].prompt_tuco, abs=1e-5)
+            events = [events[0], *events[2:]]
+            events[0].prompt_tuco = got[i][1].prompt_tuco
+        assert not any(isinstance(e, PromptTuco) for e in events)
+        same(events, reference)
+        if arch != "lfm2":
+            assert first_at[i] == at
+
+
+def test_a_row_that_ends_at_its_first_token_gets_its_prompts_tuco_with_it(tok):
+    pair = make_pair("llama", tok)
+    ids = pair.encode(TEXTS)
+    requests = [(0, ids[0], Sampling(max_new_tokens=4), 1.0), (1, ids[1], Sampling(max_new_tokens=1), 1.0)]
+    got, _ = staggered(pair, requests, "prompt", prompt_first=False)
+    (only,) = got[1]
+    assert only.finish_reason == "length"
+    reference = alone(pair, ids[1], Sampling(max_new_tokens=1), 1.0, "prompt")
+    assert only.prompt_tuco == pytest.approx(reference[0].prompt_tuco, abs=1e-5)
+
+
+def test_a_row_cancelled_before_its_prompts_tuco_gets_none(tok):
+    pair = make_pair("llama", tok)
+    gone: set[int] = set()
+    batcher = Batcher(pair, monitor="prompt", cancelled=gone.__contains__)
+    for i, ids in enumerate(pair.encode(TEXTS[:2])):
+        batcher.add(i, ids, Sampling(max_new_tokens=4), prompt_first=False)
+    first = batcher.prefill() + batcher.decode()
+    assert [e.index for e in first] == [0, 1] and all(e.prompt_tuco is None for e in first)
+    gone.add(1)
+    assert [(type(e), e.index) for e in batcher.settle()] == [(PromptTuco, 0)]
+
+
+@pytest.mark.parametrize("monitor", ["tokens", "prompt"])
+def test_a_first_token_unembedded_alone_changes_nothing_but_the_passes(monitor, tok):
+    pair = make_pair("gemma3_text", tok)
+    head = pair.finetuned.get_output_embeddings()
+    rows = []
+    handle = head.register_forward_hook(lambda m, a, o: rows.append(a[0].shape[0]))
+    ids = pair.encode(TEXTS)
+    requests = [(0, ids[0], Sampling(max_new_tokens=5), 1.0), (2, ids[1], Sampling(max_new_tokens=3), 1.0)]
+    try:
+        got, first_at = staggered(pair, requests, monitor, first_token="alone")
+    finally:
+        handle.remove()
+    # step 2: B's prefill has a pass through the unembedding of its own, then A's step; B joins after
+    assert rows == [1, 1, 1, 1, 2, 2]
+    assert first_at == {0: 0, 1: 2}
+    for i, (_, row, sampling, alpha) in enumerate(requests):
+        same(got[i], alone(pair, row, sampling, alpha, monitor))
+    with pytest.raises(ValueError, match="first_token"):
+        Batcher(pair, first_token="soon")

@@ -10,6 +10,7 @@ from tuco.completions import REFUSAL, Completions
 from tuco.decoding import TokenEvent
 from tuco.engine import Engine, Overloaded, Submission
 from tuco.guard import Guard
+from tuco.rows import PromptTuco
 from tuco.serve_metrics import ServeMetrics
 
 CHAT = {"messages": [{"role": "user", "content": "Tell me something."}], "max_tokens": 5, "temperature": 0}
@@ -26,10 +27,10 @@ class FakeEngine:
     def __init__(self, events=(), overloaded=False):
         self.events, self.overloaded, self.submitted = list(events), overloaded, []
 
-    def submit(self, ids, sampling, *, alpha, deliver, on_first=None, on_token=None):
+    def submit(self, ids, sampling, *, alpha, deliver, on_first=None, on_token=None, prompt_first=True):
         if self.overloaded:
             raise Overloaded("4 requests waiting or running (--max-queue 4)")
-        job = Submission(ids, sampling, alpha, deliver, on_first)
+        job = Submission(ids, sampling, alpha, deliver, on_first, prompt_first=prompt_first)
         self.submitted.append(job)
         for event in self.events:
             if event.prompt_tuco is not None and on_first is not None and on_first(event):
@@ -138,8 +139,27 @@ def test_a_streamed_answer_concatenates_to_the_collected_one(pair):
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "AB"
     assert chunks[1]["tuco"] == {"token": 0.25, "prompt": 0.2}
     assert chunks[-1]["choices"][0]["finish_reason"] == "length" and chunks[-1]["tuco"]["mean"] == 0.275
+    assert flow.engine.submitted[0].prompt_first is False  # a stream with no guard: no need to wait
     assert flow.engine.submitted[0].cancelled  # the slot is freed when the stream ends
     assert counted(flow, "200") == 1
+
+
+def test_a_prompts_tuco_after_the_first_token_is_a_chunk_of_its_own(pair):
+    events = [TokenEvent(0, 65, "A", None), PromptTuco(0, 0.2), TokenEvent(0, 66, "B", None, None, "length")]
+    flow = flow_of(pair, FakeEngine(events))
+
+    async def stream(body):
+        response = await flow.respond(json.dumps(body).encode(), "chat", never)
+        return [json.loads(p.removeprefix("data: ")) for p in [p async for p in response.body_iterator][:-1]]
+
+    chunks = asyncio.run(stream(dict(CHAT, stream=True)))
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "A", None, "B", None]
+    assert chunks[2]["tuco"] == {"prompt": 0.2} and chunks[1]["tuco"] == {"token": None}
+    assert chunks[-1]["tuco"]["prompt"] == 0.2  # and in the summary
+    asyncio.run(stream(dict(CHAT, stream=True, guard_threshold=0.1)))
+    collected = answer(respond(flow, CHAT))
+    assert collected["choices"][0]["message"]["content"] == "AB" and collected["tuco"]["prompt"] == 0.2
+    assert [job.prompt_first for job in flow.engine.submitted] == [False, True, True]  # a guard, no stream
 
 
 def test_a_client_that_leaves_is_noticed_and_its_request_cancelled(pair):
@@ -161,7 +181,7 @@ def test_a_full_engine_answers_503_with_retry_after(pair):
 
 def test_a_generation_failure_is_a_500_that_leaks_nothing(pair, caplog):
     class Failing(FakeEngine):
-        def submit(self, ids, sampling, *, alpha, deliver, on_first=None, on_token=None):
+        def submit(self, ids, sampling, *, alpha, deliver, on_first=None, on_token=None, prompt_first=True):
             deliver(RuntimeError("the model broke"))
             return Submission(ids, sampling, alpha, deliver)
 
@@ -191,7 +211,7 @@ def test_a_row_whose_alpha_overflows_the_model_is_the_request_s_400(pair):
     from tuco.engine import RowError
 
     class Overflowing(FakeEngine):
-        def submit(self, ids, sampling, *, alpha, deliver, on_first=None, on_token=None):
+        def submit(self, ids, sampling, *, alpha, deliver, on_first=None, on_token=None, prompt_first=True):
             deliver(RowError("the logits are not finite", overflow=True))
             return Submission(ids, sampling, alpha, deliver)
 

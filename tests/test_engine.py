@@ -9,6 +9,7 @@ from conftest import PROMPTS, make_pair
 from tuco.batcher import Batcher
 from tuco.decoding import TokenEvent
 from tuco.engine import Engine, Overloaded
+from tuco.rows import PromptTuco
 from tuco.sampling import Sampling
 
 
@@ -20,11 +21,13 @@ class Inbox:
 
     def __call__(self, item):
         self.items.append(item)
+        if isinstance(item, PromptTuco):
+            return
         if not isinstance(item, TokenEvent) or item.finish_reason is not None:
             self.done.set()
 
     def text(self) -> str:
-        return "".join(e.text for e in self.items)
+        return "".join(e.text for e in self.items if isinstance(e, TokenEvent))
 
 
 def wait(inboxes, timeout=60.0):
@@ -181,3 +184,35 @@ def test_the_kv_budget_is_kept_and_a_request_that_never_fits_is_refused(tok):
         engine.stop()
     assert engine.stats.peak_rows == 2
     assert all(len(inbox.items) == 10 and inbox.text() == inboxes[0].text() for inbox in inboxes)
+
+
+def test_a_stream_with_nothing_to_judge_gets_its_first_token_before_its_prompts_tuco(tok):
+    pair = make_pair("llama", tok)
+    engine = Engine(pair, monitor="prompt", max_batch=4, window=0.05)
+    ids = pair.encode(PROMPTS[:2])
+    inboxes, seen = [Inbox() for _ in ids], []
+    engine.start()
+    try:
+        for row, inbox, first in zip(ids, inboxes, (False, True), strict=True):  # one after the other
+            engine.submit(
+                row,
+                Sampling(max_new_tokens=4),
+                alpha=1.0,
+                deliver=inbox,
+                on_first=lambda event: seen.append(event.prompt_tuco) is not None,
+                prompt_first=first,
+            )
+            wait([inbox])
+    finally:
+        engine.stop()
+    later, first = inboxes
+    kinds = [type(e) for e in later.items]
+    assert kinds[:2] == [TokenEvent, PromptTuco] and PromptTuco not in kinds[2:]
+    assert later.items[0].prompt_tuco is None
+    assert all(type(e) is TokenEvent for e in first.items) and first.items[0].prompt_tuco is not None
+    assert engine.stats.tokens == len(later.items) - 1 + len(first.items)  # the PromptTuco is no token
+    for row, inbox, prompt_tuco in zip(ids, inboxes, (later.items[1], first.items[0]), strict=True):
+        alone = pair.generate_with_tuco([row], 1.0, max_new_tokens=4)[0]
+        assert inbox.text() == alone.text
+        assert prompt_tuco.prompt_tuco == pytest.approx(alone.prompt_tuco, abs=1e-5)
+    assert seen == [later.items[1].prompt_tuco, first.items[0].prompt_tuco]  # the metric saw both

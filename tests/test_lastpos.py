@@ -145,3 +145,42 @@ def test_the_capture_run_leaves_queries_out_where_the_block_code_allows(arch, fu
         lastpos._zeros = real
     assert all(b in lastpos._full_queries for b in pair.pt_blocks) == full_width
     assert (0 in widths) and (any(w > 0 for w in widths) == full_width)
+
+
+def _last_token_sums(pair, later: bool, inside: bool = False):
+    batch = pair.body_inputs(inputs.pad(pair.encode(UNEVEN), pair.pad_id, "left"))
+    last = torch.full((len(UNEVEN),), batch["input_ids"].shape[1] - 1)
+    with torch.inference_mode(), pair.steer(1.0, last_only=True, later=later) as dec:  # noqa: SIM117
+        rec = dec.record(last, layers=False)
+        logits = pair.finetuned(**batch).logits
+        if later and inside:
+            dec.run_later()
+    if later and not inside:
+        with torch.inference_mode():
+            dec.run_later()
+    return logits, rec.sums()
+
+
+@pytest.mark.parametrize("mode", ["pair", "adapter", "merged"])
+def test_pt_blocks_run_later_give_the_same_record(mode, tok):
+    if mode == "pair":
+        pair = make_pair("gemma3_text", tok)
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        for p in model.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.1)
+        pair = ModelPair(finetuned=model.eval(), tokenizer=tok)
+        if mode == "merged":
+            assert pair.merge_adapter() is None
+    logits, (ptc, ftc) = _last_token_sums(pair, later=False)
+    for inside in (False, True):
+        later_logits, (later_ptc, later_ftc) = _last_token_sums(pair, later=True, inside=inside)
+        assert torch.equal(later_logits, logits)  # the pass itself is the FT forward
+        torch.testing.assert_close(later_ptc, ptc, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(later_ftc, ftc, atol=1e-6, rtol=1e-6)
+    assert not torch.equal(ftc, torch.zeros_like(ftc))
+    with pytest.raises(ValueError, match="last_only"):
+        pair.steer(1.0, later=True)

@@ -344,3 +344,29 @@ def test_a_request_past_the_kv_budget_is_a_400_and_the_budget_is_in_the_metrics(
         metrics = httpx.get(f"{base}/metrics").text
     assert 'tuco_requests_total{route="/v1/chat/completions",status="400"} 2.0' in metrics
     assert "tuco_steps " in metrics and "tuco_running_rows 0.0" in metrics
+
+
+def test_with_monitor_prompt_a_stream_gets_its_prompts_tuco_right_after_its_first_token(pair):
+    with serving(create_app(pair, monitor="prompt", max_batch=4, window=0.05)) as base:
+        client = OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+        whole = client.chat.completions.create(model="m", messages=CHAT, max_tokens=6, temperature=0)
+        prompt = whole.model_extra["tuco"]["prompt"]
+        assert prompt == pytest.approx(pair.score([CHAT])[0].tuco, abs=1e-5)
+        for extra, first in (({}, False), ({"guard_threshold": -1.0}, True)):
+            chunks = list(
+                client.chat.completions.create(
+                    model="m", messages=CHAT, max_tokens=6, temperature=0, stream=True, extra_body=extra
+                )
+            )
+            parts = [c for c in chunks if c.choices and not c.choices[0].finish_reason]
+            content = [c for c in parts if c.choices[0].delta.content]
+            assert "".join(c.choices[0].delta.content for c in content) == whole.choices[0].message.content
+            with_prompt = [c for c in parts if "prompt" in (c.model_extra.get("tuco") or {})]
+            assert len(with_prompt) == 1
+            assert with_prompt[0].model_extra["tuco"]["prompt"] == pytest.approx(prompt, abs=1e-6)
+            if first:  # a guard judges the prompt: its TuCo comes with the first token, which waits for it
+                assert with_prompt[0] is content[0]
+            else:  # nothing waits for it: a chunk of its own, with no content, right after the first token
+                assert parts.index(with_prompt[0]) == parts.index(content[0]) + 1
+                assert with_prompt[0].choices[0].delta.content is None
+            assert chunks[-1].model_extra["tuco"]["prompt"] == pytest.approx(prompt, abs=1e-6)

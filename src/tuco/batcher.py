@@ -7,11 +7,11 @@
     ...         print(event.index, repr(event.text), event.tuco)
 
 ``step`` runs (a chunk of) the prefill of the rows added since, then one decoding step of every
-running row. A prefilled row's first token comes with that step, and the row joins the running
-batch for the next one (``tuco.kvrows`` joins the FT cache and the PT blocks' caches alike): a
-newcomer waits at most one step, a long prompt is prefilled about ``prefill_tokens`` tokens at a
-time between the others' steps, and a row leaves the batch and its caches as soon as it finishes
-or ``cancelled(index)`` says so.
+running row, then ``settle``. A prefilled row's first token comes with that step, and the row
+joins the running batch for the next one (``tuco.kvrows`` joins the FT cache and the PT blocks'
+caches alike): a newcomer waits at most one step, a long prompt is prefilled about
+``prefill_tokens`` tokens at a time between the others' steps, and a row leaves the batch and its
+caches as soon as it finishes or ``cancelled(index)`` says so.
 
 Rows run in lanes, by what their decoding steps need (each lane steps once per ``step``):
 
@@ -19,7 +19,9 @@ Rows run in lanes, by what their decoding steps need (each lane steps once per `
   share one lane, each row at its own alpha (``Decomposition(row_alpha=...)``); an attention / MLP
   alpha or a chain's per-stage alpha has a lane of its own.
 - ``monitor="prompt"`` at alpha = 1: the FT model alone (a short prompt's prefill runs the PT blocks
-  at its last token only, ``tuco.lastpos``).
+  at its last token only, ``tuco.lastpos``). A row added with ``prompt_first=False`` (a server's
+  stream with no guard to wait for) gets its first token before its prompt's TuCo: the PT blocks
+  run in ``settle``, after that token's step, and a ``PromptTuco`` event brings it.
 
 A row's tokens (at temperature 0, or from its own seeded generator) and its TuCo do not depend on
 what runs beside it or when it came: rows never mix, padding is masked out, and every row goes
@@ -42,9 +44,10 @@ from . import inputs, kvrows, metrics
 from .blocks import unwrap
 from .errors import Alpha, check_alpha, check_choice
 from .pair_base import PairBase
-from .rows import MONITORS, Row, TokenEvent
+from .rows import MONITORS, PromptTuco, Row, TokenEvent, choose
 from .sampling import Sampling
 
+FIRST_TOKEN = ("ride", "alone")  # a prefill's unembedding: with the next decoding pass, or its own
 LaneKey = tuple[Any, bool]  # (None for float alphas, else the alpha itself; whether the PT blocks run)
 
 
@@ -71,6 +74,7 @@ class _Prefill(_Batch):
     at: int = 0
     hidden: torch.Tensor | None = None  # [b, 1, d] last hidden states, unembedded with the next step
     tucos: list[float | None] | None = None
+    later: tuple | None = None  # (decomposition, record, rows): the PT blocks of a prefill run in settle()
 
 
 class Batcher:
@@ -82,17 +86,21 @@ class Batcher:
         norm: str = "l1",
         prefill_tokens: int = 2048,
         cancelled: Callable[[int], bool] | None = None,
+        first_token: str = "ride",
     ):
         check_choice(monitor, "monitor", MONITORS)
         check_choice(norm, "norm", ("l1", "l2"))
         self.pair, self.monitor, self.p = pair, monitor, int(norm[1])
         self.prefill_tokens = prefill_tokens
+        check_choice(first_token, "first_token", FIRST_TOKEN)
+        self.first_token = first_token
         self.cancelled = cancelled or (lambda index: False)
         self.eos = pair.eos_ids()
         self.lanes: dict[LaneKey, _Batch] = {}
         self.prefills: list[_Prefill] = []
         self._ready: list[_Prefill] = []  # prefilled, joining their lane after the next decoding step
         self._deferred: list[_Prefill] = []  # prefilled but for the unembedding: it rides the next step's
+        self._settling: list[_Prefill] = []  # first tokens out, their prompts' PT blocks to run (settle)
         self.joinable: bool | None = None  # known after the first prefill
         takes_cache = "cache" in inspect.signature(unwrap(pair.finetuned).forward).parameters
         self.cache_name = "cache" if takes_cache else "past_key_values"  # renamed in transformers 5.24
@@ -100,11 +108,15 @@ class Batcher:
         self.body_cache_name = "cache" if body_takes_cache else "past_key_values"
 
     # ------------------------------------------------------------------ what callers see
-    def add(self, index: int, ids: list[int], sampling: Sampling, alpha: Alpha = 1.0) -> None:
-        """A new row: it is prefilled at the next ``step`` (``ValueError`` if it does not fit)."""
+    def add(
+        self, index: int, ids: list[int], sampling: Sampling, alpha: Alpha = 1.0, prompt_first: bool = True
+    ) -> None:
+        """A new row: it is prefilled at the next ``step`` (``ValueError`` if it does not fit).
+        ``prompt_first=False``: its first token may come before its prompt's TuCo (``settle``)."""
         alpha = check_alpha(alpha)
         self.pair.check_prompts([ids], sampling.max_new_tokens)
         row = Row(index, ids, sampling, alpha, self.pair.tokenizer, self.eos, self.pair.device)
+        row.prompt_first = prompt_first
         key = self._key(alpha)
         waiting = next((p for p in self.prefills if p.key == key and not p.at), None)
         if waiting is None:
@@ -113,16 +125,16 @@ class Batcher:
 
     @property
     def busy(self) -> bool:
-        return bool(self.lanes or self.prefills or self._ready or self._deferred)
+        return bool(self.lanes or self.prefills or self._ready or self._deferred or self._settling)
 
     def indices(self) -> set[int]:
         """The rows running or waiting for their prefill."""
         batches = [*self.lanes.values(), *self.prefills, *self._ready, *self._deferred]
         return {row.index for batch in batches for row in batch.rows}
 
-    def step(self) -> list[TokenEvent]:
-        """``prefill()`` then ``decode()``: the events of both."""
-        return self.prefill() + self.decode()
+    def step(self) -> list[TokenEvent | PromptTuco]:
+        """``prefill()``, ``decode()``, ``settle()``: the events of all three."""
+        return [*self.prefill(), *self.decode(), *self.settle()]
 
     @torch.inference_mode()
     def prefill(self) -> list[TokenEvent]:
@@ -154,6 +166,30 @@ class Batcher:
                 self._join(group)
         return events
 
+    @torch.inference_mode()
+    def settle(self) -> list[PromptTuco]:
+        """The prompts' TuCo of rows whose first tokens went out without it (``prompt_first=False``):
+        their PT blocks run now, at the last prompt token, on what the prefill kept."""
+        events: list[PromptTuco] = []
+        settling, self._settling = self._settling, []
+        for group in settling:
+            rows, tucos = self._run_later(group)
+            for row, tuco in zip(rows, tucos, strict=True):
+                if not (row.done or self.cancelled(row.index)):
+                    events.append(PromptTuco(row.index, tuco))
+        return events
+
+    def _run_later(self, group: _Prefill) -> tuple[list[Row], list[float | None]]:
+        assert group.later is not None
+        (dec, rec, rows), group.later = group.later, None
+        dec.run_later()
+        return rows, self._tucos(rec)
+
+    def _tucos(self, rec) -> list[float | None]:
+        ptc_sum, ftc_sum = rec.sums()
+        values = metrics.tuco(ptc_sum, ftc_sum, self.p).tolist()
+        return [v if math.isfinite(v) else None for v in values]
+
     # ------------------------------------------------------------------ lanes
     def _key(self, alpha: Alpha) -> LaneKey:
         if isinstance(alpha, float):
@@ -167,12 +203,12 @@ class Batcher:
         started = any(p.at for p in others if p.key == group.key)
         return group.key not in self.lanes and not started
 
-    def _steer(self, batch: _Batch, last_only: bool = False):
+    def _steer(self, batch: _Batch, last_only: bool = False, later: bool = False):
         alpha = batch.rows[0].alpha
         if batch.key[0] is not None:  # one alpha of its own kind for the lane
             return self.pair.steer(alpha)
         if last_only:
-            return self.pair.steer(1.0, last_only=True)
+            return self.pair.steer(1.0, last_only=True, later=later)
         return self.pair.steer(1.0, row_alpha=torch.tensor([row.alpha for row in batch.rows]))
 
     # ------------------------------------------------------------------ forward passes
@@ -187,10 +223,12 @@ class Batcher:
         keep_pt: bool,
         last_only: bool = False,
         head: bool = True,
+        later: bool = False,
     ) -> tuple[torch.Tensor, list[float | None] | None]:
         """One pass over ``ids`` [b, s]: the last position's logits [b, vocab] in float32 (without
         ``head``: its last hidden states [b, 1, d], the model body's alone), and each row's TuCo
-        at column ``record_at`` of the pass (None: not recorded)."""
+        at column ``record_at`` of the pass (None: not recorded; ``later``: recorded by the PT blocks
+        that ``_run_later`` runs, ``batch.later``)."""
         step: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
         if head:
             step["logits_to_keep"] = 1
@@ -201,16 +239,16 @@ class Batcher:
         model = self.pair.finetuned if head else self.pair.body
         tucos = None
         if keep_pt or record_at is not None:
-            with self._steer(batch, last_only) as dec:
+            with self._steer(batch, last_only, later) as dec:
                 dec.use_caches(batch.cache, batch.pt_caches)
                 at = torch.full((len(batch.rows),), record_at or 0)
                 rec = dec.record(at, p=self.p, layers=False) if record_at is not None else None
                 out = model(**step)
                 batch.pt_caches = dec.caches if keep_pt else {}
-            if rec is not None:
-                ptc_sum, ftc_sum = rec.sums()
-                values = metrics.tuco(ptc_sum, ftc_sum, self.p).tolist()
-                tucos = [v if math.isfinite(v) else None for v in values]
+            if later and isinstance(batch, _Prefill):
+                batch.later = (dec, rec, list(batch.rows))
+            elif rec is not None:
+                tucos = self._tucos(rec)
         else:
             out = model(**step)
         batch.cache = out["cache"] if "cache" in out else out["past_key_values"]
@@ -271,9 +309,10 @@ class Batcher:
         positions = None if group.position_ids is None else group.position_ids[:, cols]
         # a lane without PT blocks keeps no PT caches, unless a long prompt's chunks need them
         light = not group.key[1] and group.at == 0 and last
+        later = light and not any(row.prompt_first for row in group.rows)  # PT blocks in settle()
         # the unembedding of a last chunk rides this step's decoding pass, when there is one; an
         # earlier chunk needs none
-        rides = last and any(lane.rows for lane in self.lanes.values())
+        rides = last and any(lane.rows for lane in self.lanes.values()) and self.first_token == "ride"
         out, tucos = self._forward(
             group,
             group.input_ids[:, cols],
@@ -283,6 +322,7 @@ class Batcher:
             keep_pt=group.key[1] or not last,
             last_only=light,
             head=last and not rides,
+            later=later,
         )
         if self.joinable is None:
             self.joinable = kvrows.joinable(group.cache)
@@ -298,7 +338,15 @@ class Batcher:
 
     def _first_tokens(self, group: _Prefill, logits: torch.Tensor, tucos: list | None) -> list[TokenEvent]:
         """A prefilled group's first tokens; it joins its lane after this step's decoding."""
-        events = self._choose(group, logits, tucos, tucos)
+        events: list = self._choose(group, logits, tucos, tucos)
+        if group.later is not None:
+            if any(event.finish_reason is not None for event in events):  # a row ends at once:
+                rows, tucos = self._run_later(group)  # its prompt's TuCo comes with its only token
+                by_index = {row.index: tuco for row, tuco in zip(rows, tucos, strict=True)}
+                for event in events:
+                    event.prompt_tuco = by_index[event.index]
+            else:
+                self._settling.append(group)
         group.positions = None if group.position_ids is None else group.position_ids[:, -1:]
         group.hidden = None
         self._leave(group)
@@ -309,38 +357,9 @@ class Batcher:
     def _choose(
         self, batch: _Batch, logits: torch.Tensor, tucos: list | None, prompt_tucos: list | None
     ) -> list[TokenEvent]:
-        """Each row's next token from ``logits`` [b, vocab]: its event (or its error: that row ends alone)."""
-        greedy = logits.argmax(-1).tolist()
-        finite = torch.isfinite(logits).all(-1).tolist()
-        wanted = [row.sampling.logprobs for row in batch.rows]
-        logp = torch.log_softmax(logits, -1) if any(k is not None for k in wanted) else None
-        batch.next_ids, events = list(greedy), []
-        for j, row in enumerate(batch.rows):
-            if row.done or self.cancelled(row.index):
-                row.done = True
-                continue
-            prompt_tuco = prompt_tucos[j] if prompt_tucos is not None else None
-            try:
-                if not finite[j]:
-                    raise FloatingPointError("the logits are not finite (alpha too far from 1 here?)")
-                batch.next_ids[j] = token = row.choose(logits[j], greedy[j])
-                text, finish = row.add(token)
-            except (RuntimeError, ValueError, FloatingPointError) as e:
-                overflow = isinstance(e, FloatingPointError)
-                events.append(
-                    TokenEvent(row.index, -1, "", None, prompt_tuco, "error", error=str(e), overflow=overflow)
-                )
-                row.done = True
-                continue
-            tuco = tucos[j] if tucos is not None and self.monitor == "tokens" else None
-            event = TokenEvent(row.index, token, text, tuco, prompt_tuco, finish)
-            k = wanted[j]
-            if logp is not None and k is not None:
-                event.logprob = float(logp[j, token])
-                top = torch.topk(logp[j], k)
-                event.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
-            events.append(event)
-            row.done = finish is not None
+        """Each row's next token from ``logits`` [b, vocab] (``rows.choose``); the batch's next ids."""
+        tucos = tucos if self.monitor == "tokens" else None
+        events, batch.next_ids = choose(batch.rows, logits, tucos, prompt_tucos, self.cancelled)
         return events
 
     def _leave(self, batch: _Batch) -> None:

@@ -29,7 +29,7 @@ from .openai_shapes import Entry, Shape, busy_response, chat_logprobs, error_res
 from .pair import ModelPair
 from .request_body import Parsed
 from .request_check import Choice, validate
-from .rows import TokenEvent
+from .rows import PromptTuco, TokenEvent
 from .sampling import Sampling
 from .serve_metrics import ServeMetrics
 
@@ -50,7 +50,7 @@ class Stopped:
     """The guard's answer rule stopped a request mid-generation (``--guard-action block``)."""
 
 
-Item = TokenEvent | Blocked | Stopped | BaseException  # what the engine hands a request's queue
+Item = TokenEvent | PromptTuco | Blocked | Stopped | BaseException  # what the engine hands a request's queue
 
 
 @dataclass
@@ -160,8 +160,17 @@ class Completions:
                 return True
             return False
 
+        # a stream nothing judges by its prompt's TuCo sends its first token without waiting for it
+        streamed = parsed is not None and parsed.stream
+        prompt_first = not streamed or guard is not None or threshold is not None
         submission = self.engine.submit(
-            ids, sampling, alpha=alpha, deliver=deliver, on_first=on_first, on_token=on_token
+            ids,
+            sampling,
+            alpha=alpha,
+            deliver=deliver,
+            on_first=on_first,
+            on_token=on_token,
+            prompt_first=prompt_first,
         )
         return submission, queue
 
@@ -302,6 +311,10 @@ class Completions:
                         )
                     )
                     break
+                if isinstance(item, PromptTuco):  # after the first token: a chunk of its own
+                    prompt_tuco = item.prompt_tuco
+                    yield _sse(shape.chunk(None, tuco={"prompt": prompt_tuco}))
+                    continue
                 tucos.append(item.tuco)
                 token: dict[str, Any] = {"token": item.tuco}
                 if item.prompt_tuco is not None:
@@ -368,6 +381,9 @@ async def collect(
             return Answer(REFUSAL, "content_filter", item.prompt_tuco, [])
         if isinstance(item, Stopped):
             return Answer(text, "content_filter", prompt_tuco, events, stopped=True)
+        if isinstance(item, PromptTuco):  # (an engine that sent the first token before it)
+            prompt_tuco = item.prompt_tuco
+            continue
         text += item.text
         events.append(item)
         prompt_tuco = item.prompt_tuco if item.prompt_tuco is not None else prompt_tuco

@@ -81,8 +81,8 @@ def decode(
             batcher.add(i, prompt, sampling, alpha)
         except ValueError as e:
             raise ValueError(str(e).replace("prompt 0", f"prompt {i}", 1)) from None
-    while batcher.busy:
-        events = batcher.step()
+    while batcher.busy:  # every row prompt_first: its prompt's TuCo with its first token, no PromptTuco
+        events = [event for event in batcher.step() if isinstance(event, TokenEvent)]
         if events:
             yield events
 

@@ -58,7 +58,9 @@ class Decomposition:
     ``ft_blocks[l]`` and ``pt_blocks[l]`` are the l-th decoder blocks of the two models (the same
     modules in PEFT mode). ``pt_context(l)`` is entered around every PT call (PEFT mode: LoRA off).
     ``last_only=True`` (alpha = 1, left-padded batches) runs the PT blocks at the last position only
-    (``tuco.lastpos``): what last-token TuCo reads, at a fraction of the cost.
+    (``tuco.lastpos``): what last-token TuCo reads, at a fraction of the cost. With ``later=True``
+    too, the pass only keeps each PT block's arguments, and ``run_later()`` runs the PT blocks and
+    fills the record after it (a server sends the first token before the prompt's TuCo is known).
     ``components=True`` also splits every block into its attention and MLP sides (``tuco.sublayers``)
     for the record, and ``heads=True`` the attention side per head (``num_heads`` of them, from an
     output projection of ``width``, the residual stream's).
@@ -84,6 +86,7 @@ class Decomposition:
         stages: Sequence[Sequence[nn.Module] | nn.ModuleList] | None = None,
         stage_context: Callable[[int, int], AbstractContextManager] | None = None,
         row_alpha: torch.Tensor | None = None,
+        later: bool = False,
     ):
         self.stages = None if stages is None else [list(blocks) for blocks in stages]
         if len(ft_blocks) != len(pt_blocks):
@@ -108,6 +111,15 @@ class Decomposition:
             raise ValueError("last_only=True needs alpha = 1: at other alphas the PT blocks feed the stream")
         if row_alpha is not None and (self.alpha != 1.0 or components or heads):
             raise ValueError("row_alpha= gives each row its alpha: leave alpha at 1, without components")
+        if later and (not last_only or components or heads or stages):
+            raise ValueError(
+                "later=True runs the last position's PT blocks after the pass: it needs last_only"
+            )
+        self.later = later
+        self._later: list[
+            tuple
+        ] = []  # later=True: (layer, PT block args, kwargs, x, FT output) at the last position
+        self._later_record: Record | None = None
         self._row_weight = None if row_alpha is None or bool((row_alpha == 1).all()) else row_alpha.float()
         self.last_only = last_only
         self.ft_blocks, self.pt_blocks = list(ft_blocks), list(pt_blocks)
@@ -135,8 +147,22 @@ class Decomposition:
         at token ``last_index[b]`` of row b. Call it again before each pass to record."""
         if self.last_only and per_token:
             raise ValueError("per_token=True needs every position of the PT blocks: use last_only=False")
-        self.recording = Record(last_index, per_token, p, layers, token_vectors)
+        self.recording = self._later_record = Record(last_index, per_token, p, layers, token_vectors)
         return self.recording
+
+    def run_later(self) -> None:
+        """``later=True``: run the PT blocks of the recorded pass at its last position now, on the
+        arguments they were given in it (the FT blocks' own), and fill its record."""
+        kept, self._later = self._later, []
+        self._inside_pt = True  # (PEFT mode, inside the context: the FT block's hooks stand aside)
+        try:
+            for layer, args, kwargs, x, ft_out in kept:
+                with self.pt_context(layer):
+                    pt_out = last_position_output(self.pt_blocks[layer], args, kwargs, layer)
+                if self._later_record is not None:
+                    self._later_record.add(x, pt_out.to(x.device), ft_out)
+        finally:
+            self._inside_pt = False
 
     def __enter__(self) -> Decomposition:
         if self.components:
@@ -171,6 +197,10 @@ class Decomposition:
                 self.sublayers.reset("pt")
                 self.sublayers.reset("ft")
                 self.sublayers.want_heads = self.heads and self.recording is not None
+            if self.later:  # run_later() runs it, on these arguments
+                if self.recording is not None:
+                    self._later.append((layer, *self._below_arguments(args, kwargs, 0)))
+                return None
             self._inside_pt = True
             try:
                 with self.pt_context(layer):
@@ -187,12 +217,15 @@ class Decomposition:
     def _run_below(self, block: nn.Module, args: tuple, kwargs: dict, stage: int, layer: int) -> torch.Tensor:
         """A block below the FT one (stage 0: the PT block) on the FT block's arguments, with its
         own KV cache: its output hidden states, [b, s, d] (``last_only``: [b, 1, d])."""
-        swap = lambda v: self._cache_for(v, stage) if _is_cache(v) else v  # noqa: E731
-        below_args = tuple(swap(a) for a in args)
-        below_kwargs = {k: swap(v) for k, v in kwargs.items()}
+        below_args, below_kwargs = self._below_arguments(args, kwargs, stage)
         if self.last_only:
             return last_position_output(block, below_args, below_kwargs, layer)
         return hidden(block(*below_args, **below_kwargs))
+
+    def _below_arguments(self, args: tuple, kwargs: dict, stage: int) -> tuple[tuple, dict]:
+        """The FT block's arguments with the KV cache swapped for the one of ``stage``'s blocks."""
+        swap = lambda v: self._cache_for(v, stage) if _is_cache(v) else v  # noqa: E731
+        return tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()}
 
     def _combine(self, layer: int):
         last = layer == len(self.ft_blocks) - 1
@@ -203,6 +236,12 @@ class Decomposition:
             ft_out = hidden(output)
             # sharded models: the block's input may still sit on the previous block's device
             x = (args[0] if args else kwargs["hidden_states"]).to(ft_out.device)
+            if self.later:  # alpha = 1: the FT output stays; run_later() records the block
+                if self.recording is not None:
+                    self._later[-1] = (*self._later[-1], x[:, -1:], ft_out[:, -1:])
+                    if last:
+                        self.recording = None
+                return None
             pt_out, self._pt_out = self._pt_out.to(ft_out.device), None
             stage_outs, self._stage_outs = [t.to(ft_out.device) for t in self._stage_outs], []
             parts = heads = None

@@ -34,7 +34,7 @@ from typing import Any
 from . import progress
 from .batcher import Batcher
 from .pair import ModelPair
-from .rows import TokenEvent
+from .rows import PromptTuco, TokenEvent
 from .sampling import Sampling
 
 log = logging.getLogger("tuco")
@@ -72,6 +72,7 @@ class Submission:
     deliver: Callable[[Any], None]  # a TokenEvent, an exception, or the server's own items
     on_first: Callable[[TokenEvent], bool] | None = None  # True: stop here (the guard blocked it)
     on_token: Callable[[TokenEvent], bool] | None = None  # True: stop after this token (not sent)
+    prompt_first: bool = True  # False: the first token may go before the prompt's TuCo (a PromptTuco after)
     cancelled: bool = False
     finished: bool = False
     call: Callable[[], Any] | None = None  # a job for the model's thread that is not decoding
@@ -107,6 +108,7 @@ class Engine:
         max_queue: int = 64,
         max_batch_tokens: int = 65536,
         prefill_tokens: int = 2048,
+        first_token: str = "ride",
     ):
         if max_batch < 1 or max_queue < max_batch:
             raise ValueError(f"need 1 <= max_batch ({max_batch}) <= max_queue ({max_queue})")
@@ -115,6 +117,7 @@ class Engine:
         self.pair, self.monitor = pair, monitor
         self.max_batch, self.window, self.max_queue = max_batch, window, max_queue
         self.max_batch_tokens, self.prefill_tokens = max_batch_tokens, prefill_tokens
+        self.first_token = first_token
         self.stats = Stats()
         self._waiting: deque[Submission] = deque()
         self._jobs: dict[int, Submission] = {}  # running: the batcher's rows, by index
@@ -129,6 +132,7 @@ class Engine:
             self.pair,
             monitor=self.monitor,
             prefill_tokens=self.prefill_tokens,
+            first_token=self.first_token,
             cancelled=lambda index: self._jobs[index].cancelled,
         )
 
@@ -153,8 +157,11 @@ class Engine:
         deliver: Callable[[Any], None],
         on_first: Callable[[TokenEvent], bool] | None = None,
         on_token: Callable[[TokenEvent], bool] | None = None,
+        prompt_first: bool = True,
     ) -> Submission:
-        job = Submission(ids, sampling, alpha, deliver, on_first, on_token)
+        """``prompt_first=False``: nothing waits for the prompt's TuCo (no guard), so the first token
+        is sent as soon as it is chosen and the prompt's TuCo follows (``PromptTuco``)."""
+        job = Submission(ids, sampling, alpha, deliver, on_first, on_token, prompt_first)
         if job.reserved > self.max_batch_tokens:
             raise TooLarge(
                 f"the prompt's {len(ids)} tokens + max_tokens {sampling.max_new_tokens} are more than this "
@@ -247,7 +254,7 @@ class Engine:
             index, self._count = self._count, self._count + 1
             self._jobs[index] = head
             try:
-                self.batcher.add(index, head.ids, head.sampling, head.alpha)
+                self.batcher.add(index, head.ids, head.sampling, head.alpha, head.prompt_first)
             except ValueError as error:  # checked by the server before: a caller of the engine's own
                 del self._jobs[index]
                 head.finished = True
@@ -256,12 +263,14 @@ class Engine:
 
     def _step(self) -> None:
         """One step of the batcher: the prefills' first tokens are delivered before the decoding
-        step runs (a newcomer's time to first token does not wait for the others' step)."""
+        step runs (a newcomer's time to first token does not wait for the others' step), and those
+        that ride it before the PT blocks run for their prompts' TuCo (``settle``)."""
         started, tokens = time.monotonic(), 0
         rows = len(self._jobs)
         try:
             tokens += self._deliver(self.batcher.prefill())
             tokens += self._deliver(self.batcher.decode())
+            self._deliver(self.batcher.settle())
         except Exception as error:  # the step failed: every request in it hears why
             log.exception("tuco serve: a decoding step of %d rows failed", rows)
             self._fail_all(error)
@@ -276,11 +285,16 @@ class Engine:
             self.stats.rows = len(self._jobs)
             self.stats.peak_rows = max(self.stats.peak_rows, rows)
 
-    def _deliver(self, events: list[TokenEvent]) -> int:
-        """Hand each event to its request: the tokens generated."""
+    def _deliver(self, events: list) -> int:
+        """Hand each event (``TokenEvent``, ``PromptTuco``) to its request: the tokens generated."""
         tokens = 0
         for event in events:
             job = self._jobs[event.index]
+            if isinstance(event, PromptTuco):  # after the first token: nothing can be blocked now
+                if job.on_first is not None:
+                    job.on_first(event)  # type: ignore[arg-type]
+                job.deliver(event)
+                continue
             if event.error is not None:  # this row failed alone: the others go on
                 job.finished = True
                 job.deliver(RowError(event.error, event.overflow))

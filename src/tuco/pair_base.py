@@ -202,12 +202,14 @@ class PairBase:
         components: bool = False,
         heads: bool = False,
         row_alpha: torch.Tensor | None = None,
+        later: bool = False,
     ) -> Decomposition:
         """Context manager: inside it, ``self.finetuned`` computes x + PTC + alpha * FTC at every block
         (``alpha={"attn": a, "mlp": b}``: x + PTC + a FTC^attn + b FTC^mlp).
         ``last_only``: the PT blocks run at the last position only (alpha = 1, left-padded batches).
         ``components`` / ``heads``: the record splits each block into attention and MLP / heads.
         ``row_alpha`` ([batch] floats, with alpha = 1): each row at its own alpha.
+        ``later`` (with ``last_only``): the PT blocks run at ``run_later()``, after the pass.
         A chain (``tuco.chain``) also runs its intermediate checkpoints' blocks (``stage_blocks``)."""
         alpha = check_alpha(alpha)
         pt_context = (lambda layer: self.pt_side(self.ft_blocks[layer])) if self.adapter_mode else None
@@ -225,6 +227,7 @@ class PairBase:
             stages=self.stage_blocks,
             stage_context=self.stage_context,
             row_alpha=row_alpha,
+            later=later,
         )
 
     # a pair has no stages between its two models; ``tuco.chain.ModelChain`` sets them

@@ -3,10 +3,12 @@
 >>> row = Row(7, ids, Sampling(max_new_tokens=20), 1.0, tokenizer, eos={2}, device=device)
 >>> token = row.choose(logits, greedy)        # its own sampling, its own seeded generator
 >>> text, finish = row.add(token)              # the text to send, "stop" / "length" / None
+>>> events, next_ids = choose(rows, logits, tucos, prompt_tucos, cancelled)   # a batch's step
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,15 @@ class TokenEvent:
     overflow: bool = False  # ... because its logits are not finite (its own alpha, too far from 1)
 
 
+@dataclass
+class PromptTuco:
+    """The TuCo of prompt ``index``, after its first token: for a row added with
+    ``prompt_first=False`` (``tuco.batcher``), whose first token was sent before it was known."""
+
+    index: int
+    prompt_tuco: float | None
+
+
 class Row:
     """One prompt being decoded: its key (``TokenEvent.index``), prompt, settings and alpha, the
     tokens chosen and the text sent so far, its own random generator."""
@@ -51,6 +62,7 @@ class Row:
         device: torch.device,
     ):
         self.index, self.ids, self.sampling, self.alpha = index, ids, sampling, alpha
+        self.prompt_first = True  # its prompt's TuCo comes with its first token (else: a PromptTuco after)
         self.tokenizer, self.eos = tokenizer, eos
         self.token_ids: list[int] = []
         self.done = False
@@ -78,3 +90,47 @@ class Row:
         new = text[len(self.text) :] if text.startswith(self.text) and len(text) > len(self.text) else ""
         self.text += new
         return new, finish
+
+
+def choose(
+    rows: list[Row],
+    logits: torch.Tensor,
+    tucos: list | None,
+    prompt_tucos: list | None,
+    cancelled: Callable[[int], bool],
+) -> tuple[list[TokenEvent], list[int]]:
+    """Each row's next token from ``logits`` [b, vocab]: its event (or its error: that row ends
+    alone), and the ids the batch feeds next (finished and cancelled rows: their greedy token)."""
+    greedy = logits.argmax(-1).tolist()
+    finite = torch.isfinite(logits).all(-1).tolist()
+    wanted = [row.sampling.logprobs for row in rows]
+    logp = torch.log_softmax(logits, -1) if any(k is not None for k in wanted) else None
+    next_ids, events = list(greedy), []
+    for j, row in enumerate(rows):
+        if row.done or cancelled(row.index):
+            row.done = True
+            continue
+        prompt_tuco = prompt_tucos[j] if prompt_tucos is not None else None
+        try:
+            if not finite[j]:
+                raise FloatingPointError("the logits are not finite (alpha too far from 1 here?)")
+            next_ids[j] = token = row.choose(logits[j], greedy[j])
+            text, finish = row.add(token)
+        except (RuntimeError, ValueError, FloatingPointError) as e:
+            overflow = isinstance(e, FloatingPointError)
+            events.append(
+                TokenEvent(row.index, -1, "", None, prompt_tuco, "error", error=str(e), overflow=overflow)
+            )
+            row.done = True
+            continue
+        event = TokenEvent(
+            row.index, token, text, tucos[j] if tucos is not None else None, prompt_tuco, finish
+        )
+        k = wanted[j]
+        if logp is not None and k is not None:
+            event.logprob = float(logp[j, token])
+            top = torch.topk(logp[j], k)
+            event.top_logprobs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+        events.append(event)
+        row.done = finish is not None
+    return events, next_ids

@@ -41,6 +41,14 @@ def add_parsers(sub, model_options) -> None:
         default=2048,
         help="prompt tokens prefilled per step between the others' decoding (longer prompts: in chunks)",
     )
+    g.add_argument(
+        "--first-token",
+        choices=("ride", "alone"),  # tuco.batcher.FIRST_TOKEN (not imported: --help stays quick)
+        default="ride",
+        help="a newcomer's first token: unembedded with the others' next decoding pass (ride: one read of "
+        "the unembedding per step), or by its own pass right after its prefill (alone: sooner, one more "
+        "read of the unembedding per step with a newcomer)",
+    )
     g.add_argument("--max-queue", type=positive_int, help="requests waiting or running before 503 (8x batch)")
     g.add_argument(
         "--batch-window", type=positive_float, default=0.02, help="seconds an idle server waits for a burst"
@@ -169,6 +177,7 @@ def run_serve(args) -> int:
         window=args.batch_window,
         max_batch_tokens=args.max_batch_tokens,
         prefill_tokens=args.prefill_tokens,
+        first_token=args.first_token,
         api_keys=keys,
         loopback=loopback,
         max_body_bytes=args.max_body_bytes,

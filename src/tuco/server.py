@@ -60,6 +60,7 @@ def create_app(
     window: float = 0.02,
     max_batch_tokens: int = 65536,
     prefill_tokens: int = 2048,
+    first_token: str = "ride",
     api_keys: Sequence[str] = (),
     loopback: bool = True,
     max_body_bytes: int = 4 << 20,
@@ -71,7 +72,7 @@ def create_app(
     TuCo do not depend on the requests batched with it; in another dtype they may (a warning says
     so), and a guard must have been calibrated in the pair's dtype. ``api_keys``, ``loopback``,
     ``max_body_bytes``, ``metrics_open``: ``tuco.gate``; ``max_batch``, ``max_batch_tokens``,
-    ``prefill_tokens``, ``window``: ``tuco.engine``; ``debug``: tracebacks in the log;
+    ``prefill_tokens``, ``window``, ``first_token``: ``tuco.engine``; ``debug``: tracebacks in the log;
     ``guard_on_error``: "open" passes, "closed" flags a prompt whose TuCo cannot be computed."""
     _check_dtype(pair, guard)
     engine = Engine(
@@ -82,6 +83,7 @@ def create_app(
         max_queue=max_queue or 8 * max_batch,
         max_batch_tokens=max_batch_tokens,
         prefill_tokens=prefill_tokens,
+        first_token=first_token,
     )
     metrics = ServeMetrics(engine)
     shared = dict(name=name, guard=guard, guard_on_error=guard_on_error)
