@@ -7,7 +7,8 @@
 2. Three servers, one at a time, each on 127.0.0.1 at a free port, the same dtype:
    ``transformers serve --continuous-batching`` on that checkpoint (the peer), then
    ``tuco serve --pair demo --max-batch 32 --monitor prompt`` and ``tuco serve --pair demo
-   --max-batch 32`` (TuCo on every token), every other option at its default.
+   --max-batch 32`` (TuCo on every token), every other option at its default (``--servers`` adds
+   ``prompt-alone``: ``--monitor prompt --first-token alone``).
 3. For each: the same warm-up (8 streaming clients x 8 tokens, twice), then ``--repeats`` times each
    load: a burst (``--clients`` streaming chat clients at once) and arrivals over time (one every
    ``--every`` seconds); ``--max-tokens`` new tokens each, temperature 0, each its own prompt.
@@ -162,7 +163,11 @@ def main() -> int:
     parser.add_argument(
         "--tuco-src", help="run the tuco servers from this source tree (an earlier checkout's src/)"
     )
-    parser.add_argument("--servers", default="peer,prompt,tokens", help="which to run (the peer is the base)")
+    parser.add_argument(
+        "--servers",
+        default="peer,prompt,tokens",
+        help="which to run: peer, prompt, prompt-alone (--first-token alone), tokens (the peer is the base)",
+    )
     parser.add_argument("--deadline", type=float, default=3000, help="seconds the whole run may take")
     args = parser.parse_args()
     signal.signal(signal.SIGALRM, lambda *_: sys.exit("serve_vs_peer: past --deadline, stopped"))
@@ -186,6 +191,11 @@ def main() -> int:
         servers = {
             "transformers serve --continuous-batching": (peer, str(folder), "peer"),
             "tuco serve --monitor prompt": ([*tuco, "--monitor", "prompt"], "demo", "prompt"),
+            "tuco serve --monitor prompt --first-token alone": (
+                [*tuco, "--monitor", "prompt", "--first-token", "alone"],
+                "demo",
+                "prompt-alone",
+            ),
             "tuco serve (TuCo on every token)": (tuco, "demo", "tokens"),
         }
         servers = {k: v[:2] for k, v in servers.items() if v[2] in args.servers.split(",")}
