@@ -178,6 +178,10 @@ def test_from_pretrained_checkpoints_and_adapters(tmp_path, tok):
         dirs[0], adapters=[str(tmp_path / "adapters" / n) for n in ("sft", "style")], dtype="float32"
     )
     reference = ModelChain(merged, tok).score(PROMPTS)
+    assert loaded.identity == " -> ".join(dirs)
+    assert stacked.identity == " -> ".join(
+        [dirs[0], *(str(tmp_path / "adapters" / n) for n in ("sft", "style"))]
+    )
     for chain in (loaded, stacked):
         assert chain.num_stages == 2
         for a, b in zip(chain.score(PROMPTS), reference, strict=True):

@@ -223,6 +223,9 @@ def test_from_pretrained_local_dirs_and_adapter(tmp_path, tok, caplog, recwarn):
     with caplog.at_level(logging.INFO, logger="tuco"):
         from_dirs = ModelPair.from_pretrained(str(base_dir), adapter=str(tmp_path / "adapter"))
     assert from_dirs.adapter_mode
+    # the identity caches are keyed by (tuco.experiments.gcg) names the adapter too
+    assert from_dirs.identity == f"{base_dir} + adapter {tmp_path / 'adapter'}"
+    assert loaded.identity == str(tmp_path / "ft")
     # an adapter without tokenizer files is the usual case: said plainly, no warning of any kind
     assert "tokenizer: the base model's" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -120,7 +120,7 @@ class ModelChain(ModelPair):
         models, tok, adapter_names, why = load_chain(
             names, adapters=list(adapters) if adapters else None, **options
         )
-        return cls(
+        chain = cls(
             models,
             tok,
             adapters=adapter_names,
@@ -128,6 +128,8 @@ class ModelChain(ModelPair):
             prompt_format=prompt_format,
             dtype_reason=why,
         )
+        chain.identity = " -> ".join([*names, *(adapters or ())])  # as tuco.models.identity names it
+        return chain
 
     def _stage_context(self, k: int, layer: int) -> contextlib.AbstractContextManager:
         """Stage k's block in PEFT mode: the base with the first k adapters."""

@@ -265,4 +265,4 @@ def identity(models: Models) -> str:
         return f"{models.pair}@{recipe or 'unknown recipe'}"
     if models.pair:
         return models.pair
-    return models.finetuned or f"{models.pretrained} + adapter {models.adapter}"
+    return models.finetuned or f"{models.pretrained} + adapter {models.adapter}"  # as from_pretrained

@@ -75,7 +75,7 @@ class ModelPair(PairBase):
             batch_invariant=batch_invariant,
             **model_kwargs,
         )
-        return cls(
+        pair = cls(
             pt,
             ft,
             tok,
@@ -85,6 +85,8 @@ class ModelPair(PairBase):
             prompt_format=prompt_format,
             dtype_reason=why,
         )
+        pair.identity = finetuned or f"{pretrained} + adapter {adapter}"  # tuco.models.load: a better one
+        return pair
 
     # ------------------------------------------------------------------ TuCo
     @torch.inference_mode()
