@@ -237,3 +237,15 @@ def test_a_first_token_unembedded_alone_changes_nothing_but_the_passes(monitor, 
         same(got[i], alone(pair, row, sampling, alpha, monitor))
     with pytest.raises(ValueError, match="first_token"):
         Batcher(pair, first_token="soon")
+
+
+def test_huge_but_finite_logits_are_no_error_and_nan_is(tok):
+    from tuco.rows import Row, choose
+
+    rows = [Row(j, [1], Sampling(max_new_tokens=2), 1.0, tok, set(), torch.device("cpu")) for j in range(3)]
+    logits = torch.zeros(3, 8)
+    logits[0, :2] = 3e38  # finite: their sum overflows, the row is still fine
+    logits[1, 3] = float("nan")
+    events, _ = choose(rows, logits, None, None, lambda index: False)
+    assert [e.error is None for e in events] == [True, False, True]
+    assert "not finite" in events[1].error and events[1].overflow

