@@ -103,7 +103,7 @@ def choose(
     alone), and the ids the batch feeds next (finished and cancelled rows: their greedy token)."""
     greedy = logits.argmax(-1).tolist()
     # a NaN or an infinity anywhere in a row makes its sum one: one cheap pass over [b, vocab]
-    # (isfinite().all() costs 7x as much at a 262k vocabulary); a sum that overflowed is checked again
+    # (isfinite().all(): 28x as long at a 262k vocabulary); a sum that overflowed is checked again
     finite = torch.isfinite(logits.sum(-1)).tolist()
     finite = [ok or bool(torch.isfinite(logits[j]).all()) for j, ok in enumerate(finite)]
     wanted = [row.sampling.logprobs for row in rows]
