@@ -370,3 +370,25 @@ def test_with_monitor_prompt_a_stream_gets_its_prompts_tuco_right_after_its_firs
                 assert parts.index(with_prompt[0]) == parts.index(content[0]) + 1
                 assert with_prompt[0].choices[0].delta.content is None
             assert chunks[-1].model_extra["tuco"]["prompt"] == pytest.approx(prompt, abs=1e-6)
+
+
+def test_first_token_reaches_the_batcher_from_the_command_line(pair, capsys):
+    from tuco.batcher import FIRST_TOKEN
+    from tuco.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--pair", "demo", "--first-token", "alone"])
+    assert args.first_token == "alone"
+    assert build_parser().parse_args(["serve", "--pair", "demo"]).first_token == "ride"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--pair", "demo", "--first-token", "soon"])
+    assert "invalid choice: 'soon'" in capsys.readouterr().err
+    actions = build_parser()._subparsers._group_actions[0].choices["serve"]._actions  # noqa: SLF001
+    assert next(a for a in actions if a.dest == "first_token").choices == FIRST_TOKEN
+    for choice in FIRST_TOKEN:
+        app = create_app(pair, monitor="prompt", first_token=choice)
+        assert app.state.engine.batcher.first_token == choice
+        with serving(app) as base:
+            got = OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0).chat.completions.create(
+                model="m", messages=CHAT, max_tokens=4, temperature=0
+            )
+            assert got.choices[0].message.content == pair.generate_with_tuco([CHAT], max_new_tokens=4)[0].text

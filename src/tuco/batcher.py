@@ -115,8 +115,7 @@ class Batcher:
         ``prompt_first=False``: its first token may come before its prompt's TuCo (``settle``)."""
         alpha = check_alpha(alpha)
         self.pair.check_prompts([ids], sampling.max_new_tokens)
-        row = Row(index, ids, sampling, alpha, self.pair.tokenizer, self.eos, self.pair.device)
-        row.prompt_first = prompt_first
+        row = Row(index, ids, sampling, alpha, self.pair.tokenizer, self.eos, self.pair.device, prompt_first)
         key = self._key(alpha)
         waiting = next((p for p in self.prefills if p.key == key and not p.at), None)
         if waiting is None:

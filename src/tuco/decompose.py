@@ -116,10 +116,9 @@ class Decomposition:
                 "later=True runs the last position's PT blocks after the pass: it needs last_only"
             )
         self.later = later
-        self._later: list[
-            tuple
-        ] = []  # later=True: (layer, PT block args, kwargs, x, FT output) at the last position
-        self._later_record: Record | None = None
+        # later=True: (layer, PT block args, kwargs, x, FT output) of each block, at the last position
+        self._later: list[tuple] = []
+        self._later_record: Record | None = None  # ... and the record run_later() fills
         self._row_weight = None if row_alpha is None or bool((row_alpha == 1).all()) else row_alpha.float()
         self.last_only = last_only
         self.ft_blocks, self.pt_blocks = list(ft_blocks), list(pt_blocks)
@@ -147,7 +146,7 @@ class Decomposition:
         at token ``last_index[b]`` of row b. Call it again before each pass to record."""
         if self.last_only and per_token:
             raise ValueError("per_token=True needs every position of the PT blocks: use last_only=False")
-        self.recording = self._later_record = Record(last_index, per_token, p, layers, token_vectors)
+        self.recording = Record(last_index, per_token, p, layers, token_vectors)
         return self.recording
 
     def run_later(self) -> None:
@@ -240,7 +239,7 @@ class Decomposition:
                 if self.recording is not None:
                     self._later[-1] = (*self._later[-1], x[:, -1:], ft_out[:, -1:])
                     if last:
-                        self.recording = None
+                        self._later_record, self.recording = self.recording, None
                 return None
             pt_out, self._pt_out = self._pt_out.to(ft_out.device), None
             stage_outs, self._stage_outs = [t.to(ft_out.device) for t in self._stage_outs], []

@@ -265,4 +265,6 @@ def identity(models: Models) -> str:
         return f"{models.pair}@{recipe or 'unknown recipe'}"
     if models.pair:
         return models.pair
-    return models.finetuned or f"{models.pretrained} + adapter {models.adapter}"  # as from_pretrained
+    from .pair import checkpoint_identity
+
+    return checkpoint_identity(models.pretrained, models.finetuned, models.adapter)

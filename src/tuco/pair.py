@@ -30,6 +30,11 @@ from .sampling import Sampling
 log = logging.getLogger("tuco")
 
 
+def checkpoint_identity(pretrained: str, finetuned: str | None, adapter: str | None) -> str:
+    """A pair's name from its checkpoints as given: the fine-tuned one, or the base and its adapter."""
+    return finetuned or f"{pretrained} + adapter {adapter}"
+
+
 class ModelPair(PairBase):
     """A pre-trained (PT) model and its fine-tuned (FT) version, with one tokenizer, and what TuCo
     does with them. Construction (two models in memory, or PEFT mode) and the pair's primitive
@@ -85,7 +90,7 @@ class ModelPair(PairBase):
             prompt_format=prompt_format,
             dtype_reason=why,
         )
-        pair.identity = finetuned or f"{pretrained} + adapter {adapter}"  # tuco.models.load: a better one
+        pair.identity = checkpoint_identity(pretrained, finetuned, adapter)  # tuco.models.load: a better one
         return pair
 
     # ------------------------------------------------------------------ TuCo

@@ -60,9 +60,10 @@ class Row:
         tokenizer: Any,
         eos: set[int],
         device: torch.device,
+        prompt_first: bool = True,
     ):
         self.index, self.ids, self.sampling, self.alpha = index, ids, sampling, alpha
-        self.prompt_first = True  # its prompt's TuCo comes with its first token (else: a PromptTuco after)
+        self.prompt_first = prompt_first  # its prompt's TuCo with its first token (else: a PromptTuco after)
         self.tokenizer, self.eos = tokenizer, eos
         self.token_ids: list[int] = []
         self.done = False
